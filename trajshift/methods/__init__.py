@@ -1,0 +1,14 @@
+"""Method registry: name -> Method class. Configs name methods (method: cts); ``METHODS.get(name)``."""
+from ..registry import Registry
+from .base import Method
+from .cts import CTS, CTSAccurate, CTSNoShift, CTSRandomShift
+from .fomaml import FOMAML, FOMAMLPlusPlus
+from .imaml import IMAML
+from .leap import Leap
+from .reptile import Reptile
+
+METHODS: Registry[type[Method]] = Registry("method", "method")
+for _cls in (CTS, CTSNoShift, CTSRandomShift, CTSAccurate, Reptile, FOMAML, FOMAMLPlusPlus, Leap, IMAML):
+    METHODS.register(_cls.name, _cls)
+
+__all__ = ["METHODS", "Method"]

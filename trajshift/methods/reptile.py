@@ -1,0 +1,13 @@
+"""Reptile (Nichol et al., 2018) as in Algorithm 1: K inner steps from phi, then
+phi <- phi - beta * mean_t (phi - theta_K^(t))  (l.12)."""
+from __future__ import annotations
+
+from .base import Method
+from .rules import reptile_metagrad
+
+
+class Reptile(Method):
+    name = "reptile"
+
+    def end_trajectory(self, tr, m):
+        tr.meta_update(reptile_metagrad(tr.phi, tr.theta_mean()), shift="none")

@@ -1,0 +1,94 @@
+"""The population of T task learners: theta [T, P], its gradient buffer, the per-task local parameters (heads)
+and ONE inner optimizer over all of them.
+
+Algorithm 2, l.8-10 (and Algorithm 1, l.6-10): every task takes one optimizer step,
+``theta_k^(t) = theta_{k-1}^(t) - alpha * grad L_k^(t)(theta_{k-1}^(t))`` (or the momentum/Adam analogue), as one
+backward of ``sum_t L^(t)`` (each row's gradient only depends on its own task) and one optimizer step over [T, P].
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+
+from .errors import DivergenceError
+from .learners import Learners
+from .optim import build_optimizer
+
+GradHook = Callable[["Population"], None]
+
+
+class Population:
+    def __init__(self, learners: Learners, inner_optimizer: dict, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        self.learners = learners
+        T, P = learners.num_tasks, learners.meta_numel
+        phi0 = learners.initial_phi().to(dtype=dtype, device=device)
+        self.phi = phi0.clone()                                                  # [P], the shared initialization
+        self.theta = phi0.expand(T, P).clone().requires_grad_(True)              # [T, P], one row per task
+        self.theta_grad = torch.zeros_like(self.theta, requires_grad=False)
+        learners.bind(self.theta, self.theta_grad)
+        params = [self.theta] + ([learners.local] if learners.local is not None else [])
+        self.optimizer = build_optimizer(params, dict(inner_optimizer), option="inner_optimizer")
+        self._initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.grad_hooks: list[GradHook] = []   # run after backward, before the optimizer step
+        self.last_losses: torch.Tensor | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.theta.shape[0]
+
+    def zero_grad(self) -> None:
+        # In place, never set_to_none: the modules' .grad are views into these buffers.
+        self.theta_grad.zero_()
+        if self.learners.local_grad is not None:
+            self.learners.local_grad.zero_()
+
+    def backward(self, step: int, split: str = "train") -> torch.Tensor:
+        """Zero the gradients, then backpropagate sum_t L^(t); returns the detached per-task losses [T]."""
+        self.zero_grad()
+        losses = self.learners.losses(step, split)
+        losses.sum().backward()
+        self.last_losses = losses.detach()
+        return self.last_losses
+
+    def inner_step(self, step: int) -> torch.Tensor:
+        """One inner step for all T tasks (Algorithm 2, l.8-10); returns the per-task losses [T] before the step."""
+        losses = self.backward(step, "train")
+        if not torch.isfinite(losses).all():
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise DivergenceError(f"task {bad}: inner loss is {losses[bad].item()} at data step {step}; "
+                                  f"lower the inner learning rate or the meta learning rate")
+        for hook in self.grad_hooks:
+            hook(self)
+        self.optimizer.step()
+        return losses
+
+    def task_gradients(self, step: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task gradients [T, P] at the current theta on batch (step, split), and the losses [T]."""
+        losses = self.backward(step, split)
+        grads = self.theta_grad.clone()
+        self.zero_grad()
+        return grads, losses
+
+    @torch.no_grad()
+    def reset(self, reset_optimizer_state: bool = False, reset_local: bool = False) -> None:
+        """theta_0^(t) <- phi for every t (Algorithm 2, l.6). Inner optimizer state, heads and BatchNorm statistics
+        carry over unless asked to reset (the reference code's default is to carry them over)."""
+        self.theta.copy_(self.phi.expand_as(self.theta))
+        if reset_optimizer_state:
+            self.optimizer.load_state_dict(copy.deepcopy(self._initial_optimizer_state))
+        if reset_local:
+            self.learners.reset_local()
+
+    def snapshot(self) -> dict:
+        """Everything an inner trajectory changes, to replay it (cts-accurate)."""
+        return {"theta": self.theta.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "learners": copy.deepcopy(self.learners.state_dict())}
+
+    @torch.no_grad()
+    def restore(self, snap: dict) -> None:
+        self.theta.copy_(snap["theta"])
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.learners.load_state_dict(copy.deepcopy(snap["learners"]))

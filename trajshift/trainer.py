@@ -1,0 +1,171 @@
+"""The outer loop shared by every method (Algorithm 1 and Algorithm 2), the meta-update, metrics and progress."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .comm import LocalComm
+from .config import MetaConfig
+from .errors import DivergenceError
+from .learners import Learners, stream_seed
+from .methods import METHODS
+from .methods.rules import meta_delta, random_direction_like
+from .optim import build_optimizer
+from .population import Population
+
+
+@dataclass
+class TrainResult:
+    phi: torch.Tensor
+    meta_updates: int
+    inner_steps: int              # cumulative inner steps per task (cts-accurate's re-runs included)
+    wall_time: float
+    history: list[dict] = field(default_factory=list)   # per meta-update: phi, inner_steps, meta_updates (if asked)
+
+
+class MetricsWriter:
+    """Per-step metrics as JSON lines (one object per line; flushed, so a killed run keeps what it logged)."""
+
+    def __init__(self, path: str | Path | None):
+        self._f = None
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class MetaTrainer:
+    """Meta-learns phi over the tasks of ``learners`` with ``cfg.method``.
+
+    >>> result = MetaTrainer(learners, MetaConfig(method="cts")).run()
+    """
+
+    def __init__(self, learners: Learners, cfg: MetaConfig, metrics_path: str | Path | None = None,
+                 comm: LocalComm | None = None, record_phi: bool = False,
+                 callbacks: list[Callable[["MetaTrainer"], None]] | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.comm = comm or LocalComm()
+        self.method = METHODS.get(cfg.method)(cfg.options)
+        self.pop = Population(learners, cfg.inner_optimizer, dtype=cfg.torch_dtype)
+        self.meta_optimizer = None
+        if cfg.meta_optimizer is not None:
+            self.meta_optimizer = build_optimizer([self.pop.phi], cfg.meta_optimizer, "meta_optimizer",
+                                                  lr=cfg.meta_lr)
+        # Same seed on every rank: the random-shift direction must be identical everywhere.
+        self.generator = torch.Generator().manual_seed(stream_seed(cfg.seed, 0xC75))
+        self.metrics = MetricsWriter(metrics_path if self.comm.is_main() else None)
+        self.record_phi = record_phi
+        self.callbacks = list(callbacks or [])
+        self.meta_updates = 0
+        self.inner_steps = 0
+        self.last_delta_norm = 0.0
+        self.history: list[dict] = []
+        self.method.setup(self)
+
+    # ----- views used by methods ---------------------------------------------------------------------------
+    @property
+    def phi(self) -> torch.Tensor:
+        return self.pop.phi
+
+    def data_step(self, m: int, k: int) -> int:
+        """Index of the data batch of inner step k (1-based) of trajectory m (0-based): the same in every replay."""
+        return m * self.cfg.inner_steps + (k - 1)
+
+    def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
+        """mean over all tasks (all ranks) of a per-task quantity [T_local, ...]."""
+        return self.comm.task_mean(per_task.sum(0), per_task.shape[0])
+
+    def theta_mean(self) -> torch.Tensor:
+        return self.task_mean(self.pop.theta.detach())
+
+    def inner_step(self, m: int, k: int) -> torch.Tensor:
+        losses = self.pop.inner_step(self.data_step(m, k))
+        self.inner_steps += 1
+        return losses
+
+    @torch.no_grad()
+    def meta_update(self, metagrad: torch.Tensor, shift: str = "none") -> torch.Tensor:
+        """phi <- phi + Delta with Delta = -beta * metagrad (or the meta optimizer's step); then the shift
+        theta^(t) <- theta^(t) + Delta (Algorithm 2, l.12-13), none, or a random direction of the same norm."""
+        if not torch.isfinite(metagrad).all():
+            raise DivergenceError(f"meta-gradient is not finite at meta-update {self.meta_updates + 1}; "
+                                  f"lower meta_lr or the inner learning rate")
+        if self.meta_optimizer is None:
+            delta = meta_delta(metagrad, self.cfg.meta_lr)
+            self.phi.add_(delta)
+        else:
+            before = self.phi.clone()
+            self.phi.grad = metagrad
+            self.meta_optimizer.step()
+            delta = self.phi - before
+        if shift == "cts":
+            self.pop.theta.add_(delta)
+        elif shift == "random":
+            self.pop.theta.add_(random_direction_like(delta, self.generator))
+        self.meta_updates += 1
+        self.last_delta_norm = float(delta.norm())
+        if self.record_phi:
+            self.history.append({"phi": self.phi.clone(), "inner_steps": self.inner_steps,
+                                 "meta_updates": self.meta_updates})
+        for cb in self.callbacks:
+            cb(self)
+        return delta
+
+    # ----- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        K, M = cfg.inner_steps, cfg.trajectories
+        start = time.perf_counter()
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = None
+        if show and self.comm.is_main():
+            from tqdm import tqdm
+            bar = tqdm(total=M * K, desc=cfg.method, unit="step", dynamic_ncols=True)
+        try:
+            for m in range(M):
+                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_local)
+                self.method.start_trajectory(self, m)
+                for k in range(1, K + 1):
+                    losses = self.method.step(self, m, k)
+                    if k % cfg.log_every == 0 or k == K:
+                        self._log(m, k, losses)
+                    if bar is not None:
+                        bar.update(1)
+                        if k % 10 == 0:
+                            bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
+                self.method.end_trajectory(self, m)
+                if not torch.isfinite(self.phi).all():
+                    raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
+                self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
+                                    "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm})
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        return TrainResult(self.phi.clone(), self.meta_updates, self.inner_steps, time.perf_counter() - start,
+                           self.history)
+
+    def _log(self, m: int, k: int, losses: torch.Tensor) -> None:
+        per_task = [float(x) for x in losses]
+        self.metrics.write({"trajectory": m + 1, "step": k, "inner_steps": self.inner_steps,
+                            "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm,
+                            "loss_mean": sum(per_task) / len(per_task) if per_task else math.nan,
+                            "loss": per_task})
