@@ -39,6 +39,11 @@ class Method:
     def parse_options(cls, options: dict):
         return parse_dataclass_options(cls.Options, {**cls.defaults, **options}, f"options[{cls.name}]")
 
+    @classmethod
+    def updates_per_trajectory(cls, inner_steps: int, options: dict | None = None) -> int:
+        """Meta-updates one trajectory of K inner steps makes (Algorithm 1: one)."""
+        return 1
+
     def setup(self, tr: "MetaTrainer") -> None:
         """Called once before training (register gradient hooks, allocate buffers)."""
 

@@ -55,6 +55,10 @@ class CTS(Method):
     name = "cts"
     Options = CTSOptions
 
+    @classmethod
+    def updates_per_trajectory(cls, inner_steps, options=None):
+        return inner_steps // cls.parse_options(options or {}).meta_every
+
     def step(self, tr, m, k):
         losses = tr.inner_step(m, k)
         if k % self.opts.meta_every == 0:
@@ -83,6 +87,10 @@ class AccurateOptions:
 class CTSAccurate(Method):
     name = "cts-accurate"
     Options = AccurateOptions
+
+    @classmethod
+    def updates_per_trajectory(cls, inner_steps, options=None):
+        return inner_steps
 
     def start_trajectory(self, tr, m):
         self._start = tr.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset

@@ -1,0 +1,136 @@
+"""Figures of the synthetic study (PNG, matplotlib's Agg backend: no display needed)."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+COLORS = {"cts": "tab:blue", "cts-accurate": "tab:green", "reptile": "tab:red", "cts-no-shift": "tab:orange",
+          "cts-random-shift": "tab:purple", "fomaml": "tab:brown", "fomaml++": "tab:pink", "leap": "tab:olive",
+          "imaml": "tab:cyan"}
+
+
+def _color(m: str) -> str:
+    return COLORS.get(m, "k")
+
+
+def _background(ax, points: torch.Tensor, qmap: torch.Tensor) -> None:
+    n = int(round(math.sqrt(points.shape[0])))
+    x = points[:, 0].reshape(n, n).numpy()
+    y = points[:, 1].reshape(n, n).numpy()
+    z = np.log10(np.clip(qmap.reshape(n, n).numpy(), 1e-6, None))
+    cs = ax.contourf(x, y, z, levels=30, cmap="Greys_r")
+    ax.set_xlim(x.min(), x.max())
+    ax.set_ylim(y.min(), y.max())
+    ax.set_aspect("equal")
+    return cs
+
+
+def trajectories(path, points, qmap, cfg, traces: dict) -> None:
+    """Fig. 5c-d: meta-learning trajectories of phi over the map of initialization quality."""
+    starts = sorted({s for s, _ in traces})
+    cols = min(3, len(starts))
+    rows = math.ceil(len(starts) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+    for ax, start in zip(axes.flat, starts):
+        cs = _background(ax, points, qmap)
+        for method in cfg.methods:
+            phis = traces.get((start, method))
+            if phis is None:
+                continue
+            p = phis.numpy()
+            ax.plot(p[:, 0], p[:, 1], "-", color=_color(method), lw=1.4, label=method)
+            ax.plot(p[-1, 0], p[-1, 1], "o", color=_color(method), ms=5, mec="w")
+        ax.plot(*start, "k*", ms=10, mec="w")
+        ax.set_title(f"start ({start[0]:g}, {start[1]:g})", fontsize=9)
+    for ax in list(axes.flat)[len(starts):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.colorbar(cs, ax=axes, shrink=0.8, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
+    fig.suptitle(f"Meta-learning trajectories over initialization quality (task seed {cfg.task_seeds[0]}, "
+                 f"{cfg.trajectories * cfg.inner_steps} meta-updates each)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> None:
+    """Fig. 5a-b: Reptile's meta-learning trajectories with inner length fixed to k, from a grid of phi; red dots
+    are where they end (meta-level fixed points)."""
+    fig, axes = plt.subplots(1, len(fixed), figsize=(4.6 * len(fixed), 4.3), squeeze=False)
+    for ax, f in zip(axes.flat, fixed):
+        _background(ax, points, qmap)
+        path_ = f["path"].numpy()          # [steps, G, 2]
+        n = cfg.fixed_point_grid
+        stride = max(1, n // 13)
+        idx = [i * n + j for i in range(0, n, stride) for j in range(0, n, stride)]
+        for g in idx:
+            ax.plot(path_[:, g, 0], path_[:, g, 1], "-", color="tab:blue", lw=0.5, alpha=0.6)
+        d = f["distinct"].numpy()
+        ax.plot(d[:, 0], d[:, 1], "o", color="red", ms=4, mec="w", mew=0.4)
+        ax.set_title(f"Reptile, k = {f['k']}: {len(d)} fixed points", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def horizon(path, h: dict) -> None:
+    """Fig. 4c: task-average loss after K steps from phi*(k), the best initialization for horizon k."""
+    ks = [r["k"] for r in h["rows"]]
+    losses = [r["loss_after_K"] for r in h["rows"]]
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ax.plot(ks, losses, "o-")
+    ax.set_xlabel("k used to obtain phi* (inner steps of meta-training)")
+    ax.set_ylabel(f"task-average loss after {h['K']} steps from phi*")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cost(path, runs: list[dict], curves: dict, cfg) -> None:
+    """Fig. 4d: cumulative inner steps per task against meta-updates, per method (first run of each)."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for method, items in curves.items():
+        steps = items[0][0].numpy()
+        ax.plot(np.arange(len(steps)), np.maximum(steps, 1), color=_color(method), label=method)
+    ax.set_xlabel("meta-updates")
+    ax.set_ylabel("cumulative inner steps per task")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    methods = list(curves)
+    walls = [np.mean([r["wall_time"] for r in runs if r["method"] == m]) for m in methods]
+    bx.bar(methods, walls, color=[_color(m) for m in methods])
+    bx.set_ylabel("wall time per run (s)")
+    bx.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def meta_test_curves(path, curves: dict, cfg) -> None:
+    """Median meta-test loss of phi against cumulative inner steps spent on meta-training (all runs)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, items in curves.items():
+        top = max(int(s[-1]) for s, _ in items)
+        grid = np.unique(np.geomspace(1, max(top, 2), 60).astype(int))
+        vals = []
+        for steps, q in items:
+            idx = np.searchsorted(steps.numpy(), grid, side="right") - 1
+            vals.append(q.numpy()[np.clip(idx, 0, None)])
+        ax.plot(grid, np.median(np.stack(vals), 0), color=_color(method), label=method)
+    ax.axvline(cfg.trajectories * cfg.inner_steps, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("cumulative inner steps per task")
+    ax.set_ylabel("median meta-test loss of phi")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,232 @@
+"""The synthetic study of Section 4.1 (Figures 4c-d and 5a-d), end to end.
+
+For every task seed and every starting point phi_0 of an N x N grid over [-5, 15]^2, each method meta-learns phi
+over the 8 Himmelblau-template tasks. Every method is given as many meta-updates as CTS makes (M * K), so the
+methods are compared
+  * at an equal number of meta-updates (each method's final phi), and
+  * at equal cumulative inner steps per task (each method's phi after at most M * K inner steps, CTS's budget).
+The quality of an initialization ("meta-test loss") is the task-average loss after K inner steps from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import MetaConfig
+from ..errors import ConfigError
+from ..learners import FunctionLearners
+from ..methods import METHODS
+from ..tasks.synthetic import HimmelblauTasks, adapt, meta_test_loss
+from ..trainer import MetaTrainer
+
+BOX = (-5.0, 15.0)
+
+
+@dataclass
+class SyntheticStudyConfig:
+    methods: list[str] = field(default_factory=lambda: ["cts", "cts-accurate", "reptile"])
+    grid: int = 3                       # N: starting points on an N x N grid over [-5, 15]^2
+    task_seeds: list[int] = field(default_factory=lambda: [0])
+    num_tasks: int = 8
+    template: str = "scaled"
+    inner_steps: int = 100              # K
+    trajectories: int = 3               # M (for CTS; other methods get the same number of meta-updates)
+    alpha: float = 0.05
+    beta: float = 0.1
+    momentum: float = 0.9
+    reset_optimizer_state: bool = True  # U_k(phi) starts from a fresh optimizer, as in the paper's notation
+    map_resolution: int = 100           # quality map: R x R grid (Fig. 5c-d background)
+    fixed_point_ks: list[int] = field(default_factory=lambda: [10, 100])
+    fixed_point_grid: int = 41
+    fixed_point_iters: int = 1000
+    horizon_ks: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50, 75, 100])
+    optimizer: str = "sgd"              # inner optimizer; momentum applies to sgd only
+
+    def inner_optimizer(self) -> dict:
+        spec = {"name": self.optimizer, "lr": self.alpha}
+        if self.optimizer.lower() == "sgd":
+            spec["momentum"] = self.momentum
+        return spec
+
+    def validate(self) -> "SyntheticStudyConfig":
+        """Every check before any work: each method's full MetaConfig, the grid sizes and the template."""
+        from ..tasks.synthetic import TEMPLATES
+        if not self.methods:
+            raise ConfigError("methods: give at least one method name")
+        for m in self.methods:
+            MetaConfig(method=m, inner_steps=self.inner_steps, trajectories=self.trajectories, meta_lr=self.beta,
+                       inner_optimizer=self.inner_optimizer()).validate()
+        for key in ("grid", "map_resolution", "fixed_point_grid", "num_tasks"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}: expected an integer >= 1, got {value!r}")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template: unknown template {self.template!r}; allowed values: {', '.join(TEMPLATES)}")
+        if not self.task_seeds:
+            raise ConfigError("task_seeds: give at least one seed")
+        for k in list(self.fixed_point_ks) + list(self.horizon_ks):
+            if k < 1:
+                raise ConfigError(f"fixed_point_ks / horizon_ks: expected integers >= 1, got {k}")
+        return self
+
+
+def grid_points(n: int, lo: float = BOX[0], hi: float = BOX[1], dtype=torch.float64) -> torch.Tensor:
+    """n x n points over [lo, hi]^2, x varying fastest: [n*n, 2]."""
+    axis = torch.linspace(lo, hi, n, dtype=dtype)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def run_method(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, method: str, start: torch.Tensor) -> dict:
+    """Meta-train one method from one start; returns its phi history (per meta-update) and totals."""
+    target_updates = cfg.trajectories * cfg.inner_steps
+    per_traj = METHODS.get(method).updates_per_trajectory(cfg.inner_steps)
+    meta = MetaConfig(method=method, inner_steps=cfg.inner_steps, trajectories=math.ceil(target_updates / per_traj),
+                      meta_lr=cfg.beta, inner_optimizer=cfg.inner_optimizer(), dtype="float64",
+                      reset_optimizer_state=cfg.reset_optimizer_state, progress=False)
+    learners = FunctionLearners(tasks.learner_loss, start.clone(), tasks.num_tasks, names=["xy"])
+    result = MetaTrainer(learners, meta, record_phi=True).run()
+    steps = torch.tensor([0] + [h["inner_steps"] for h in result.history])
+    phis = torch.stack([start] + [h["phi"] for h in result.history])
+    return {"phis": phis, "steps": steps, "wall_time": result.wall_time, "inner_steps": result.inner_steps,
+            "meta_updates": result.meta_updates}
+
+
+def reptile_fixed_points(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, k: int) -> dict:
+    """Fig. 5a-b: iterate Reptile with inner length k from every point of a grid of phi (vectorised over the grid)
+    until it stops moving (max step < 1e-6) or ``fixed_point_iters`` iterations."""
+    phi = grid_points(cfg.fixed_point_grid)
+    path = [phi.clone()]
+    iters = 0
+    for iters in range(1, cfg.fixed_point_iters + 1):
+        theta = adapt(tasks, phi, k, cfg.inner_optimizer())
+        new = phi - cfg.beta * (phi - theta.mean(1))
+        moved = (new - phi).abs().max()
+        phi = torch.where(torch.isfinite(new), new, phi)
+        if iters % 10 == 0 or iters < 10:
+            path.append(phi.clone())
+        if not bool(moved > 1e-6):
+            break
+    path.append(phi.clone())
+    ends = phi[torch.isfinite(phi).all(1)]
+    distinct = torch.unique(torch.round(ends * 10) / 10, dim=0)   # fixed points to 0.1 resolution
+    quality = meta_test_loss(tasks, distinct, cfg.inner_steps, cfg.inner_optimizer())
+    return {"k": k, "iterations": iters, "path": torch.stack(path), "ends": phi, "distinct": distinct,
+            "distinct_quality": quality}
+
+
+def horizon_study(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, points: torch.Tensor) -> dict:
+    """Fig. 4c: phi*(k) = argmin over the map of the task-average loss after k steps; its loss after K steps."""
+    opt = cfg.inner_optimizer()
+    rows = []
+    for k in cfg.horizon_ks:
+        q_k = meta_test_loss(tasks, points, k, opt)
+        best = int(torch.argmin(q_k))
+        phi_star = points[best:best + 1]
+        rows.append({"k": k, "phi_star": phi_star[0].tolist(), "loss_after_k": float(q_k[best]),
+                     "loss_after_K": float(meta_test_loss(tasks, phi_star, cfg.inner_steps, opt)[0])})
+    return {"K": cfg.inner_steps, "rows": rows}
+
+
+def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opt = cfg.inner_optimizer()
+    budget = cfg.trajectories * cfg.inner_steps
+    starts = grid_points(cfg.grid)
+    map_points = grid_points(cfg.map_resolution)
+    runs, curves, traces = [], {}, {}
+    t_start = time.perf_counter()
+    for seed in cfg.task_seeds:
+        tasks = HimmelblauTasks.make(cfg.num_tasks, seed=seed, template=cfg.template)
+        for start in starts:
+            for method in cfg.methods:
+                r = run_method(tasks, cfg, method, start)
+                quality = meta_test_loss(tasks, r["phis"], cfg.inner_steps, opt)
+                within = int((r["steps"] <= budget).nonzero().max())
+                row = {"task_seed": seed, "start": start.tolist(), "method": method,
+                       "final_phi": r["phis"][-1].tolist(), "meta_test_loss": _finite(float(quality[-1])),
+                       "inner_steps": r["inner_steps"], "meta_updates": r["meta_updates"],
+                       "wall_time": r["wall_time"],
+                       "at_equal_inner_steps": {"budget": budget, "inner_steps": int(r["steps"][within]),
+                                                "meta_updates": within, "phi": r["phis"][within].tolist(),
+                                                "meta_test_loss": _finite(float(quality[within]))}}
+                runs.append(row)
+                curves.setdefault(method, []).append((r["steps"], quality))
+                if seed == cfg.task_seeds[0]:
+                    traces[(tuple(start.tolist()), method)] = r["phis"]
+                log(f"seed {seed} start ({start[0]:.1f}, {start[1]:.1f}) {method:>16}: meta-test loss "
+                    f"{row['meta_test_loss']} after {r['meta_updates']} meta-updates / {r['inner_steps']} steps; "
+                    f"{row['at_equal_inner_steps']['meta_test_loss']} at {budget} steps ({r['wall_time']:.1f}s)")
+    tasks0 = HimmelblauTasks.make(cfg.num_tasks, seed=cfg.task_seeds[0], template=cfg.template)
+    qmap = meta_test_loss(tasks0, map_points, cfg.inner_steps, opt)
+    fixed = [reptile_fixed_points(tasks0, cfg, k) for k in cfg.fixed_point_ks]
+    horizon = horizon_study(tasks0, cfg, map_points)
+    summary = summarise(runs, cfg.methods)
+    results = {
+        "config": asdict(cfg),
+        "runs": runs,
+        "summary": summary,
+        "quality_map": {"task_seed": cfg.task_seeds[0], "resolution": cfg.map_resolution,
+                        "best_phi": map_points[int(torch.argmin(qmap))].tolist(), "best_loss": float(qmap.min()),
+                        "median_loss": float(qmap.median())},
+        "reptile_fixed_points": [{"k": f["k"], "iterations": f["iterations"],
+                                  "distinct": f["distinct"].tolist(),
+                                  "distinct_meta_test_loss": [_finite(float(q)) for q in f["distinct_quality"]]}
+                                 for f in fixed],
+        "horizon": horizon,
+        "wall_time": time.perf_counter() - t_start,
+    }
+    from . import synthetic_plots as plots
+    plots.trajectories(out / "trajectories.png", map_points, qmap, cfg, traces)
+    plots.fixed_points(out / "reptile_fixed_points.png", map_points, qmap, cfg, fixed)
+    plots.horizon(out / "horizon.png", horizon)
+    plots.cost(out / "cost.png", runs, curves, cfg)
+    plots.meta_test_curves(out / "meta_test_vs_inner_steps.png", curves, cfg)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
+    return results
+
+
+def summarise(runs: list[dict], methods: list[str]) -> dict:
+    """Per method: mean/median meta-test loss at equal meta-updates and at equal inner steps, over all runs; and
+    against Reptile, how many (seed, start) pairs each method beats, ties (1e-9) or loses."""
+    out = {}
+    by = {(r["task_seed"], tuple(r["start"]), r["method"]): r for r in runs}
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m]
+        row = {"runs": len(mine)}
+        for key, get in (("equal_meta_updates", lambda r: r["meta_test_loss"]),
+                         ("equal_inner_steps", lambda r: r["at_equal_inner_steps"]["meta_test_loss"])):
+            vals = torch.tensor([get(r) if get(r) is not None else math.inf for r in mine], dtype=torch.float64)
+            row[key] = {"mean": _finite(float(vals.mean())), "median": float(vals.median()),
+                        "diverged": int((~torch.isfinite(vals)).sum())}
+            if "reptile" in methods and m != "reptile":
+                wins = ties = losses = 0
+                for r in mine:
+                    ref = by[(r["task_seed"], tuple(r["start"]), "reptile")]
+                    a = get(r) if get(r) is not None else math.inf
+                    b = get(ref) if get(ref) is not None else math.inf
+                    if abs(a - b) <= 1e-9:
+                        ties += 1
+                    elif a < b:
+                        wins += 1
+                    else:
+                        losses += 1
+                row[key]["vs_reptile"] = {"better": wins, "tie": ties, "worse": losses}
+        row["mean_inner_steps"] = sum(r["inner_steps"] for r in mine) / max(len(mine), 1)
+        row["mean_meta_updates"] = sum(r["meta_updates"] for r in mine) / max(len(mine), 1)
+        row["mean_wall_time"] = sum(r["wall_time"] for r in mine) / max(len(mine), 1)
+        out[m] = row
+    return out
