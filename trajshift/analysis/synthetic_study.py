@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import MetaConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergenceError
 from ..learners import FunctionLearners
 from ..methods import METHODS
 from ..tasks.synthetic import HimmelblauTasks, adapt, meta_test_loss
@@ -94,11 +94,18 @@ def run_method(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, method: str, s
                       meta_lr=cfg.beta, inner_optimizer=cfg.inner_optimizer(), dtype="float64",
                       reset_optimizer_state=cfg.reset_optimizer_state, progress=False)
     learners = FunctionLearners(tasks.learner_loss, start.clone(), tasks.num_tasks, names=["xy"])
-    result = MetaTrainer(learners, meta, record_phi=True).run()
-    steps = torch.tensor([0] + [h["inner_steps"] for h in result.history])
-    phis = torch.stack([start] + [h["phi"] for h in result.history])
-    return {"phis": phis, "steps": steps, "wall_time": result.wall_time, "inner_steps": result.inner_steps,
-            "meta_updates": result.meta_updates}
+    trainer = MetaTrainer(learners, meta, record_phi=True)
+    t0 = time.perf_counter()
+    diverged = None
+    try:
+        trainer.run()
+    except DivergenceError as err:      # a finding, not a crash: keep the phi history up to the divergence
+        diverged = str(err)
+    history = [h for h in trainer.history if torch.isfinite(h["phi"]).all()]
+    steps = torch.tensor([0] + [h["inner_steps"] for h in history])
+    phis = torch.stack([start] + [h["phi"] for h in history])
+    return {"phis": phis, "steps": steps, "wall_time": time.perf_counter() - t0, "inner_steps": trainer.inner_steps,
+            "meta_updates": trainer.meta_updates, "diverged": diverged}
 
 
 def reptile_fixed_points(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, k: int) -> dict:
@@ -154,8 +161,9 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                 r = run_method(tasks, cfg, method, start)
                 quality = meta_test_loss(tasks, r["phis"], cfg.inner_steps, opt)
                 within = int((r["steps"] <= budget).nonzero().max())
-                row = {"task_seed": seed, "start": start.tolist(), "method": method,
-                       "final_phi": r["phis"][-1].tolist(), "meta_test_loss": _finite(float(quality[-1])),
+                final_quality = math.inf if r["diverged"] else float(quality[-1])
+                row = {"task_seed": seed, "start": start.tolist(), "method": method, "diverged": r["diverged"],
+                       "final_phi": r["phis"][-1].tolist(), "meta_test_loss": _finite(final_quality),
                        "inner_steps": r["inner_steps"], "meta_updates": r["meta_updates"],
                        "wall_time": r["wall_time"],
                        "at_equal_inner_steps": {"budget": budget, "inner_steps": int(r["steps"][within]),

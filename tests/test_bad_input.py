@@ -1,0 +1,59 @@
+"""Bad input: one clear line naming the option and the allowed values, before any work starts."""
+import pytest
+import torch
+from torch import nn
+
+import trajshift as ts
+from trajshift.cli import main
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"method": "maml"}, "method: unknown method 'maml'; allowed values: cts, cts-accurate"),
+    ({"inner_optimizer": {"name": "sgdd", "lr": 0.1}}, "inner_optimizer.name: unknown optimizer 'sgdd'; allowed"),
+    ({"meta_optimizer": {"name": "lbfgs"}}, "meta_optimizer.name: unknown optimizer 'lbfgs'"),
+    ({"inner_steps": 0}, "inner_steps (K): expected an integer >= 1, got 0"),
+    ({"trajectories": 0}, "trajectories (M): expected an integer >= 1, got 0"),
+    ({"meta_lr": -0.1}, "meta_lr (beta): expected a number >= 0, got -0.1"),
+    ({"inner_steps": 2.5}, "inner_steps (K): expected an integer"),
+    ({"options": {"shift": "sideways"}}, "options[cts].shift: unknown value 'sideways'; allowed values: cts, none, random"),
+    ({"options": {"meta_every": 0}}, "options[cts].meta_every: expected an integer >= 1"),
+    ({"options": {"lam": 1.0}}, "options[cts].lam: unknown option; allowed options: meta_every, shift, metagrad"),
+    ({"inner_optimizer": {"name": "sgd", "lr": 0.1, "betas": (0.9, 0.9)}}, "inner_optimizer.betas: not an option of SGD"),
+    ({"dtype": "float16"}, "dtype: unknown dtype 'float16'; allowed values: float32, float64"),
+])
+def test_config_errors_name_the_option(changes, needle):
+    with pytest.raises(ts.ConfigError) as err:
+        ts.MetaConfig(**changes).validate()
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_config_key():
+    with pytest.raises(ts.ConfigError, match="unknown key 'inner_step'; allowed keys: .*inner_steps"):
+        ts.MetaConfig.from_dict({"inner_step": 10})
+
+
+def test_name_filter_matching_nothing_lists_the_parameters():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
+    with pytest.raises(ts.ConfigError, match=r"meta_params: include=\['conv\.\*'\].*matches no parameter; "
+                                             r"the model's parameters are: 0.weight, 0.bias"):
+        ts.ModuleLearners(model, lambda t, s, sp: None, num_tasks=2, include=["conv.*"])
+
+
+def test_errors_come_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    for argv in (["--methods", "cts,foo"], ["--K", "0"], ["--beta", "-1"], ["--M", "0"], ["--optimizer", "nope"],
+                 ["--grid", "0"], ["--task-seeds", "a,b"]):
+        assert main(["synthetic", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("trajshift: error: ") and "\n" not in err
+    assert not out.exists()
+
+
+def test_divergence_names_task_and_step():
+    fn = lambda theta, step, split: (theta ** 4).sum(1) * torch.tensor([1.0, 1e6])   # task 1 explodes
+    learners = ts.FunctionLearners(fn, torch.tensor([3.0]), 2)
+    cfg = ts.MetaConfig(method="cts", inner_steps=50, trajectories=1, meta_lr=0.0,
+                        inner_optimizer={"name": "sgd", "lr": 0.1})
+    with pytest.raises(ts.DivergenceError, match="task 1: inner loss is (inf|nan)"):
+        ts.MetaTrainer(learners, cfg).run()

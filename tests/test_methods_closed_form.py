@@ -1,0 +1,134 @@
+"""Each method's meta-update against an independent float64 NumPy computation on quadratic tasks."""
+import numpy as np
+import pytest
+import torch
+
+import trajshift as ts
+
+ALPHA, BETA = 0.1, 0.3
+
+
+def run(quad, method, K, M=1, options=None, optimizer=None):
+    phi0 = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    learners = ts.FunctionLearners(quad.loss_fn, phi0, quad.T)
+    cfg = ts.MetaConfig(method=method, inner_steps=K, trajectories=M, meta_lr=BETA, dtype="float64",
+                        inner_optimizer=optimizer or {"name": "sgd", "lr": ALPHA}, options=options or {},
+                        reset_optimizer_state=True)
+    trainer = ts.MetaTrainer(learners, cfg)
+    return trainer.run().phi.numpy(), trainer, phi0.numpy()
+
+
+def sgd_path(quad, phi, K, prox=None):
+    """theta_0..theta_K of plain SGD on every task from phi (optionally with iMAML's proximal term)."""
+    x = np.tile(phi, (quad.T, 1))
+    path = [x.copy()]
+    for _ in range(K):
+        g = quad.grad(x)
+        if prox is not None:
+            g = g + prox * (x - phi)
+        x = x - ALPHA * g
+        path.append(x.copy())
+    return path
+
+
+def test_reptile_matches_closed_form(quad):
+    phi, _, phi0 = run(quad, "reptile", K=5, M=2)
+    ref = phi0
+    for _ in range(2):
+        theta_K = sgd_path(quad, ref, 5)[-1]
+        ref = ref - BETA * (ref - theta_K.mean(0))
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-13)
+
+
+def test_fomaml_is_val_gradient_at_theta_K(quad):
+    phi, _, phi0 = run(quad, "fomaml", K=4)
+    theta_K = sgd_path(quad, phi0, 4)[-1]
+    ref = phi0 - BETA * quad.grad(theta_K, "val").mean(0)
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-13)
+
+
+def test_fomaml_plus_plus_averages_gradients_along_the_trajectory(quad):
+    phi, _, phi0 = run(quad, "fomaml++", K=5, options={"every": 2})
+    path = sgd_path(quad, phi0, 5)
+    g = np.mean([quad.grad(path[k], "val") for k in (2, 4, 5)], axis=0)      # k = every, 2*every, and K
+    np.testing.assert_allclose(phi, phi0 - BETA * g.mean(0), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("norm,use_loss,stabilizer", [(True, True, True), (False, True, False), (True, False, True)])
+def test_leap_path_length_gradient(quad, norm, use_loss, stabilizer):
+    phi, _, phi0 = run(quad, "leap", K=6, options={"norm": norm, "loss": use_loss, "stabilizer": stabilizer})
+    path = sgd_path(quad, phi0, 6)
+    g = np.zeros_like(path[0])
+    for i in range(6):
+        d_theta = path[i + 1] - path[i]
+        d_loss = quad.loss(path[i + 1]) - quad.loss(path[i])
+        if stabilizer:
+            d_loss = -np.abs(d_loss)
+        step = d_theta + (d_loss[:, None] * quad.grad(path[i]) if use_loss else 0)
+        if norm:
+            length = np.sqrt((d_theta ** 2).sum(1) + (d_loss ** 2 if use_loss else 0))
+            step = step / length[:, None]
+        g -= step
+    np.testing.assert_allclose(phi, phi0 - BETA * g.mean(0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("proximal", [True, False])
+def test_imaml_matches_exact_implicit_gradient(quad, proximal):
+    lam = 0.7
+    phi, _, phi0 = run(quad, "imaml", K=5, options={"lam": lam, "cg_iters": 10, "proximal": proximal})
+    theta_K = sgd_path(quad, phi0, 5, prox=lam if proximal else None)[-1]
+    g_val = quad.grad(theta_K, "val")
+    x = np.stack([np.linalg.solve(np.eye(quad.P) + quad.A[t] / lam, g_val[t]) for t in range(quad.T)])
+    np.testing.assert_allclose(phi, phi0 - BETA * x.mean(0), rtol=0, atol=1e-10)
+
+
+def cts_reference(quad, phi0, K, M, every=1, shift=True, metagrad="reptile"):
+    """Algorithm 2 written out independently in NumPy (plain SGD, fresh optimizer at each reset)."""
+    phi = phi0.copy()
+    for _ in range(M):
+        theta = np.tile(phi, (quad.T, 1))
+        for k in range(1, K + 1):
+            theta = theta - ALPHA * quad.grad(theta)
+            if k % every == 0:
+                mg = (phi - theta) if metagrad == "reptile" else quad.grad(theta)
+                delta = -BETA * mg.mean(0)
+                phi = phi + delta
+                if shift:
+                    theta = theta + delta
+    return phi
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("metagrad", ["reptile", "gradient"])
+def test_cts_matches_algorithm_2(quad, every, metagrad):
+    phi, _, phi0 = run(quad, "cts", K=6, M=2, options={"meta_every": every, "metagrad": metagrad})
+    np.testing.assert_allclose(phi, cts_reference(quad, phi0, 6, 2, every, True, metagrad), rtol=0, atol=1e-13)
+
+
+def test_no_shift_ablation_matches_reference_and_differs_from_cts(quad):
+    phi, _, phi0 = run(quad, "cts-no-shift", K=6, M=2)
+    np.testing.assert_allclose(phi, cts_reference(quad, phi0, 6, 2, shift=False), rtol=0, atol=1e-13)
+    assert np.abs(phi - cts_reference(quad, phi0, 6, 2, shift=True)).max() > 1e-4
+
+
+def test_random_shift_has_the_norm_of_delta_and_a_random_direction(quad):
+    _, tr_none, phi0 = run(quad, "cts-no-shift", K=1)
+    _, tr_rand, _ = run(quad, "cts-random-shift", K=1)
+    np.testing.assert_allclose(tr_rand.phi.numpy(), tr_none.phi.numpy(), rtol=0, atol=1e-15)
+    shift = (tr_rand.pop.theta - tr_none.pop.theta).detach().numpy()     # [T, P], the same vector on every row
+    delta = tr_none.phi.numpy() - phi0
+    np.testing.assert_allclose(shift, np.tile(shift[0], (quad.T, 1)), atol=1e-15)
+    assert np.linalg.norm(shift[0]) == pytest.approx(np.linalg.norm(delta), rel=1e-12)
+    cos = shift[0] @ delta / (np.linalg.norm(shift[0]) * np.linalg.norm(delta))
+    assert abs(cos) < 0.999
+
+
+def test_meta_optimizer_option_uses_torch_optim_on_phi(quad):
+    phi, _, phi0 = run(quad, "reptile", K=3, M=1, optimizer=None)
+    learners = ts.FunctionLearners(quad.loss_fn, torch.tensor(phi0), quad.T)
+    cfg = ts.MetaConfig(method="reptile", inner_steps=3, trajectories=1, meta_lr=BETA, dtype="float64",
+                        inner_optimizer={"name": "sgd", "lr": ALPHA}, meta_optimizer={"name": "adam"})
+    got = ts.MetaTrainer(learners, cfg).run().phi.numpy()
+    g = phi0 - sgd_path(quad, phi0, 3)[-1].mean(0)
+    # Adam's first step moves each coordinate by lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|, up to eps).
+    np.testing.assert_allclose(got, phi0 - BETA * np.sign(g), rtol=0, atol=1e-7)

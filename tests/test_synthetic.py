@@ -1,0 +1,74 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trajshift.cli import main
+from trajshift.tasks.synthetic import HimmelblauTasks, meta_test_loss
+
+
+def paper_template(x, y):
+    """The paper's Section 4.1 formula."""
+    return ((x ** 2 - 10 * x + y + 9) ** 2 + (x + y ** 2 - 10 * y + 13) ** 2) / 3
+
+
+def test_paper_template_is_the_papers_formula():
+    tasks = HimmelblauTasks.make(1, template="paper")
+    tasks = HimmelblauTasks(torch.tensor([[5.0, 5.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+                            tasks.scale, tasks.w_a, tasks.w_b)
+    pts = torch.tensor(np.random.default_rng(0).uniform(-5, 15, size=(50, 1, 2)))
+    np.testing.assert_allclose(tasks.loss(pts)[:, 0].numpy(), paper_template(pts[:, 0, 0], pts[:, 0, 1]).numpy(),
+                               rtol=1e-12)
+
+
+def test_task_geometry_and_minima():
+    tasks = HimmelblauTasks.make(8, seed=4)
+    radii = (tasks.centers - torch.tensor([5.0, 5.0], dtype=torch.float64)).norm(dim=1)
+    np.testing.assert_allclose(radii.numpy(), 7.0, rtol=1e-12)
+    # Himmelblau's minimum (3, 2), mapped back through the scaling and rotation, has loss 0 on every task.
+    c, s = torch.cos(tasks.angles), torch.sin(tasks.angles)
+    uv = torch.tensor([3.0, 2.0], dtype=torch.float64) / tasks.scale
+    x = tasks.centers + torch.stack([c * uv[0] + s * uv[1], -s * uv[0] + c * uv[1]], 1)   # R^T (u, v) / s
+    assert tasks.loss(x).abs().max() < 1e-20
+
+
+def test_closed_form_gradient_matches_autograd():
+    tasks = HimmelblauTasks.make(8, seed=1)
+    x = (torch.rand(20, 8, 2, dtype=torch.float64) * 20 - 5).requires_grad_(True)
+    (g,) = torch.autograd.grad(tasks.loss(x).sum(), x)
+    torch.testing.assert_close(tasks.grad(x.detach()), g, rtol=1e-12, atol=1e-12)
+
+
+def test_meta_test_loss_reports_divergence_as_inf():
+    tasks = HimmelblauTasks.make(8, template="paper")
+    q = meta_test_loss(tasks, torch.tensor([[-5.0, -5.0]], dtype=torch.float64), 100,
+                       {"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    assert math.isinf(float(q[0]))
+
+
+def test_synthetic_command_writes_results_and_figures(tmp_path):
+    out = tmp_path / "syn"
+    rc = main(["synthetic", "--out", str(out), "--grid", "2", "--K", "6", "--M", "2",
+               "--methods", "cts,cts-accurate,reptile,leap", "--map-resolution", "12", "--fixed-point-grid", "5",
+               "--fixed-point-iters", "20", "--fixed-point-ks", "2,6", "--horizon-ks", "1,3,6", "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["runs"]) == 4 * 4
+    by = {r["method"]: r for r in res["runs"] if r["start"] == [-5.0, -5.0]}
+    assert by["cts"]["meta_updates"] == 12 and by["cts"]["inner_steps"] == 12
+    assert by["cts-accurate"]["meta_updates"] == 12 and by["cts-accurate"]["inner_steps"] == 2 * (6 * 7 // 2)
+    assert by["reptile"]["meta_updates"] == 12 and by["reptile"]["inner_steps"] == 72
+    eq = by["reptile"]["at_equal_inner_steps"]
+    assert eq["budget"] == 12 and eq["inner_steps"] == 12 and eq["meta_updates"] == 2
+    for r in res["runs"]:
+        assert len(r["final_phi"]) == 2 and r["wall_time"] >= 0
+        assert (r["meta_test_loss"] is None) == (r["diverged"] is not None)
+    assert all(r["diverged"] is None for r in res["runs"] if r["method"] != "leap")
+    assert [row["k"] for row in res["horizon"]["rows"]] == [1, 3, 6]
+    assert {f["k"] for f in res["reptile_fixed_points"]} == {2, 6}
+    for name in ("trajectories", "reptile_fixed_points", "horizon", "cost", "meta_test_vs_inner_steps"):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size[0] > 200 and im.size[1] > 200
