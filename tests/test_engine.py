@@ -41,3 +41,44 @@ def test_metrics_jsonl(tmp_path):
     assert steps[-1]["inner_steps"] == 8 and steps[-1]["meta_updates"] == 8
     assert len(steps[0]["loss"]) == 2 and steps[0]["delta_norm"] > 0
     assert sum(r.get("event") == "trajectory_end" for r in rows) == 2
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.lin(x)))
+
+
+def _bn_learners():
+    model = BNNet()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randint(0, 2, (16,), generator=g)
+    return ts.ModuleLearners(model, lambda t, s, sp: (x + s, y), num_tasks=2)
+
+
+def test_reset_options_reset_exactly_what_they_name():
+    results = {}
+    for key in ("none", "reset_optimizer_state", "reset_heads", "reset_batchnorm"):
+        learners = _bn_learners()
+        initial_head = learners.modules[0].fc.weight.detach().clone()
+        initial_mean = learners.modules[0].bn.running_mean.clone()
+        cfg = ts.MetaConfig(method="reptile", inner_steps=3, trajectories=2,
+                            **({} if key == "none" else {key: True}))
+        tr = ts.MetaTrainer(learners, cfg)
+        tr.run()
+        tr.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
+        m = learners.modules[0]
+        results[key] = (torch.equal(m.fc.weight, initial_head), torch.equal(m.bn.running_mean, initial_mean),
+                        len(tr.pop.optimizer.state) == 0 or all(
+                            torch.count_nonzero(s["momentum_buffer"]) == 0 for s in tr.pop.optimizer.state.values()
+                            if s.get("momentum_buffer") is not None))
+    assert results["none"][:2] == (False, False)
+    assert results["reset_heads"][:2] == (True, False)
+    assert results["reset_batchnorm"][:2] == (False, True)
+    assert results["reset_optimizer_state"] == (False, False, True)
+    assert results["none"][2] is False

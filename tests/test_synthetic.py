@@ -72,3 +72,22 @@ def test_synthetic_command_writes_results_and_figures(tmp_path):
     for name in ("trajectories", "reptile_fixed_points", "horizon", "cost", "meta_test_vs_inner_steps"):
         with Image.open(out / f"{name}.png") as im:
             assert im.size[0] > 200 and im.size[1] > 200
+
+
+def test_cluster_points():
+    from trajshift.analysis.synthetic_study import cluster_points
+    pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.2], [5.1, 5.0]], dtype=torch.float64)
+    centres, counts = cluster_points(pts, 0.25)
+    assert centres.tolist() == [[0.0, 0.0], [5.0, 5.0]] and counts.tolist() == [3, 2]
+
+
+def test_reptile_fixed_point_is_a_fixed_point():
+    """Where the iteration stops, phi = mean_t U_k(phi) (the Reptile meta-gradient vanishes)."""
+    from trajshift.analysis.synthetic_study import SyntheticStudyConfig, reptile_fixed_points
+    from trajshift.tasks.synthetic import adapt
+    cfg = SyntheticStudyConfig(fixed_point_grid=3, fixed_point_iters=3000)
+    tasks = HimmelblauTasks.make(8, seed=0)
+    f = reptile_fixed_points(tasks, cfg, k=10)
+    assert f["converged_fraction"] == 1.0 and int(f["basin_sizes"].sum()) == 9
+    theta = adapt(tasks, f["distinct"], 10, cfg.inner_optimizer())
+    assert (f["distinct"] - theta.mean(1)).abs().max() < 1e-4

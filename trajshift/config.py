@@ -31,8 +31,9 @@ class MetaConfig:
     inner_optimizer: {name, **options} of a torch.optim optimizer (lr = alpha)
     meta_optimizer: None for the plain step phi -= beta * g; else {name, **options} of a torch.optim optimizer
         whose lr is beta
-    reset_optimizer_state / reset_local: at every reset theta <- phi, also reset the inner optimizer state /
-        the heads and BatchNorm statistics (default: carry them over, as the reference code does)
+    reset_optimizer_state / reset_heads / reset_batchnorm: at every reset theta <- phi, also reset the inner
+        optimizer state / the per-task heads (parameters that are not meta-learned) / the BatchNorm running
+        statistics (default: carry them over, as the reference code does)
     """
     method: str = "cts"
     inner_steps: int = 100
@@ -42,7 +43,8 @@ class MetaConfig:
     meta_optimizer: dict | None = None
     options: dict = field(default_factory=dict)
     reset_optimizer_state: bool = False
-    reset_local: bool = False
+    reset_heads: bool = False
+    reset_batchnorm: bool = False
     seed: int = 0
     dtype: str = "float32"
     log_every: int = 1
@@ -80,7 +82,7 @@ class MetaConfig:
         self.inner_optimizer = check_optimizer_spec(self.inner_optimizer, "inner_optimizer")
         if self.meta_optimizer is not None:
             self.meta_optimizer = check_optimizer_spec(self.meta_optimizer, "meta_optimizer")
-        for key in ("reset_optimizer_state", "reset_local"):
+        for key in ("reset_optimizer_state", "reset_heads", "reset_batchnorm"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
         if self.dtype not in DTYPES:

@@ -86,7 +86,7 @@ class Learners:
         Must not change any state (BatchNorm statistics included)."""
         raise NotImplementedError
 
-    def reset_local(self) -> None:
+    def reset_local(self, heads: bool = True, batchnorm: bool = True) -> None:
         """Re-initialise the parts that are not meta-learned (heads, BatchNorm statistics): a "hard reset"."""
 
     def state_dict(self) -> dict:
@@ -230,14 +230,16 @@ class ModuleLearners(Learners):
         return torch.stack(out)
 
     @torch.no_grad()
-    def reset_local(self):
+    def reset_local(self, heads=True, batchnorm=True):
         for t, m in enumerate(self.modules):
-            params = dict(m.named_parameters())
-            for n, v in self._initial_local[t].items():
-                params[n].copy_(v)
-            buffers = dict(m.named_buffers())
-            for n, v in self._initial_buffers[t].items():
-                buffers[n].copy_(v)
+            if heads:
+                params = dict(m.named_parameters())
+                for n, v in self._initial_local[t].items():
+                    params[n].copy_(v)
+            if batchnorm:
+                buffers = dict(m.named_buffers())
+                for n, v in self._initial_buffers[t].items():
+                    buffers[n].copy_(v)
 
     def state_dict(self):
         return {"buffers": [{n: b.detach().clone() for n, b in m.named_buffers()} for m in self.modules],

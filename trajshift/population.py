@@ -73,14 +73,15 @@ class Population:
         return grads, losses
 
     @torch.no_grad()
-    def reset(self, reset_optimizer_state: bool = False, reset_local: bool = False) -> None:
+    def reset(self, reset_optimizer_state: bool = False, reset_heads: bool = False,
+              reset_batchnorm: bool = False) -> None:
         """theta_0^(t) <- phi for every t (Algorithm 2, l.6). Inner optimizer state, heads and BatchNorm statistics
         carry over unless asked to reset (the reference code's default is to carry them over)."""
         self.theta.copy_(self.phi.expand_as(self.theta))
         if reset_optimizer_state:
             self.optimizer.load_state_dict(copy.deepcopy(self._initial_optimizer_state))
-        if reset_local:
-            self.learners.reset_local()
+        if reset_heads or reset_batchnorm:
+            self.learners.reset_local(heads=reset_heads, batchnorm=reset_batchnorm)
 
     def snapshot(self) -> dict:
         """Everything an inner trajectory changes, to replay it (cts-accurate)."""

@@ -141,7 +141,7 @@ class MetaTrainer:
             bar = tqdm(total=M * K, desc=cfg.method, unit="step", dynamic_ncols=True)
         try:
             for m in range(M):
-                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_local)
+                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
                 self.method.start_trajectory(self, m)
                 for k in range(1, K + 1):
                     losses = self.method.step(self, m, k)

@@ -52,9 +52,9 @@ def trajectories(path, points, qmap, cfg, traces: dict) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.colorbar(cs, ax=axes, shrink=0.8, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
-    fig.suptitle(f"Meta-learning trajectories over initialization quality (task seed {cfg.task_seeds[0]}, "
-                 f"{cfg.trajectories * cfg.inner_steps} meta-updates each)", fontsize=10)
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"Meta-learning trajectories over initialization quality\n(task seed {cfg.task_seeds[0]}, "
+                 f"{cfg.trajectories * cfg.inner_steps} meta-updates each; star: start, dot: end)", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -71,8 +71,9 @@ def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> None:
         for g in idx:
             ax.plot(path_[:, g, 0], path_[:, g, 1], "-", color="tab:blue", lw=0.5, alpha=0.6)
         d = f["distinct"].numpy()
-        ax.plot(d[:, 0], d[:, 1], "o", color="red", ms=4, mec="w", mew=0.4)
-        ax.set_title(f"Reptile, k = {f['k']}: {len(d)} fixed points", fontsize=9)
+        ax.plot(d[:, 0], d[:, 1], "o", color="red", ms=5, mec="w", mew=0.5)
+        ax.set_title(f"Reptile, k = {f['k']}: {len(d)} fixed points "
+                     f"({100 * f['converged_fraction']:.0f}% of starts converged)", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -108,26 +108,48 @@ def run_method(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, method: str, s
             "meta_updates": trainer.meta_updates, "diverged": diverged}
 
 
+def cluster_points(points: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy clustering: each point joins the first centre within ``radius``, else starts a new one.
+    Returns the centres [C, 2] and how many points each holds [C]."""
+    centres: list[torch.Tensor] = []
+    counts: list[int] = []
+    for p in points:
+        for i, c in enumerate(centres):
+            if float((p - c).norm()) <= radius:
+                counts[i] += 1
+                break
+        else:
+            centres.append(p.clone())
+            counts.append(1)
+    if not centres:
+        return points.new_zeros(0, 2), torch.zeros(0, dtype=torch.long)
+    return torch.stack(centres), torch.tensor(counts)
+
+
 def reptile_fixed_points(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, k: int) -> dict:
-    """Fig. 5a-b: iterate Reptile with inner length k from every point of a grid of phi (vectorised over the grid)
-    until it stops moving (max step < 1e-6) or ``fixed_point_iters`` iterations."""
+    """Fig. 5a-b: iterate Reptile with inner length k, phi <- phi - beta (phi - mean_t U_k^(t)(phi)), from every
+    point of a grid (vectorised over the grid) until no point moves more than 1e-6 or ``fixed_point_iters``
+    iterations. Points that stopped moving are meta-level fixed points; they are clustered within 0.25."""
     phi = grid_points(cfg.fixed_point_grid)
     path = [phi.clone()]
+    moved = torch.full((phi.shape[0],), math.inf, dtype=phi.dtype)
     iters = 0
     for iters in range(1, cfg.fixed_point_iters + 1):
         theta = adapt(tasks, phi, k, cfg.inner_optimizer())
         new = phi - cfg.beta * (phi - theta.mean(1))
-        moved = (new - phi).abs().max()
-        phi = torch.where(torch.isfinite(new), new, phi)
+        ok = torch.isfinite(new).all(1)
+        moved = torch.where(ok, (new - phi).abs().amax(1), torch.full_like(moved, math.inf))
+        phi = torch.where(ok.unsqueeze(1), new, phi)
         if iters % 10 == 0 or iters < 10:
             path.append(phi.clone())
-        if not bool(moved > 1e-6):
+        if not bool((moved > 1e-6).any()):
             break
     path.append(phi.clone())
-    ends = phi[torch.isfinite(phi).all(1)]
-    distinct = torch.unique(torch.round(ends * 10) / 10, dim=0)   # fixed points to 0.1 resolution
-    quality = meta_test_loss(tasks, distinct, cfg.inner_steps, cfg.inner_optimizer())
-    return {"k": k, "iterations": iters, "path": torch.stack(path), "ends": phi, "distinct": distinct,
+    converged = moved <= 1e-6
+    centres, counts = cluster_points(phi[converged], radius=0.25)
+    quality = meta_test_loss(tasks, centres, cfg.inner_steps, cfg.inner_optimizer())
+    return {"k": k, "iterations": iters, "path": torch.stack(path), "ends": phi,
+            "converged_fraction": float(converged.double().mean()), "distinct": centres, "basin_sizes": counts,
             "distinct_quality": quality}
 
 
@@ -189,7 +211,8 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                         "best_phi": map_points[int(torch.argmin(qmap))].tolist(), "best_loss": float(qmap.min()),
                         "median_loss": float(qmap.median())},
         "reptile_fixed_points": [{"k": f["k"], "iterations": f["iterations"],
-                                  "distinct": f["distinct"].tolist(),
+                                  "converged_fraction": f["converged_fraction"],
+                                  "distinct": f["distinct"].tolist(), "basin_sizes": f["basin_sizes"].tolist(),
                                   "distinct_meta_test_loss": [_finite(float(q)) for q in f["distinct_quality"]]}
                                  for f in fixed],
         "horizon": horizon,
