@@ -48,9 +48,7 @@ class Population:
     def backward(self, step: int, split: str = "train") -> torch.Tensor:
         """Zero the gradients, then backpropagate sum_t L^(t); returns the detached per-task losses [T]."""
         self.zero_grad()
-        losses = self.learners.losses(step, split)
-        losses.sum().backward()
-        self.last_losses = losses.detach()
+        self.last_losses = self.learners.backward(step, split)
         return self.last_losses
 
     def inner_step(self, step: int) -> torch.Tensor:
