@@ -132,3 +132,17 @@ def test_meta_optimizer_option_uses_torch_optim_on_phi(quad):
     g = phi0 - sgd_path(quad, phi0, 3)[-1].mean(0)
     # Adam's first step moves each coordinate by lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|, up to eps).
     np.testing.assert_allclose(got, phi0 - BETA * np.sign(g), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": ALPHA, "momentum": 0.9}, {"name": "adam", "lr": 0.05}],
+                         ids=["momentum", "adam"])
+def test_mtl_is_joint_training_on_the_mean_loss(quad, optimizer):
+    phi, _, phi0 = run(quad, "mtl", K=12, M=1, optimizer=optimizer)
+    x = torch.tensor(phi0, requires_grad=True)
+    opt = getattr(torch.optim, {"sgd": "SGD", "adam": "Adam"}[optimizer["name"]])(
+        [x], **{k: v for k, v in optimizer.items() if k != "name"})
+    for _ in range(12):
+        opt.zero_grad()
+        quad.loss_fn(x.expand(quad.T, -1), 0, "train").mean().backward()
+        opt.step()
+    np.testing.assert_allclose(phi, x.detach().numpy(), rtol=0, atol=1e-12)

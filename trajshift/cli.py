@@ -36,11 +36,58 @@ def _synthetic(args) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def _meta_train(args) -> int:
+    from .experiment import load_config, meta_train
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected KEY=VALUE (e.g. meta.inner_steps=100), got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value)
+    cfg = load_config(args.config, overrides)            # every key checked before any work starts
+    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
+    print(f"wrote {Path(args.out) / 'init.pt'} ({summary['meta_updates']} meta-updates, {summary['inner_steps']} "
+          f"inner steps per task, {summary['wall_time']:.0f} s)")
+    return 0
+
+
+def _meta_test(args) -> int:
+    from .evaluate import MetaTestConfig, markdown_table, meta_test
+    if (args.init is None) == (args.from_ != "scratch"):
+        raise ConfigError("meta-test: give either --init FILE or --from scratch")
+    model = {"name": args.model or "resnet20"}
+    run_config = Path(args.init).parent / "config.yaml" if args.init else None
+    if args.model is None and run_config is not None and run_config.exists():
+        import yaml
+        model = dict(yaml.safe_load(run_config.read_text())["model"])    # the architecture the run trained
+    if args.activation:
+        model["activation"] = args.activation
+    cfg = MetaTestConfig(targets=[t.strip() for t in args.targets.split(",") if t.strip()], init=args.init,
+                         model=model, protocol=args.protocol, steps=args.steps, seeds=args.seeds,
+                         resolution=args.resolution, train_images=args.train_images, batch_size=args.batch_size,
+                         data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
+    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
+    print(markdown_table(report))
+    print(f"wrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
 def _list(args) -> int:
+    from .data.registry import DATASETS
+    from .evaluate import PROTOCOLS
     from .methods import METHODS
+    from .models import MODELS
     from .optim import OPTIMIZERS
-    print("methods:   " + ", ".join(METHODS.names()))
+    print("methods:    " + ", ".join(METHODS.names()))
     print("optimizers: " + ", ".join(OPTIMIZERS.names()))
+    print("models:     " + ", ".join(MODELS.names()))
+    print("datasets:   " + ", ".join(DATASETS.names()))
+    print("protocols:  " + ", ".join(PROTOCOLS.names()))
     return 0
 
 
@@ -75,7 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--horizon-ks", default="1,5,10,25,50,75,100", help="meta-training horizons for Fig. 4c")
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=_synthetic)
-    ls = sub.add_parser("list", help="list the registered methods and optimizers")
+    mt = sub.add_parser("meta-train", help="meta-train an initialization on image tasks from a YAML config",
+                        description="Writes DIR/init.pt (a plain state_dict without the head), DIR/config.yaml "
+                                    "(the resolved config), DIR/metrics.jsonl and DIR/snapshots/.")
+    mt.add_argument("config", help="YAML config (see configs/)")
+    mt.add_argument("--out", required=True, help="output folder")
+    mt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set meta.method=reptile --set meta.inner_steps=100")
+    mt.add_argument("--quiet", action="store_true")
+    mt.set_defaults(func=_meta_train)
+    te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
+                        description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
+                                    "DIR/results.md.")
+    te.add_argument("--init", help="state_dict file (e.g. a meta-train run's init.pt)")
+    te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
+    te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
+                    "archives (class folders or manifest.csv)")
+    te.add_argument("--out", required=True)
+    te.add_argument("--model", default=None, help="model name (default: the model of the run's config.yaml next "
+                    "to --init, else resnet20)")
+    te.add_argument("--activation", default=None)
+    te.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
+    te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
+    te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
+    te.add_argument("--resolution", type=int, default=None)
+    te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
+    te.add_argument("--batch-size", type=int, default=None)
+    te.add_argument("--data-root", default=None)
+    te.add_argument("--cache-dir", default=None)
+    te.add_argument("--device", default="cpu")
+    te.add_argument("--quiet", action="store_true")
+    te.set_defaults(func=_meta_test)
+    ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=_list)
     return p
 

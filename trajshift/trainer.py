@@ -59,7 +59,8 @@ class MetaTrainer:
 
     def __init__(self, learners: Learners, cfg: MetaConfig, metrics_path: str | Path | None = None,
                  comm: LocalComm | None = None, record_phi: bool = False,
-                 callbacks: list[Callable[["MetaTrainer"], None]] | None = None):
+                 callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
+                 step_callbacks: list[Callable[["MetaTrainer"], None]] | None = None):
         cfg.validate()
         self.cfg = cfg
         self.comm = comm or LocalComm()
@@ -73,7 +74,8 @@ class MetaTrainer:
         self.generator = torch.Generator().manual_seed(stream_seed(cfg.seed, 0xC75))
         self.metrics = MetricsWriter(metrics_path if self.comm.is_main() else None)
         self.record_phi = record_phi
-        self.callbacks = list(callbacks or [])
+        self.callbacks = list(callbacks or [])             # after every meta-update
+        self.step_callbacks = list(step_callbacks or [])   # after every step of the loop (snapshots, ...)
         self.meta_updates = 0
         self.inner_steps = 0
         self.last_delta_norm = 0.0
@@ -147,6 +149,8 @@ class MetaTrainer:
                     losses = self.method.step(self, m, k)
                     if k % cfg.log_every == 0 or k == K:
                         self._log(m, k, losses)
+                    for cb in self.step_callbacks:
+                        cb(self)
                     if bar is not None:
                         bar.update(1)
                         if k % 10 == 0:

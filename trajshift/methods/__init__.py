@@ -5,10 +5,12 @@ from .cts import CTS, CTSAccurate, CTSNoShift, CTSRandomShift
 from .fomaml import FOMAML, FOMAMLPlusPlus
 from .imaml import IMAML
 from .leap import Leap
+from .mtl import MTL, Pretrain
 from .reptile import Reptile
 
 METHODS: Registry[type[Method]] = Registry("method", "method")
-for _cls in (CTS, CTSNoShift, CTSRandomShift, CTSAccurate, Reptile, FOMAML, FOMAMLPlusPlus, Leap, IMAML):
+for _cls in (CTS, CTSNoShift, CTSRandomShift, CTSAccurate, Reptile, FOMAML, FOMAMLPlusPlus, Leap, IMAML, MTL,
+             Pretrain):
     METHODS.register(_cls.name, _cls)
 
 __all__ = ["METHODS", "Method"]

@@ -1,0 +1,478 @@
+"""Readers for the image file formats of the paper's datasets. No torchvision: Pillow and NumPy only.
+
+Every reader returns ``Split``s of uint8 images [N, H, W, C] (C = 1 or 3) with int64 labels [N] and a class-name
+list, and raises DataError naming the file (and the archive member) for anything it cannot read.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+import struct
+import tarfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
+SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test", "val": "val",
+               "valid": "val", "validation": "val"}
+
+
+@dataclass
+class Split:
+    images: np.ndarray      # uint8 [N, H, W, C]
+    labels: np.ndarray      # int64 [N]
+
+    def __post_init__(self):
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+
+@dataclass
+class ImageData:
+    splits: dict[str, Split]
+    classes: list[str]
+    source: str             # what was read, for messages
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# IDX (MNIST family)
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_maybe_gzip(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes, gunzipped if gzip; a gzip stream cut short yields what it decodes (truncated=True)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    if raw[:2] != b"\x1f\x8b":
+        return raw, False
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = d.decompress(raw)
+    except zlib.error as err:
+        raise DataError(f"{path}: corrupt gzip stream ({err})") from err
+    return data, not d.eof
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (plain or .gz). A file cut short (e.g. an interrupted download) gives its complete records, with
+    a warning that says how many."""
+    path = Path(path)
+    data, _ = _read_maybe_gzip(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(data) < header:
+        raise DataError(f"{path}: IDX header is cut short")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    record = int(np.prod(dims[1:], dtype=np.int64)) * dtype.itemsize
+    complete = (len(data) - header) // record if record else dims[0]
+    if complete < dims[0]:
+        if complete == 0:
+            raise DataError(f"{path}: header says {dims[0]} records but not one is complete")
+        warnings.warn(f"{path}: header says {dims[0]} records but the file holds only {complete} complete ones "
+                      f"(truncated); using those {complete}", stacklevel=2)
+    n = min(complete, dims[0])
+    return np.frombuffer(data, dtype=dtype, count=n * record // dtype.itemsize, offset=header).reshape(n, *dims[1:])
+
+
+def read_idx_pair(images: str | Path, labels: str | Path) -> Split:
+    x = read_idx(images)
+    y = read_idx(labels).astype(np.int64).reshape(-1)
+    if x.ndim != 3:
+        raise DataError(f"{images}: expected images [N, H, W], got shape {x.shape}")
+    if len(y) < len(x):
+        raise DataError(f"{labels}: {len(y)} labels for {len(x)} images in {images}")
+    return Split(np.ascontiguousarray(x.astype(np.uint8)), y[:len(x)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CIFAR python pickles, through a restricted unpickler
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),          # how protocol-2 pickles carry bytes
+    ("collections", "OrderedDict"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="bytes")
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(f"{self._path}: refusing to unpickle: the file asks to load {module}.{name}; only plain "
+                        f"arrays, lists, dicts, bytes and numbers are allowed (is this really a CIFAR batch file?)")
+
+
+def safe_unpickle(path: str | Path):
+    """Unpickle a data file allowing only NumPy arrays, dicts, lists, bytes, strings and numbers: no code runs."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, path).load()
+    except DataError:
+        raise
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    except Exception as err:   # any malformed pickle: truncated, bad opcode, wrong types
+        raise DataError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from err
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        raise DataError(f"{path}: object arrays are not allowed")
+    return obj
+
+
+def _key(d: dict, *names: str):
+    for n in names:
+        for k in (n, n.encode()):
+            if k in d:
+                return d[k]
+    raise KeyError(names[0])
+
+
+def read_cifar_batch(path: str | Path, label_key: str = "labels") -> Split:
+    """One CIFAR batch: {data: uint8 [N, 3072] (RGB planes), labels | fine_labels: [N]}."""
+    d = safe_unpickle(path)
+    try:
+        if not isinstance(d, dict):
+            raise KeyError("data")
+        data = np.asarray(_key(d, "data"))
+        labels = np.asarray(_key(d, label_key), dtype=np.int64)
+    except (KeyError, ValueError, TypeError) as err:
+        raise DataError(f"{path}: not a CIFAR batch (needs 'data' and '{label_key}')") from err
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: CIFAR 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+    return Split(np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels)
+
+
+def read_cifar_names(path: str | Path, key: str) -> list[str]:
+    d = safe_unpickle(path)
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in _key(d, key)]
+    except (KeyError, TypeError) as err:
+        raise DataError(f"{path}: no '{key}' list of class names") from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trees of image files: a folder, a .zip, or a .tar[.gz|.xz|.bz2]
+class _Tree:
+    """Uniform listing and reading of the files of a folder or an archive."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip = self._tar = None
+        if path.is_dir():
+            self.kind = "dir"
+        elif zipfile.is_zipfile(path):
+            self.kind, self._zip = "zip", zipfile.ZipFile(path)
+        else:
+            try:
+                self.kind, self._tar = "tar", tarfile.open(path, "r:*")
+            except (tarfile.TarError, OSError) as err:
+                if not path.exists():
+                    raise DataError(f"{path}: no such file or folder") from err
+                raise DataError(f"{path}: not a folder, zip or tar archive ({err})") from err
+
+    def names(self) -> list[str]:
+        if self.kind == "dir":
+            return sorted(str(PurePosixPath(*p.relative_to(self.path).parts))
+                          for p in self.path.rglob("*") if p.is_file())
+        if self.kind == "zip":
+            return sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+        return sorted(m.name for m in self._tar.getmembers() if m.isfile())
+
+    def iter_files(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of the wanted files, in archive order (sequential reads: fast for compressed tars)."""
+        if self.kind == "tar":
+            for m in self._tar:
+                if m.isfile() and m.name in wanted:
+                    yield m.name, self._tar.extractfile(m).read()
+            return
+        for n in sorted(wanted):
+            yield n, (self._zip.read(n) if self.kind == "zip" else (self.path / n).read_bytes())
+
+    def read(self, name: str) -> bytes:
+        if self.kind == "dir":
+            return (self.path / name).read_bytes()
+        if self.kind == "zip":
+            return self._zip.read(name)
+        return self._tar.extractfile(self._tar.getmember(name)).read()
+
+    def where(self, name: str) -> str:
+        return str(self.path / name) if self.kind == "dir" else f"{self.path}:{name}"
+
+    def close(self):
+        for h in (self._zip, self._tar):
+            if h is not None:
+                h.close()
+
+
+def decode_image(data: bytes, where: str, resolution: int | None, mode: str) -> np.ndarray:
+    """Decode one image with Pillow, convert to ``mode`` ('RGB' or 'L'), resize to resolution x resolution
+    (bilinear with antialiasing) if given; uint8 [H, W, C]."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert(mode)
+            if resolution is not None and im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{where}: cannot decode image ({err}); remove or replace the file") from err
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _split_of(parts: tuple[str, ...]) -> str | None:
+    for p in parts[:-1]:
+        if p.lower() in SPLIT_NAMES:
+            return SPLIT_NAMES[p.lower()]
+    return None
+
+
+def read_image_tree(path: str | Path | list, resolution: int | None = None, mode: str = "RGB",
+                    class_depth: int = 1, manifest: str | None = None) -> ImageData:
+    """Images in class folders, or listed in a CSV manifest of ``file,label`` rows; ``path`` is a folder, a zip or
+    tar archive, or a list of them (read as one dataset).
+
+    Class folders: the class of ``a/b/c.png`` is its parent folder (``class_depth`` = 2: the two parent folders,
+    as in Omniglot's alphabet/character). A folder named train/test/val above the class folder assigns the split.
+    Manifest: a file ``manifest.csv`` (or ``labels.csv``) at the top, or ``manifest=`` its name; paths relative to
+    the manifest's folder; an optional ``split`` column. The same file (class path, name and bytes) met twice,
+    e.g. in Omniglot's two zips that share alphabets, is kept once.
+    """
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    entries: list[tuple[int, str, str, str | None]] = []      # (tree, member, class, split)
+    trees = []
+    try:
+        for ti, p in enumerate(paths):
+            tree = _Tree(p)
+            trees.append(tree)
+            entries += [(ti, *e) for e in _tree_entries(tree, class_depth, manifest)]
+        if not entries:
+            raise DataError(f"{', '.join(map(str, paths))}: no images found (expected class folders of .png/.jpg "
+                            f"files, or a manifest.csv of file,label rows)")
+        classes = sorted({c for _, _, c, _ in entries})
+        index = {c: i for i, c in enumerate(classes)}
+        decoded: dict[tuple[int, str], np.ndarray] = {}
+        seen: set[bytes] = set()
+        for ti, tree in enumerate(trees):
+            wanted = {m for t, m, _, _ in entries if t == ti}
+            for name, data in tree.iter_files(wanted):
+                digest = _digest(data, name, class_depth)
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                decoded[(ti, name)] = decode_image(data, tree.where(name), resolution, mode)
+        shapes = {a.shape for a in decoded.values()}
+        if len(shapes) > 1:
+            raise DataError(f"{paths[0]}: images have different sizes {sorted(shapes)[:3]}...; give a resolution")
+        by_split: dict[str, tuple[list, list]] = {}
+        for ti, name, cls, split in entries:
+            if (ti, name) not in decoded:
+                continue
+            xs, ys = by_split.setdefault(split or "all", ([], []))
+            xs.append(decoded[(ti, name)])
+            ys.append(index[cls])
+        splits = {s: Split(np.stack(xs), np.asarray(ys, dtype=np.int64)) for s, (xs, ys) in by_split.items()}
+        return ImageData(splits, classes, ", ".join(map(str, paths)))
+    finally:
+        for tree in trees:
+            tree.close()
+
+
+def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[tuple[str, str, str | None]]:
+    names = tree.names()
+    csvs = [n for n in names if PurePosixPath(n).name in ({manifest} if manifest else {"manifest.csv", "labels.csv"})]
+    entries: list[tuple[str, str, str | None]] = []
+    if not csvs:
+        for n in names:
+            parts = PurePosixPath(n).parts
+            if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS and len(parts) >= class_depth + 1:
+                entries.append((n, "/".join(parts[-1 - class_depth:-1]), _split_of(parts)))
+        return entries
+    mname = min(csvs, key=len)
+    base = PurePosixPath(mname).parent
+    rows = list(csv.reader(io.StringIO(tree.read(mname).decode("utf-8-sig"))))
+    header = ["file", "label"]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+        header = [c.strip().lower() for c in rows[0]]
+        rows = rows[1:]
+    split_col = header.index("split") if "split" in header else None
+    present = set(names)
+    for i, row in enumerate(rows, start=2 if header != ["file", "label"] or split_col else 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[1].strip():
+            raise DataError(f"{tree.where(mname)}: line {i}: expected 'file,label', got {row}")
+        member = row[0].strip() if str(base) == "." else str(base / row[0].strip())
+        if member not in present:
+            raise DataError(f"{tree.where(mname)}: line {i}: file {row[0]!r} is not in {tree.path}")
+        split = SPLIT_NAMES.get(row[split_col].strip().lower()) if split_col is not None else None
+        entries.append((member, row[1].strip(), split))
+    return entries
+
+
+def _digest(data: bytes, name: str, class_depth: int) -> bytes:
+    """Identity of a file for de-duplication: its class path, file name and content."""
+    import hashlib
+    parts = PurePosixPath(name).parts
+    return hashlib.sha1("/".join(parts[-1 - class_depth:]).encode() + b"\0" + data).digest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NumPy arrays
+def read_npy_classes(files: list[str | Path]) -> ImageData:
+    """One .npy file per class (the class is the file name; e.g. QuickDraw's numpy_bitmap files of [N, 784]
+    uint8), loaded with allow_pickle=False."""
+    xs, ys, classes = [], [], []
+    for i, f in enumerate(sorted(Path(p) for p in files)):
+        arr = _load_npy(f)
+        xs.append(_as_square_images(arr, f))
+        ys.append(np.full(len(arr), i, dtype=np.int64))
+        classes.append(f.stem)
+    if not xs:
+        raise DataError("no .npy files given")
+    return ImageData({"all": Split(np.concatenate(xs), np.concatenate(ys))}, classes, str(Path(files[0]).parent))
+
+
+def read_npz(path: str | Path) -> ImageData:
+    """A .npz with arrays ``x`` (or ``images``) [N, H, W(, C)] uint8 and ``y`` (or ``labels``) [N]; optional
+    ``x_test``/``y_test`` and ``classes``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            def get(*names):
+                for n in names:
+                    if n in keys:
+                        return z[n]
+                return None
+            x, y = get("x", "images", "x_train"), get("y", "labels", "y_train")
+            if x is None or y is None:
+                raise DataError(f"{path}: needs arrays 'x' and 'y' (or 'images' and 'labels'); has {sorted(keys)}")
+            splits = {"train" if get("x_test") is not None else "all": Split(_as_square_images(x, path),
+                                                                             y.astype(np.int64).reshape(-1))}
+            if get("x_test") is not None:
+                splits["test"] = Split(_as_square_images(get("x_test"), path), get("y_test").astype(np.int64))
+            names = get("classes")
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    n_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
+    classes = [str(c) for c in names] if names is not None else [str(i) for i in range(n_classes)]
+    return ImageData(splits, classes, str(path))
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npy file of numbers ({err})") from err
+
+
+def _as_square_images(arr: np.ndarray, where) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(arr.max()) <= 1.0 and float(arr.min()) >= 0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[1] == 1 and arr.shape[2] > 4):
+        flat = arr.reshape(len(arr), -1)
+        side = int(round(np.sqrt(flat.shape[1])))
+        if side * side != flat.shape[1]:
+            raise DataError(f"{where}: rows of {flat.shape[1]} values are not square images")
+        return flat.reshape(len(arr), side, side, 1)
+    if arr.ndim == 3:
+        return arr[..., None]
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        return arr
+    if arr.ndim == 4 and arr.shape[1] in (1, 3):
+        return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+    raise DataError(f"{where}: cannot read images of shape {arr.shape}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny ImageNet
+def read_tiny_imagenet(path: str | Path, resolution: int | None = None) -> ImageData:
+    """The tiny-imagenet-200 layout, as a folder or an archive: wnids.txt, train/<wnid>/images/*.JPEG and
+    val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box). Splits present are read; classes are
+    the wnids that have images (listed wnids without any image are dropped)."""
+    path = Path(path)
+    tree = _Tree(path)
+    try:
+        names = tree.names()
+        wnid_files = [n for n in names if PurePosixPath(n).name == "wnids.txt"]
+        if not wnid_files:
+            raise DataError(f"{path}: no wnids.txt: not the tiny-imagenet-200 layout")
+        root = PurePosixPath(min(wnid_files, key=len)).parent
+        wnids = [w.strip() for w in tree.read(min(wnid_files, key=len)).decode().split() if w.strip()]
+        present = set(names)
+        entries: list[tuple[str, str, str]] = []
+        ann = str(root / "val" / "val_annotations.txt")
+        if ann in present:
+            for i, line in enumerate(tree.read(ann).decode().splitlines(), start=1):
+                cols = line.split("\t")
+                if len(cols) < 2:
+                    raise DataError(f"{tree.where(ann)}: line {i}: expected tab-separated file and wnid")
+                member = str(root / "val" / "images" / cols[0])
+                if member in present:
+                    entries.append((member, cols[1], "val"))
+        for n in names:
+            parts = PurePosixPath(n).parts
+            rel = parts[len(root.parts):]
+            if len(rel) == 4 and rel[0] == "train" and rel[2] == "images" and \
+                    PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS:
+                entries.append((n, rel[1], "train"))
+        if not entries:
+            raise DataError(f"{path}: no labelled images (train/<wnid>/images or val/images + val_annotations.txt)")
+        used = {w for _, w, _ in entries}
+        unknown = used - set(wnids)
+        if unknown:
+            raise DataError(f"{path}: labels {sorted(unknown)[:3]} are not in wnids.txt")
+        classes = [w for w in wnids if w in used]
+        index = {w: i for i, w in enumerate(classes)}
+        decoded = {n: decode_image(d, tree.where(n), resolution, "RGB")
+                   for n, d in tree.iter_files({e[0] for e in entries})}
+        by: dict[str, tuple[list, list]] = {}
+        for n, w, s in entries:
+            xs, ys = by.setdefault(s, ([], []))
+            xs.append(decoded[n])
+            ys.append(index[w])
+        return ImageData({s: Split(np.stack(x), np.asarray(y, dtype=np.int64)) for s, (x, y) in by.items()},
+                         classes, str(path))
+    finally:
+        tree.close()
+
+
+def file_signature(paths: list[Path]) -> str:
+    """A cheap identity of source files (names, sizes, mtimes) for cache keys."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["Split", "ImageData", "read_idx", "read_idx_pair", "safe_unpickle", "read_cifar_batch",
+           "read_cifar_names", "read_image_tree", "read_npy_classes", "read_npz", "read_tiny_imagenet",
+           "decode_image", "file_signature"]

@@ -1,0 +1,166 @@
+"""Image tasks: a dataset (or a class subset of one) at a resolution, with its own head.
+
+A task spec (plain data, from the YAML config):
+    dataset: a registry name or a path        resolution: 28 | 32 | 64 | 84 | 224 | ...
+    classes: "0:100" (slice of the class list) or [names]    train_images: N (subsample; the paper's 1,000)
+    val_fraction: 0.25 (held out of train for methods that need a validation batch)
+Batches are a pure function of (task seed, step, split), so replays and resumes need no loader state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..learners import batch_indices, stream_seed
+from .augment import default_padding, normalize, random_crop, random_flip, to_float
+from .cache import PreparedData, prepare
+from .formats import Split
+
+TASK_KEYS = {"dataset", "resolution", "classes", "train_images", "val_fraction", "name", "augment"}
+
+
+@dataclass
+class TaskSpec:
+    dataset: str
+    resolution: int = 32
+    classes: str | list | None = None
+    train_images: int | None = None
+    val_fraction: float = 0.0
+    name: str | None = None
+    augment: bool = True
+
+    @staticmethod
+    def from_dict(d: dict, where: str) -> "TaskSpec":
+        if isinstance(d, str):
+            d = {"dataset": d}
+        if not isinstance(d, dict) or "dataset" not in d:
+            raise ConfigError(f"{where}: expected a mapping with a 'dataset' key, got {d!r}")
+        unknown = sorted(set(d) - TASK_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(TASK_KEYS))}")
+        spec = TaskSpec(**d)
+        if not isinstance(spec.resolution, int) or isinstance(spec.resolution, bool) or spec.resolution < 4:
+            raise ConfigError(f"{where}.resolution: expected an integer >= 4, got {spec.resolution!r}")
+        if spec.train_images is not None and (not isinstance(spec.train_images, int) or spec.train_images < 1):
+            raise ConfigError(f"{where}.train_images: expected an integer >= 1, got {spec.train_images!r}")
+        if not isinstance(spec.val_fraction, (int, float)) or not 0 <= spec.val_fraction < 1:
+            raise ConfigError(f"{where}.val_fraction: expected a number in [0, 1), got {spec.val_fraction!r}")
+        return spec
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.dataset).name + (f"[{self.classes}]" if isinstance(self.classes, str) else ""))
+
+
+def select_classes(classes: list[str], selector, where: str) -> list[int]:
+    """Indices of the chosen classes: None (all), "a:b" (a slice of the class list) or a list of names/indices."""
+    n = len(classes)
+    if selector is None:
+        return list(range(n))
+    if isinstance(selector, str) and ":" in selector:
+        try:
+            a, b = (int(x) if x.strip() else None for x in selector.split(":"))
+        except ValueError:
+            raise ConfigError(f"{where}.classes: expected 'start:stop', got {selector!r}") from None
+        chosen = list(range(n))[a:b]
+    elif isinstance(selector, list):
+        index = {c: i for i, c in enumerate(classes)}
+        chosen = []
+        for c in selector:
+            if isinstance(c, int) and 0 <= c < n:
+                chosen.append(c)
+            elif str(c) in index:
+                chosen.append(index[str(c)])
+            else:
+                raise ConfigError(f"{where}.classes: {c!r} is not a class of this dataset ({n} classes, e.g. "
+                                  f"{', '.join(classes[:3])})")
+    else:
+        raise ConfigError(f"{where}.classes: expected 'start:stop' or a list of class names, got {selector!r}")
+    if len(chosen) < 2:
+        raise ConfigError(f"{where}.classes: {selector!r} selects {len(chosen)} class(es) of {n}; need at least 2")
+    return chosen
+
+
+def _subset(split: Split, keep: list[int]) -> Split:
+    remap = np.full(int(split.labels.max()) + 1 if len(split.labels) else 1, -1, dtype=np.int64)
+    for new, old in enumerate(keep):
+        if old < len(remap):
+            remap[old] = new
+    mask = remap[split.labels] >= 0
+    return Split(split.images[mask], remap[split.labels[mask]])
+
+
+class ImageTask:
+    """One task: uint8 images kept on ``device``, batches drawn deterministically, augmented on ``device``."""
+
+    def __init__(self, spec: TaskSpec, data: PreparedData, batch_size: int, seed: int, task_id: int,
+                 device: str | torch.device = "cpu", where: str = "task", channels: int = 3):
+        self.spec, self.batch_size, self.seed, self.task_id = spec, batch_size, seed, task_id
+        self.device = torch.device(device)
+        self.channels = channels
+        keep = select_classes(data.classes, spec.classes, where)
+        self.classes = [data.classes[i] for i in keep]
+        train, test = _subset(data.train, keep), _subset(data.test, keep)
+        rng = np.random.default_rng(stream_seed(seed, task_id, 0x5B5))
+        order = rng.permutation(len(train.labels))
+        if spec.train_images is not None:
+            if spec.train_images > len(order):
+                raise ConfigError(f"{where}.train_images: {spec.train_images} asked, the training split of "
+                                  f"{spec.dataset} has {len(order)}")
+            order = order[:spec.train_images]
+        n_val = int(round(len(order) * spec.val_fraction))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        if len(train_idx) == 0:
+            raise ConfigError(f"{where}: no training images left after subsampling and the validation split")
+        self.mean, self.std = data.mean, data.std
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        self.x = {"train": to(train.images[train_idx]), "val": to(train.images[val_idx if n_val else train_idx]),
+                  "test": to(test.images)}
+        self.y = {"train": to(train.labels[train_idx]), "val": to(train.labels[val_idx if n_val else train_idx]),
+                  "test": to(test.labels)}
+        self.padding = default_padding(spec.resolution)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare_images(self, images: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
+        x = to_float(images, self.channels)
+        if augment:
+            x = random_flip(random_crop(x, self.padding, generator), generator)
+        return normalize(x, self.mean, self.std)
+
+    def batch(self, step: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Mini-batch number ``step`` of ``split`` (train: augmented; val: not)."""
+        n = len(self.y[split])
+        split_seed = stream_seed(self.seed, {"train": 1, "val": 2, "test": 3}[split])
+        idx = batch_indices(n, self.batch_size, step, split_seed, self.task_id).to(self.device)
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, self.task_id, step, 0xA06))
+        augment = split == "train" and self.spec.augment
+        return self.prepare_images(self.x[split][idx], augment, gen), self.y[split][idx]
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str = "test", batch_size: int = 512) -> float:
+        """Top-1 accuracy of ``model`` on a whole split (no augmentation, eval mode)."""
+        was = model.training
+        model.eval()
+        correct = 0
+        for i in range(0, len(self.y[split]), batch_size):
+            x = self.prepare_images(self.x[split][i:i + batch_size], False, None)
+            correct += int((model(x).argmax(1) == self.y[split][i:i + batch_size]).sum())
+        model.train(was)
+        return correct / max(len(self.y[split]), 1)
+
+
+def build_tasks(specs: list[dict], batch_size: int, seed: int, data_root=None, cache_dir=None,
+                device="cpu", where: str = "tasks") -> list[ImageTask]:
+    parsed = [TaskSpec.from_dict(d, f"{where}[{i}]") for i, d in enumerate(specs)]
+    out = []
+    for i, spec in enumerate(parsed):
+        data = prepare(spec.dataset, spec.resolution, data_root, cache_dir)
+        out.append(ImageTask(spec, data, batch_size, seed, i, device, where=f"{where}[{i}]"))
+    return out

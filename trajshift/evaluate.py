@@ -1,0 +1,187 @@
+"""Meta-test: finetune from an initialization (or from scratch) on target datasets with a fresh head; report the
+mean top-1 test accuracy over seeds with its 95% confidence interval (Student t).
+
+Protocols (``--protocol``):
+* paper: Section 4.2: SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4, 1,000 steps, batch 128. The
+  paper says "an appropriate learning rate schedule" without more: we decay x0.1 at 50% and 75% of the steps.
+* table1: Section 4.3 / Table 1: Nesterov SGD, lr 0.01, x0.2 at steps 400/700/900 (of 1,000), weight decay 1e-4,
+  batch 256, 1,000-image training subsets.
+* reference: the authors' code: Adam, lr 1e-3, weight decay 5e-4, batch 128, 1,000 steps, x0.3 at 40/70/90%.
+``steps`` rescales the schedule (milestones are fractions of the steps).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .learners import stream_seed
+from .models import build_model
+from .optim import build_optimizer
+from .registry import Registry
+from .stats import mean_ci95
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    optimizer: dict
+    steps: int
+    milestones: tuple[float, ...]       # fractions of the steps
+    gamma: float
+    batch_size: int
+    train_images: int | None = None
+    description: str = ""
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol", "--protocol")
+for _p in (
+    Protocol("paper", {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, 1000,
+             (0.5, 0.75), 0.1, 128, None, "Section 4.2 (schedule x0.1 at 50%/75%: our choice)"),
+    Protocol("table1", {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}, 1000,
+             (0.4, 0.7, 0.9), 0.2, 256, 1000, "Table 1: 1,000-image subsets"),
+    Protocol("reference", {"name": "adam", "lr": 1e-3, "weight_decay": 5e-4}, 1000, (0.4, 0.7, 0.9), 0.3, 128,
+             None, "the reference code"),
+):
+    PROTOCOLS.register(_p.name, _p)
+
+
+def load_init(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict file, loaded with weights_only=True (no code runs)."""
+    from .data.errors import DataError
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: no such initialization file") from err
+    except Exception as err:
+        raise DataError(f"{path}: not a readable state_dict file ({type(err).__name__}: {err})") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise DataError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    return sd
+
+
+def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    """Load everything but the head; any other mismatch is an error that names the keys."""
+    body = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    _check_shapes(model, body, where)
+    result = model.load_state_dict(body, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{where}: the initialization does not fit the model: missing {missing[:4]}, "
+                          f"unexpected {result.unexpected_keys[:4]}; check --model")
+
+
+def _check_shapes(model, body, where) -> None:
+    own = model.state_dict()
+    for k, v in body.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{where}: {k} has shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the "
+                              f"model; check --model")
+
+
+def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, steps: int, seed: int,
+             device="cpu", where: str = "init") -> float:
+    """Train a fresh-headed model on ``task`` for ``steps`` steps; returns its test accuracy."""
+    torch.manual_seed(stream_seed(seed, 0xF17E))
+    model = build_model(model_spec, task.num_classes).to(device)
+    if init is not None:
+        load_body(model, init, where)
+    opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
+    milestones = sorted({max(1, int(round(f * steps))) for f in protocol.milestones})
+    base = [g["lr"] for g in opt.param_groups]
+    model.train()
+    for step in range(steps):
+        decay = protocol.gamma ** sum(step >= m for m in milestones)
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * decay
+        x, y = task.batch(step, "train")
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            from .errors import DivergenceError
+            raise DivergenceError(f"meta-test on {task.spec.label}: loss {loss.item()} at step {step} (seed {seed})")
+        loss.backward()
+        opt.step()
+    return task.evaluate(model)
+
+
+@dataclass
+class MetaTestConfig:
+    targets: list[str]
+    init: str | None = None            # None: from scratch
+    model: dict = field(default_factory=lambda: {"name": "resnet20"})
+    protocol: str = "paper"
+    steps: int | None = None
+    seeds: int = 5
+    resolution: int | None = None      # default: the dataset's registered resolution (32 for paths)
+    train_images: int | None = None    # default: the protocol's
+    batch_size: int | None = None
+    data_root: str | None = None
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+    def validate(self) -> "MetaTestConfig":
+        PROTOCOLS.get(self.protocol)
+        if not self.targets:
+            raise ConfigError("--targets: give at least one dataset name or path")
+        for key in ("seeds", "steps", "resolution", "train_images", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= 1, got {v!r}")
+        from .models import MODELS
+        MODELS.get(self.model.get("name"))
+        return self
+
+
+def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> dict:
+    from .data.registry import DATASETS
+    from .data.tasks import ImageTask, TaskSpec
+    from .data.cache import prepare
+    cfg.validate()
+    protocol = PROTOCOLS.get(cfg.protocol)
+    steps = cfg.steps or protocol.steps
+    init = load_init(cfg.init) if cfg.init else None
+    results: dict = {}
+    per_seed: dict[int, list[float]] = {}
+    t0 = time.perf_counter()
+    for target in cfg.targets:
+        res = cfg.resolution or (DATASETS.get(target).resolution if target in DATASETS else 32)
+        data = prepare(target, res, cfg.data_root, cfg.cache_dir)
+        accs = []
+        for seed in range(cfg.seeds):
+            spec = TaskSpec(dataset=target, resolution=res, train_images=cfg.train_images or protocol.train_images)
+            task = ImageTask(spec, data, cfg.batch_size or protocol.batch_size, seed, 0, cfg.device,
+                             where=f"target {target}")
+            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch"))
+            per_seed.setdefault(seed, []).append(accs[-1])
+            log(f"{target} seed {seed}: test accuracy {100 * accs[-1]:.2f}%")
+        mean, ci = mean_ci95(accs)
+        results[target] = {"mean": mean, "ci95": ci, "accs": accs, "resolution": res,
+                           "train_images": len(task.y["train"]), "test_images": len(task.y["test"])}
+    avg_mean, avg_ci = mean_ci95([sum(v) / len(v) for v in per_seed.values()])
+    report = {"init": cfg.init or "scratch", "protocol": protocol.name, "steps": steps, "seeds": cfg.seeds,
+              "model": cfg.model, "targets": results, "average": {"mean": avg_mean, "ci95": avg_ci},
+              "wall_time": time.perf_counter() - t0}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(report, indent=1))
+        (out / "results.md").write_text(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"Meta-test of `{report['init']}` ({report['protocol']} protocol, {report['steps']} steps, "
+             f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval, %)", "",
+             "| target | accuracy |", "|---|---|"]
+    for name, r in report["targets"].items():
+        lines.append(f"| {name} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} |")
+    a = report["average"]
+    lines.append(f"| **average** | {100 * a['mean']:.2f} ± {100 * a['ci95']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,43 @@
+"""Multi-task learning baselines as methods of the same engine.
+
+mtl: multi-headed joint training of one shared body on all source tasks, minimising mean_t L^(t). The meta-learned
+rows start equal; after every backward each row's gradient is replaced by the mean over tasks (one all-reduce, like
+data-parallel training), so every row takes the same optimizer step from the same state: exactly joint training,
+for any element-wise optimizer (SGD, momentum, Adam, ...). Heads and BatchNorm statistics stay per task.
+phi follows the shared body. Resets (theta <- phi) are then no-ops, so M and K only set the total steps.
+
+pretrain: the same on a single task (the paper's "TIN finetuning" source: train on one dataset, keep the body).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from .base import Method
+
+
+class MTL(Method):
+    name = "mtl"
+
+    def setup(self, tr):
+        self._tr = tr
+        tr.pop.grad_hooks.append(self._average_gradients)
+
+    def _average_gradients(self, pop):
+        pop.theta_grad.copy_(self._tr.task_mean(pop.theta_grad).expand_as(pop.theta_grad))
+
+    def step(self, tr, m, k):
+        losses = tr.inner_step(m, k)
+        with torch.no_grad():
+            tr.phi.copy_(tr.pop.theta[0])
+        return losses
+
+
+class Pretrain(MTL):
+    name = "pretrain"
+
+    def setup(self, tr):
+        if tr.pop.num_tasks * tr.comm.world_size != 1:
+            raise ConfigError(f"method pretrain: trains on exactly one task; the config has "
+                              f"{tr.pop.num_tasks * tr.comm.world_size} (use mtl for several)")
+        super().setup(tr)
