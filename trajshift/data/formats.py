@@ -313,12 +313,13 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[t
     base = PurePosixPath(mname).parent
     rows = list(csv.reader(io.StringIO(tree.read(mname).decode("utf-8-sig"))))
     header = ["file", "label"]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+    has_header = bool(rows) and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]
+    if has_header:
         header = [c.strip().lower() for c in rows[0]]
         rows = rows[1:]
     split_col = header.index("split") if "split" in header else None
     present = set(names)
-    for i, row in enumerate(rows, start=2 if header != ["file", "label"] or split_col else 1):
+    for i, row in enumerate(rows, start=2 if has_header else 1):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2 or not row[1].strip():
@@ -332,10 +333,12 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[t
 
 
 def _digest(data: bytes, name: str, class_depth: int) -> bytes:
-    """Identity of a file for de-duplication: its class path, file name and content."""
+    """Identity of a file for de-duplication: its split, class path, file name and content (so the same drawing
+    in two archives counts once, while train/cat/0.png and test/cat/0.png stay two files)."""
     import hashlib
     parts = PurePosixPath(name).parts
-    return hashlib.sha1("/".join(parts[-1 - class_depth:]).encode() + b"\0" + data).digest()
+    key = f"{_split_of(parts)}|{'/'.join(parts[-1 - class_depth:])}"
+    return hashlib.sha1(key.encode() + b"\0" + data).digest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -194,6 +194,20 @@ for _name, _folders, _classes in (("stanford-dogs", ("stanford-dogs", "dogs"), 1
                           "file,label[,split] rows, as a folder or archives", _classes, 3, 84))
 
 
+FIXED_CLASSES = {"mnist", "fashion-mnist", "cifar10", "cifar100", "digits"}
+
+
+def check_classes(data: ImageData, expected: int | None) -> None:
+    """Labels must index the class list, and a dataset with a fixed class count must have exactly that many."""
+    for split, s in data.splits.items():
+        if len(s.labels) and (int(s.labels.min()) < 0 or int(s.labels.max()) >= len(data.classes)):
+            raise DataError(f"{data.source}: {split} labels run from {int(s.labels.min())} to {int(s.labels.max())} "
+                            f"but there are {len(data.classes)} class names; the label and class files disagree")
+    if expected is not None and len(data.classes) != expected:
+        raise DataError(f"{data.source}: {len(data.classes)} classes found, this dataset has {expected}; "
+                        f"are the files of another dataset?")
+
+
 def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolution: int | None = None) -> \
         tuple[ImageData, DatasetSpec | None, list[Path]]:
     """Read a registered dataset by name, or a folder/archive of images given by path (class folders or a
@@ -204,7 +218,9 @@ def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolut
             return spec.read(None, resolution), spec, []
         folder = find_dataset_folder(spec, data_root)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
-        return spec.read(folder, resolution), spec, files
+        data = spec.read(folder, resolution)
+        check_classes(data, spec.num_classes if spec.name in FIXED_CLASSES else None)
+        return data, spec, files
     path = Path(name_or_path)
     if not path.exists():
         raise DataError(f"dataset {name_or_path!r}: neither a registered dataset ({', '.join(DATASETS.names())}) "

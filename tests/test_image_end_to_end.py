@@ -1,0 +1,102 @@
+"""A tiny meta-train -> meta-test through the command line, on image folders the test writes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from trajshift.cli import main
+from trajshift.models import build_model
+from image_files import png_bytes
+
+
+def make_dataset(root, classes, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        base = rng.integers(0, 256, size=(3,))
+        for split, n in (("train", per_class), ("test", max(2, per_class // 3))):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(base + rng.normal(0, 30, size=(12, 12, 3)), 0, 255).astype(np.uint8)
+                (d / f"{i}.png").write_bytes(png_bytes(img))
+    return root
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    return [make_dataset(tmp_path / f"ds{i}", classes=3 + i, per_class=12, seed=i) for i in range(3)]
+
+
+def write_config(path, datasets, method, cache):
+    cfg = {"model": {"name": "conv4", "width": 8},
+           "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets[:2]],
+           "batch_size": 8, "seed": 0, "cache_dir": str(cache), "snapshot_every": 4,
+           "meta": {"method": method, "inner_steps": 4, "trajectories": 2, "meta_lr": 0.5,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("method", ["cts", "reptile", "mtl"])
+def test_meta_train_then_meta_test(tmp_path, datasets, method):
+    cfg = write_config(tmp_path / "c.yaml", datasets, method, tmp_path / "cache")
+    run = tmp_path / "run"
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    for name in ("init.pt", "config.yaml", "metrics.jsonl"):
+        assert (run / name).exists()
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-00000000.pt", "step-00000004.pt",
+                                                                     "step-00000008.pt"]
+    sd = torch.load(run / "init.pt", weights_only=True)
+    model = build_model({"name": "conv4", "width": 8}, 7)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    snap0 = torch.load(run / "snapshots" / "step-00000000.pt", weights_only=True)
+    assert not torch.equal(snap0["body.0.weight"], sd["body.0.weight"])       # the initialization moved
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["inner_steps"] == 8 and len(rows[0]["loss"]) == 2
+    out = tmp_path / "test"
+    assert main(["meta-test", "--init", str(run / "init.pt"), "--targets", str(datasets[2]), "--out", str(out),
+                 "--steps", "3", "--seeds", "2", "--resolution", "12", "--cache-dir", str(tmp_path / "cache"),
+                 "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    target = res["targets"][str(datasets[2])]
+    assert len(target["accs"]) == 2 and 0 <= target["mean"] <= 1 and target["ci95"] >= 0
+    assert res["model"] == {"name": "conv4", "width": 8}                       # read from the run's config.yaml
+    assert (out / "results.md").read_text().count("|") > 6
+
+
+def test_meta_test_from_scratch_and_errors(tmp_path, datasets, capsys):
+    out = tmp_path / "scratch"
+    assert main(["meta-test", "--from", "scratch", "--model", "conv4", "--targets", str(datasets[0]),
+                 "--out", str(out), "--steps", "2", "--seeds", "2", "--resolution", "12",
+                 "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
+    assert json.loads((out / "results.json").read_text())["init"] == "scratch"
+    capsys.readouterr()
+    assert main(["meta-test", "--init", str(tmp_path / "nope.pt"), "--targets", "digits", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "nope.pt: no such initialization file" in capsys.readouterr().err
+    (tmp_path / "evil.pt").write_bytes(b"not a torch file")
+    assert main(["meta-test", "--init", str(tmp_path / "evil.pt"), "--targets", "digits", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "evil.pt: not a readable state_dict file" in capsys.readouterr().err
+    assert main(["meta-test", "--from", "scratch", "--targets", "no-such-set", "--out", str(tmp_path / "x")]) == 2
+    assert "neither a registered dataset" in capsys.readouterr().err
+
+
+def test_meta_train_config_errors(tmp_path, datasets, capsys):
+    cfg = write_config(tmp_path / "c.yaml", datasets, "cts", tmp_path / "cache")
+    data = yaml.safe_load(cfg.read_text())
+    for change, needle in (({"optimiser": 1}, "unknown key 'optimiser'"),
+                           ({"meta": {**data["meta"], "method": "maml"}}, "method: unknown method 'maml'"),
+                           ({"model": {"name": "vgg"}}, "model.name: unknown model 'vgg'"),
+                           ({"tasks": [{"dataset": "cifar10", "resolution": 2}]}, "tasks[0].resolution"),
+                           ({"batch_size": 0}, "batch_size: expected an integer >= 1")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({**data, **change}))
+        assert main(["meta-train", str(bad), "--out", str(tmp_path / "never")]) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "never"), "--set", "meta.inner_steps=0"]) == 2
+    assert "inner_steps (K): expected an integer >= 1, got 0" in capsys.readouterr().err
