@@ -100,3 +100,22 @@ def test_meta_train_config_errors(tmp_path, datasets, capsys):
     assert not (tmp_path / "never").exists()
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "never"), "--set", "meta.inner_steps=0"]) == 2
     assert "inner_steps (K): expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_approx_error_is_zero_for_k_1_and_grows(tmp_path, datasets):
+    """k = 1: no shift has happened yet, the error is exactly 0; it is positive for k > 1 and beta > 0."""
+    from trajshift.analysis.approx_error import approximation_error
+    from trajshift.data.tasks import build_tasks
+    tasks = build_tasks([{"dataset": str(d), "resolution": 12} for d in datasets[:2]], 8, 0,
+                        cache_dir=tmp_path / "c")
+    spec = {"name": "conv4", "width": 4, "activation": "softplus"}
+    assert approximation_error(tasks, spec, 0.05, 0.5, 1, 0.9, 0) == 0.0
+    assert approximation_error(tasks, spec, 0.05, 0.0, 6, 0.9, 0) == 0.0        # beta = 0: nothing to shift
+    assert approximation_error(tasks, spec, 0.05, 0.5, 6, 0.9, 0) > 1e-6
+    out = tmp_path / "ae"
+    assert main(["approx-error", "--out", str(out), "--quick", "--quiet", "--datasets",
+                 ",".join(str(d) for d in datasets[:2]), "--resolution", "12", "--cache-dir",
+                 str(tmp_path / "c")]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["sweeps"]) == {"relu", "softplus"} and len(res["sweeps"]["relu"]["k"]) == 2
+    assert (out / "approx_error.png").exists()

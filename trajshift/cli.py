@@ -77,6 +77,24 @@ def _meta_test(args) -> int:
     return 0
 
 
+def _approx_error(args) -> int:
+    from .analysis.approx_error import ApproxErrorConfig, run_study
+    cfg = ApproxErrorConfig(datasets=[d.strip() for d in args.datasets.split(",") if d.strip()],
+                            resolution=args.resolution, draws=args.draws, data_root=args.data_root,
+                            cache_dir=args.cache_dir, alpha=args.alpha, beta=args.beta, k=args.k)
+    if args.quick:      # a smoke run: tiny sweeps and model, 2 draws
+        cfg.alphas, cfg.betas, cfg.ks, cfg.draws, cfg.k = [0.003, 0.03], [0.01, 1.0], [1, 3], 2, 3
+        cfg.model = {"name": "conv4", "width": 4}
+    for key in ("draws", "k", "resolution"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key}: expected an integer >= 1, got {getattr(cfg, key)}")
+    if cfg.draws < 2:
+        raise ConfigError("--draws: need at least 2 draws for a confidence interval")
+    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else print)
+    print(f"wrote {Path(args.out) / 'results.json'} and approx_error.png ({results['wall_time']:.0f} s)")
+    return 0
+
+
 def _list(args) -> int:
     from .data.registry import DATASETS
     from .evaluate import PROTOCOLS
@@ -153,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--device", default="cpu")
     te.add_argument("--quiet", action="store_true")
     te.set_defaults(func=_meta_test)
+    ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
+                        "(Section 3.3, Fig. 3)", description="Writes DIR/results.json and DIR/approx_error.png.")
+    ae.add_argument("--out", required=True)
+    ae.add_argument("--datasets", default="quickdraw,omniglot", help="source tasks (default quickdraw,omniglot)")
+    ae.add_argument("--resolution", type=int, default=28)
+    ae.add_argument("--draws", type=int, default=10, help="draws per point (default 10)")
+    ae.add_argument("--alpha", type=float, default=0.01, help="base inner learning rate (default 0.01)")
+    ae.add_argument("--beta", type=float, default=0.01, help="base meta learning rate (default 0.01)")
+    ae.add_argument("--k", type=int, default=50, help="base trajectory length (default 50)")
+    ae.add_argument("--data-root", default=None)
+    ae.add_argument("--cache-dir", default=None)
+    ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
+    ae.add_argument("--quiet", action="store_true")
+    ae.set_defaults(func=_approx_error)
     ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=_list)
     return p

@@ -218,11 +218,15 @@ class ModuleLearners(Learners):
                     params[n].grad = grads[n]
         theta.grad = theta_grad
 
+    def _batch(self, t, step, split):
+        x, y = self.batch_fn(t, step, split)
+        return (x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x), y
+
     def losses(self, step, split="train"):
         out = []
         for t, m in enumerate(self.modules):
             m.train(split == "train")
-            x, y = self.batch_fn(t, step, split)
+            x, y = self._batch(t, step, split)
             out.append(self.loss(m(x), y))
         return torch.stack(out)
 
@@ -233,7 +237,7 @@ class ModuleLearners(Learners):
         out = torch.empty(self.num_tasks, dtype=self.dtype)
         for t, m in enumerate(self.modules):
             m.train(split == "train")
-            x, y = self.batch_fn(t, step, split)
+            x, y = self._batch(t, step, split)
             loss = self.loss(m(x), y)
             loss.backward()
             out[t] = loss.detach()
@@ -243,7 +247,7 @@ class ModuleLearners(Learners):
         out = []
         for t, m in enumerate(self.modules):
             m.train(split == "train")
-            x, y = self.batch_fn(t, step, split)
+            x, y = self._batch(t, step, split)
             state = {n: b.clone() for n, b in m.named_buffers()}    # leave the real BatchNorm statistics alone
             state.update(self.spec.views(theta[t]))
             out.append(self.loss(torch.func.functional_call(m, state, (x,)), y))
