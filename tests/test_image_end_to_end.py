@@ -119,3 +119,20 @@ def test_approx_error_is_zero_for_k_1_and_grows(tmp_path, datasets):
     res = json.loads((out / "results.json").read_text())
     assert set(res["sweeps"]) == {"relu", "softplus"} and len(res["sweeps"]["relu"]["k"]) == 2
     assert (out / "approx_error.png").exists()
+
+
+def test_report_compares_runs(tmp_path, datasets):
+    runs = []
+    for method in ("cts", "reptile"):
+        cfg = write_config(tmp_path / f"{method}.yaml", datasets, method, tmp_path / "cache")
+        assert main(["meta-train", str(cfg), "--out", str(tmp_path / method), "--quiet"]) == 0
+        runs.append(str(tmp_path / method))
+    out = tmp_path / "report"
+    assert main(["report", *runs, "--targets", str(datasets[2]), "--out", str(out), "--seeds", "2", "--steps", "2",
+                 "--resolution", "12", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in rep["runs"]] == ["cts", "reptile"]
+    assert [c["inner_steps"] for c in rep["runs"][0]["curve"]] == [0, 4, 8]
+    for name in ("fig6a_meta_train_loss.png", "fig7_meta_test_vs_inner_steps.png", "table.md"):
+        assert (out / name).exists()
+    assert "(reptile)" in (out / "table.md").read_text()

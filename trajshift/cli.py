@@ -95,6 +95,24 @@ def _approx_error(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .analysis.report import make_report
+    for run in args.runs:
+        for name in ("config.yaml", "metrics.jsonl", "init.pt"):
+            if not (Path(run) / name).exists():
+                raise ConfigError(f"{run}: not a meta-train run folder (no {name}); give folders written by "
+                                  f"`trajshift meta-train --out`")
+    if args.seeds < 2:
+        raise ConfigError("--seeds: need at least 2 seeds for a confidence interval")
+    make_report(args.runs, [t.strip() for t in args.targets.split(",") if t.strip()], args.out, seeds=args.seeds,
+                steps=args.steps, protocol=args.protocol, every_snapshot=args.every_snapshot,
+                resolution=args.resolution, data_root=args.data_root, cache_dir=args.cache_dir,
+                log=(lambda *_: None) if args.quiet else print)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {Path(args.out) / 'report.json'} and the figures in {args.out}/")
+    return 0
+
+
 def _list(args) -> int:
     from .data.registry import DATASETS
     from .evaluate import PROTOCOLS
@@ -185,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
     ae.add_argument("--quiet", action="store_true")
     ae.set_defaults(func=_approx_error)
+    rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
+                        "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
+    rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method)")
+    rp.add_argument("--targets", required=True)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--steps", type=int, default=None, help="finetuning steps per meta-test")
+    rp.add_argument("--protocol", default="paper")
+    rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
+    rp.add_argument("--resolution", type=int, default=None)
+    rp.add_argument("--data-root", default=None)
+    rp.add_argument("--cache-dir", default=None)
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=_report)
     ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=_list)
     return p
