@@ -5,8 +5,9 @@ plain:    T models and T torch.optim.SGD optimizers; per step, for each task: ze
 cts:      trajshift MetaTrainer, method cts (one inner step for all T tasks + meta-update + shift every step);
 reptile:  trajshift MetaTrainer, method reptile (meta-update every K steps).
 
-The variants run interleaved, ``--repeats`` times each, on the same pre-generated batches; the reported ratio is the
-median over repeats of (variant time / plain time) measured back to back, so machine noise largely cancels.
+Each variant is built once, then the variants take turns running blocks of ``--block`` steps for ``--repeats`` rounds
+on the same pre-generated batches; the reported ratio is the median over rounds of (variant time / plain time)
+within the round, so the drifts of a shared machine largely cancel.
 
     python benchmarks/inner_step.py --out benchmarks/out/inner_step.json
 """
@@ -51,8 +52,9 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=40, help="inner steps per timed run")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--block", type=int, default=5, help="inner steps per timed block")
+    ap.add_argument("--repeats", type=int, default=40, help="rounds of blocks (variants take turns)")
+    ap.add_argument("--inner-steps", type=int, default=100, help="K: reptile meta-updates every K steps")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,43 +75,55 @@ def main() -> None:
             out.append(m)
         return out
 
-    def run_plain() -> float:
+    # Every variant is built once and then advanced in blocks of --block steps, the variants taking turns, for
+    # --repeats rounds: slow drifts of a shared machine hit all variants of a round alike.
+    def plain_stepper():
         ms = models()
         opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for m in ms]
-        t0 = time.perf_counter()
-        for step in range(args.steps):
-            for t, (m, o) in enumerate(zip(ms, opts)):
-                x, y = data[t][step % 8]
-                o.zero_grad()
-                nn.functional.cross_entropy(m(x), y).backward()
-                o.step()
-        return time.perf_counter() - t0
+        state = {"step": 0}
 
-    def run_trajshift(method: str) -> float:
+        def block(n):
+            for _ in range(n):
+                step = state["step"]
+                for t, (m, o) in enumerate(zip(ms, opts)):
+                    x, y = data[t][step % 8]
+                    o.zero_grad()
+                    nn.functional.cross_entropy(m(x), y).backward()
+                    o.step()
+                state["step"] += 1
+        return block
+
+    def trajshift_stepper(method: str):
         learners = ts.ModuleLearners(models(), lambda t, step, split: data[t][step % 8])
-        cfg = ts.MetaConfig(method=method, inner_steps=args.steps, trajectories=1, meta_lr=0.01,
-                            inner_optimizer=opt, progress=False, log_every=args.steps)
-        trainer = ts.MetaTrainer(learners, cfg)
-        t0 = time.perf_counter()
-        trainer.run()
-        return time.perf_counter() - t0
+        cfg = ts.MetaConfig(method=method, inner_steps=args.inner_steps, trajectories=10 ** 6, meta_lr=0.01,
+                            inner_optimizer=opt, progress=False, log_every=10 ** 6)
+        steps = ts.MetaTrainer(learners, cfg).steps()
 
-    variants = {"plain": run_plain, "cts": lambda: run_trajshift("cts"), "reptile": lambda: run_trajshift("reptile")}
-    for fn in variants.values():                               # warm-up
-        fn()
+        def block(n):
+            for _ in range(n):
+                next(steps)
+        return block
+
+    variants = {"plain": plain_stepper(), "cts": trajshift_stepper("cts"), "reptile": trajshift_stepper("reptile")}
+    for block in variants.values():                            # warm-up
+        block(3)
     times = {k: [] for k in variants}
     for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(fn() / args.steps)
+        for name, block in variants.items():
+            t0 = time.perf_counter()
+            block(args.block)
+            times[name].append((time.perf_counter() - t0) / args.block)
     ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["plain"])) for k in variants}
     P = sum(p.numel() for n, p in template.named_parameters() if not n.startswith("fc"))
     result = {
         "benchmark": "inner_step", "command": "python " + " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "threads": args.threads},
-        "setup": {"tasks": T, "batch": args.batch, "image_size": args.size, "meta_params": P, "steps": args.steps,
-                  "repeats": args.repeats, "model": "SmallCNN (4 x conv32-BN-ReLU-pool, heads of 10..25 classes)"},
+        "setup": {"tasks": T, "batch": args.batch, "image_size": args.size, "meta_params": P, "block": args.block,
+                  "repeats": args.repeats, "inner_steps_K": args.inner_steps, "model": "SmallCNN (4 x conv32-BN-ReLU-pool, heads of 10..25 classes)"},
         "ms_per_inner_step_median": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "ratio_quartiles": {k: statistics.quantiles([a / b for a, b in zip(times[k], times["plain"])], n=4)
+                            for k in variants if k != "plain"},
         "ratio_to_plain_median": ratios,
         "target": "cts <= 1.05 x plain",
         "target_met": ratios["cts"] <= 1.05,

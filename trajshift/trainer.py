@@ -132,34 +132,41 @@ class MetaTrainer:
         return delta
 
     # ----- the loop ----------------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def steps(self):
+        """Algorithms 1 and 2 as a generator: yields (m, k, losses) after every inner step of the loop, so callers
+        can interleave their own work (benchmarks, interactive use). ``run`` consumes it."""
         cfg = self.cfg
         K, M = cfg.inner_steps, cfg.trajectories
+        for m in range(M):
+            self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
+            self.method.start_trajectory(self, m)
+            for k in range(1, K + 1):
+                losses = self.method.step(self, m, k)
+                if k % cfg.log_every == 0 or k == K:
+                    self._log(m, k, losses)
+                for cb in self.step_callbacks:
+                    cb(self)
+                yield m, k, losses
+            self.method.end_trajectory(self, m)
+            if not torch.isfinite(self.phi).all():
+                raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
+            self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
+                                "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm})
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
         start = time.perf_counter()
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         bar = None
         if show and self.comm.is_main():
             from tqdm import tqdm
-            bar = tqdm(total=M * K, desc=cfg.method, unit="step", dynamic_ncols=True)
+            bar = tqdm(total=cfg.trajectories * cfg.inner_steps, desc=cfg.method, unit="step", dynamic_ncols=True)
         try:
-            for m in range(M):
-                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
-                self.method.start_trajectory(self, m)
-                for k in range(1, K + 1):
-                    losses = self.method.step(self, m, k)
-                    if k % cfg.log_every == 0 or k == K:
-                        self._log(m, k, losses)
-                    for cb in self.step_callbacks:
-                        cb(self)
-                    if bar is not None:
-                        bar.update(1)
-                        if k % 10 == 0:
-                            bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
-                self.method.end_trajectory(self, m)
-                if not torch.isfinite(self.phi).all():
-                    raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
-                self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
-                                    "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm})
+            for m, k, losses in self.steps():
+                if bar is not None:
+                    bar.update(1)
+                    if k % 10 == 0:
+                        bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
         finally:
             if bar is not None:
                 bar.close()

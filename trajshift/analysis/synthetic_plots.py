@@ -31,12 +31,15 @@ def _background(ax, points: torch.Tensor, qmap: torch.Tensor) -> None:
     return cs
 
 
-def trajectories(path, points, qmap, cfg, traces: dict) -> None:
-    """Fig. 5c-d: meta-learning trajectories of phi over the map of initialization quality."""
+def trajectories(path, points, qmap, cfg, traces: dict, max_panels: int = 6) -> None:
+    """Fig. 5c-d: meta-learning trajectories of phi over the map of initialization quality (at most
+    ``max_panels`` starts, evenly spaced through the grid; every start's numbers are in results.json)."""
     starts = sorted({s for s, _ in traces})
+    if len(starts) > max_panels:
+        starts = [starts[round(i * (len(starts) - 1) / (max_panels - 1))] for i in range(max_panels)]
     cols = min(3, len(starts))
     rows = math.ceil(len(starts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False, layout="constrained")
     for ax, start in zip(axes.flat, starts):
         cs = _background(ax, points, qmap)
         for method in cfg.methods:
@@ -51,10 +54,10 @@ def trajectories(path, points, qmap, cfg, traces: dict) -> None:
     for ax in list(axes.flat)[len(starts):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
-    fig.colorbar(cs, ax=axes, shrink=0.8, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
-    fig.suptitle(f"Meta-learning trajectories over initialization quality\n(task seed {cfg.task_seeds[0]}, "
+    fig.colorbar(cs, ax=axes, shrink=0.9, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
+    fig.suptitle(f"Meta-learning trajectories over initialization quality (task seed {cfg.task_seeds[0]}, "
                  f"{cfg.trajectories * cfg.inner_steps} meta-updates each; star: start, dot: end)", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -174,13 +174,18 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
     budget = cfg.trajectories * cfg.inner_steps
     starts = grid_points(cfg.grid)
     map_points = grid_points(cfg.map_resolution)
-    runs, curves, traces = [], {}, {}
+    runs, curves, traces, agreement, best_by_seed = [], {}, {}, [], {}
     t_start = time.perf_counter()
     for seed in cfg.task_seeds:
         tasks = HimmelblauTasks.make(cfg.num_tasks, seed=seed, template=cfg.template)
+        seed_map = meta_test_loss(tasks, map_points, cfg.inner_steps, opt)
+        best_by_seed[seed] = {"best_phi": map_points[int(torch.argmin(seed_map))].tolist(),
+                              "best_loss": float(seed_map.min()), "median_loss": float(seed_map.median())}
         for start in starts:
+            histories = {}
             for method in cfg.methods:
                 r = run_method(tasks, cfg, method, start)
+                histories[method] = r["phis"]
                 quality = meta_test_loss(tasks, r["phis"], cfg.inner_steps, opt)
                 within = int((r["steps"] <= budget).nonzero().max())
                 final_quality = math.inf if r["diverged"] else float(quality[-1])
@@ -191,6 +196,7 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                        "at_equal_inner_steps": {"budget": budget, "inner_steps": int(r["steps"][within]),
                                                 "meta_updates": within, "phi": r["phis"][within].tolist(),
                                                 "meta_test_loss": _finite(float(quality[within]))}}
+                row["loss_over_best"] = _finite(final_quality / best_by_seed[seed]["best_loss"])
                 runs.append(row)
                 curves.setdefault(method, []).append((r["steps"], quality))
                 if seed == cfg.task_seeds[0]:
@@ -198,8 +204,16 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                 log(f"seed {seed} start ({start[0]:.1f}, {start[1]:.1f}) {method:>16}: meta-test loss "
                     f"{row['meta_test_loss']} after {r['meta_updates']} meta-updates / {r['inner_steps']} steps; "
                     f"{row['at_equal_inner_steps']['meta_test_loss']} at {budget} steps ({r['wall_time']:.1f}s)")
+            if "cts" in histories and "cts-accurate" in histories:
+                a, b = histories["cts"], histories["cts-accurate"]
+                agreement.append({"task_seed": seed, "start": start.tolist(), "distance_after_meta_updates": {
+                    str(n): float((a[n] - b[n]).norm()) for n in (10, 30, 100, 300) if n < min(len(a), len(b))}})
     tasks0 = HimmelblauTasks.make(cfg.num_tasks, seed=cfg.task_seeds[0], template=cfg.template)
     qmap = meta_test_loss(tasks0, map_points, cfg.inner_steps, opt)
+    distances: dict[str, list[float]] = {}
+    for a in agreement:
+        for n, d in a["distance_after_meta_updates"].items():
+            distances.setdefault(n, []).append(d)
     fixed = [reptile_fixed_points(tasks0, cfg, k) for k in cfg.fixed_point_ks]
     horizon = horizon_study(tasks0, cfg, map_points)
     summary = summarise(runs, cfg.methods)
@@ -207,9 +221,9 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
         "config": asdict(cfg),
         "runs": runs,
         "summary": summary,
-        "quality_map": {"task_seed": cfg.task_seeds[0], "resolution": cfg.map_resolution,
-                        "best_phi": map_points[int(torch.argmin(qmap))].tolist(), "best_loss": float(qmap.min()),
-                        "median_loss": float(qmap.median())},
+        "quality_maps": {str(s): v for s, v in best_by_seed.items()},
+        "cts_vs_accurate": {"median_distance_after_meta_updates": {
+            n: float(torch.tensor(v).median()) for n, v in distances.items()}, "runs": agreement},
         "reptile_fixed_points": [{"k": f["k"], "iterations": f["iterations"],
                                   "converged_fraction": f["converged_fraction"],
                                   "distinct": f["distinct"].tolist(), "basin_sizes": f["basin_sizes"].tolist(),
@@ -256,6 +270,9 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
                     else:
                         losses += 1
                 row[key]["vs_reptile"] = {"better": wins, "tie": ties, "worse": losses}
+        ratios = torch.tensor([r["loss_over_best"] if r["loss_over_best"] is not None else math.inf for r in mine])
+        row["loss_over_best"] = {"median": float(ratios.median()),
+                                 "within_2x_of_best": int((ratios <= 2).sum()), "runs": len(mine)}
         row["mean_inner_steps"] = sum(r["inner_steps"] for r in mine) / max(len(mine), 1)
         row["mean_meta_updates"] = sum(r["meta_updates"] for r in mine) / max(len(mine), 1)
         row["mean_wall_time"] = sum(r["wall_time"] for r in mine) / max(len(mine), 1)
