@@ -3,7 +3,8 @@
 plain:    T models and T torch.optim.SGD optimizers; per step, for each task: zero_grad, forward, backward, step
           (the code a user would write);
 cts:      trajshift MetaTrainer, method cts (one inner step for all T tasks + meta-update + shift every step);
-reptile:  trajshift MetaTrainer, method reptile (meta-update every K steps).
+reptile:  trajshift MetaTrainer, method reptile (meta-update every K steps);
+cts (one backward over all tasks): cts with ModuleLearners(backward="summed"), the alternative we measured against.
 
 Each variant is built once, then the variants take turns running blocks of ``--block`` steps for ``--repeats`` rounds
 on the same pre-generated batches; the reported ratio is the median over rounds of (variant time / plain time)
@@ -93,8 +94,8 @@ def main() -> None:
                 state["step"] += 1
         return block
 
-    def trajshift_stepper(method: str):
-        learners = ts.ModuleLearners(models(), lambda t, step, split: data[t][step % 8])
+    def trajshift_stepper(method: str, backward: str = "per-task"):
+        learners = ts.ModuleLearners(models(), lambda t, step, split: data[t][step % 8], backward=backward)
         cfg = ts.MetaConfig(method=method, inner_steps=args.inner_steps, trajectories=10 ** 6, meta_lr=0.01,
                             inner_optimizer=opt, progress=False, log_every=10 ** 6)
         steps = ts.MetaTrainer(learners, cfg).steps()
@@ -104,7 +105,8 @@ def main() -> None:
                 next(steps)
         return block
 
-    variants = {"plain": plain_stepper(), "cts": trajshift_stepper("cts"), "reptile": trajshift_stepper("reptile")}
+    variants = {"plain": plain_stepper(), "cts": trajshift_stepper("cts"), "reptile": trajshift_stepper("reptile"),
+                "cts (one backward over all tasks)": trajshift_stepper("cts", "summed")}
     for block in variants.values():                            # warm-up
         block(3)
     times = {k: [] for k in variants}

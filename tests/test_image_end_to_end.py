@@ -136,3 +136,17 @@ def test_report_compares_runs(tmp_path, datasets):
     for name in ("fig6a_meta_train_loss.png", "fig7_meta_test_vs_inner_steps.png", "table.md"):
         assert (out / name).exists()
     assert "(reptile)" in (out / "table.md").read_text()
+
+
+def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
+    """With no data folder the demo falls back to scikit-learn's digits (real images shipped with a dependency)."""
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRAJSHIFT_DATA", str(tmp_path / "empty"))
+    import trajshift.data.registry as registry
+    monkeypatch.setattr(registry, "default_data_roots", lambda: [tmp_path / "empty"])
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "20", "--finetune-steps", "5", "--seeds", "2",
+                 "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
+    rep = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert "digits" in rep["data"] and set(rep["results"]) == {"cts", "scratch"}
+    assert (tmp_path / "demo" / "meta-train" / "init.pt").exists()

@@ -143,3 +143,18 @@ def test_beta_zero_is_independent_training_of_modules():
             torch.testing.assert_close(ours[name], value, rtol=0, atol=1e-12, msg=f"task {t} {name}")
         torch.testing.assert_close(trainer.pop.theta[t].detach(),
                                    learners.spec.flatten(dict(m.named_parameters())).detach(), rtol=0, atol=1e-12)
+
+
+def test_summed_and_per_task_backward_agree():
+    classes = [3, 2]
+    data = make_data(classes)
+    grads = []
+    for mode in ("per-task", "summed"):
+        torch.manual_seed(0)
+        modules = [Net(c).double() for c in classes]
+        learners = ts.ModuleLearners(modules, lambda t, s, sp: (data[t][0][:8], data[t][1][:8]), backward=mode)
+        pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
+        losses = pop.backward(0)
+        grads.append((losses, pop.theta_grad.clone(), learners.local_grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)

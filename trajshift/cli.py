@@ -113,6 +113,21 @@ def _report(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+    for key in ("steps", "finetune_steps", "seeds"):
+        if getattr(args, key) < 1 or (key == "seeds" and args.seeds < 2):
+            raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= {2 if key == 'seeds' else 1}")
+    report = run_demo(args.out, args.steps, args.finetune_steps, args.seeds, args.data_root, args.cache_dir,
+                      log=(lambda *_: None) if args.quiet else print)
+    r = report["results"]
+    print(f"meta-test accuracy on {report['target']}: from the CTS initialization {100 * r['cts']['mean']:.2f}% "
+          f"+- {100 * r['cts']['ci95']:.2f}, from scratch {100 * r['scratch']['mean']:.2f}% "
+          f"+- {100 * r['scratch']['ci95']:.2f}")
+    print(f"wrote {Path(args.out) / 'demo.json'} and the run in {Path(args.out) / 'meta-train'}/")
+    return 0
+
+
 def _list(args) -> int:
     from .data.registry import DATASETS
     from .evaluate import PROTOCOLS
@@ -217,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cache-dir", default=None)
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=_report)
+    dm = sub.add_parser("demo", help="a small image meta-train + meta-test that works offline (real images: the "
+                        "data folder's datasets, else scikit-learn's digits)")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--steps", type=int, default=200, help="meta-training inner steps per task (default 200)")
+    dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
+    dm.add_argument("--seeds", type=int, default=3)
+    dm.add_argument("--data-root", default=None)
+    dm.add_argument("--cache-dir", default=None)
+    dm.add_argument("--quiet", action="store_true")
+    dm.set_defaults(func=_demo)
     ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=_list)
     return p

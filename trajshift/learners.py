@@ -159,11 +159,15 @@ class ModuleLearners(Learners):
 
     def __init__(self, modules: nn.Module | Sequence[nn.Module], batch_fn: BatchFn, num_tasks: int | None = None,
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 include: Sequence[str] = ("*",), exclude: Sequence[str] = DEFAULT_HEAD_PATTERNS):
+                 include: Sequence[str] = ("*",), exclude: Sequence[str] = DEFAULT_HEAD_PATTERNS,
+                 backward: str = "per-task"):
         if isinstance(modules, nn.Module):
             if num_tasks is None:
                 raise ConfigError("num_tasks: required when a single module is given to be replicated")
             modules = [copy.deepcopy(modules) for _ in range(num_tasks)]
+        if backward not in ("per-task", "summed"):
+            raise ConfigError(f"backward: unknown value {backward!r}; allowed values: per-task, summed")
+        self.backward_mode = backward
         self.modules = list(modules)
         self.num_tasks = len(self.modules)
         self.batch_fn = batch_fn
@@ -231,9 +235,11 @@ class ModuleLearners(Learners):
         return torch.stack(out)
 
     def backward(self, step, split="train"):
-        # Forward and backward one task at a time: each task's activations are freed before the next task's
-        # forward. One backward over the sum of all T graphs keeps all activations alive at once (T x the peak
-        # memory) and measured ~20% slower on CPU (docs/PERFORMANCE.md).
+        # Default: forward and backward one task at a time, so each task's activations are freed before the next
+        # task's forward. "summed" (one backward over the sum of all T graphs) keeps every task's activations alive
+        # at once, T x the peak memory, and measured slower on CPU (docs/PERFORMANCE.md).
+        if self.backward_mode == "summed":
+            return super().backward(step, split)
         out = torch.empty(self.num_tasks, dtype=self.dtype)
         for t, m in enumerate(self.modules):
             m.train(split == "train")
