@@ -150,3 +150,11 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert "digits" in rep["data"] and set(rep["results"]) == {"cts", "scratch"}
     assert (tmp_path / "demo" / "meta-train" / "init.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["cpu-study.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+    from trajshift.experiment import load_config
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.meta.method == "cts" and len(cfg.tasks) >= 5

@@ -67,8 +67,11 @@ def test_synthetic_command_writes_results_and_figures(tmp_path):
         assert len(r["final_phi"]) == 2 and r["wall_time"] >= 0
         assert (r["meta_test_loss"] is None) == (r["diverged"] is not None)
     assert all(r["diverged"] is None for r in res["runs"] if r["method"] != "leap")
-    assert [row["k"] for row in res["horizon"]["rows"]] == [1, 3, 6]
-    assert {f["k"] for f in res["reptile_fixed_points"]} == {2, 6}
+    assert [row["k"] for row in res["horizon"]["0"]["rows"]] == [1, 3, 6]
+    assert {f["k"] for f in res["reptile_fixed_points"]["0"]} == {2, 6}
+    ratio = res["summary"]["cts"]["equal_meta_updates"]["ratio_to_reptile"]
+    assert ratio["pairs"] == 4 and ratio["ci95_low"] <= ratio["geometric_mean"] <= ratio["ci95_high"]
+    assert set(res["cts_vs_accurate"]["median_distance_after_meta_updates"]) == {"10"}
     for name in ("trajectories", "reptile_fixed_points", "horizon", "cost", "meta_test_vs_inner_steps"):
         with Image.open(out / f"{name}.png") as im:
             assert im.size[0] > 200 and im.size[1] > 200

@@ -81,14 +81,15 @@ def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> None:
     plt.close(fig)
 
 
-def horizon(path, h: dict) -> None:
-    """Fig. 4c: task-average loss after K steps from phi*(k), the best initialization for horizon k."""
-    ks = [r["k"] for r in h["rows"]]
-    losses = [r["loss_after_K"] for r in h["rows"]]
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
-    ax.plot(ks, losses, "o-")
+def horizon(path, by_seed: dict) -> None:
+    """Fig. 4c: task-average loss after K steps from phi*(k), the best initialization for horizon k (per seed)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    for seed, h in by_seed.items():
+        ax.plot([r["k"] for r in h["rows"]], [r["loss_after_K"] for r in h["rows"]], "o-", label=f"task seed {seed}")
+    K = next(iter(by_seed.values()))["K"]
+    ax.legend(fontsize=7)
     ax.set_xlabel("k used to obtain phi* (inner steps of meta-training)")
-    ax.set_ylabel(f"task-average loss after {h['K']} steps from phi*")
+    ax.set_ylabel(f"task-average loss after {K} steps from phi*")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -21,6 +21,7 @@ from ..config import MetaConfig
 from ..errors import ConfigError, DivergenceError
 from ..learners import FunctionLearners
 from ..methods import METHODS
+from ..stats import mean_ci95
 from ..tasks.synthetic import HimmelblauTasks, adapt, meta_test_loss
 from ..trainer import MetaTrainer
 
@@ -206,16 +207,25 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                     f"{row['at_equal_inner_steps']['meta_test_loss']} at {budget} steps ({r['wall_time']:.1f}s)")
             if "cts" in histories and "cts-accurate" in histories:
                 a, b = histories["cts"], histories["cts-accurate"]
-                agreement.append({"task_seed": seed, "start": start.tolist(), "distance_after_meta_updates": {
-                    str(n): float((a[n] - b[n]).norm()) for n in (10, 30, 100, 300) if n < min(len(a), len(b))}})
+                marks = [n for n in (10, 30, 100, 300) if n < min(len(a), len(b))]
+                agreement.append({"task_seed": seed, "start": start.tolist(),
+                                  "distance_after_meta_updates": {str(n): float((a[n] - b[n]).norm()) for n in marks},
+                                  "cts_travel_after_meta_updates": {str(n): float((a[n] - a[0]).norm())
+                                                                    for n in marks}})
     tasks0 = HimmelblauTasks.make(cfg.num_tasks, seed=cfg.task_seeds[0], template=cfg.template)
     qmap = meta_test_loss(tasks0, map_points, cfg.inner_steps, opt)
+    fixed = [reptile_fixed_points(tasks0, cfg, k) for k in cfg.fixed_point_ks]
     distances: dict[str, list[float]] = {}
+    travel: dict[str, list[float]] = {}
     for a in agreement:
         for n, d in a["distance_after_meta_updates"].items():
             distances.setdefault(n, []).append(d)
-    fixed = [reptile_fixed_points(tasks0, cfg, k) for k in cfg.fixed_point_ks]
-    horizon = horizon_study(tasks0, cfg, map_points)
+            travel.setdefault(n, []).append(a["cts_travel_after_meta_updates"][n])
+    horizons = {str(seed): horizon_study(HimmelblauTasks.make(cfg.num_tasks, seed=seed, template=cfg.template), cfg,
+                                         map_points) for seed in cfg.task_seeds}
+    fixed_all = {seed: fixed if seed == cfg.task_seeds[0] else
+                 [reptile_fixed_points(HimmelblauTasks.make(cfg.num_tasks, seed=seed, template=cfg.template), cfg, k)
+                  for k in cfg.fixed_point_ks] for seed in cfg.task_seeds}
     summary = summarise(runs, cfg.methods)
     results = {
         "config": asdict(cfg),
@@ -223,19 +233,21 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
         "summary": summary,
         "quality_maps": {str(s): v for s, v in best_by_seed.items()},
         "cts_vs_accurate": {"median_distance_after_meta_updates": {
-            n: float(torch.tensor(v).median()) for n, v in distances.items()}, "runs": agreement},
-        "reptile_fixed_points": [{"k": f["k"], "iterations": f["iterations"],
-                                  "converged_fraction": f["converged_fraction"],
-                                  "distinct": f["distinct"].tolist(), "basin_sizes": f["basin_sizes"].tolist(),
-                                  "distinct_meta_test_loss": [_finite(float(q)) for q in f["distinct_quality"]]}
-                                 for f in fixed],
-        "horizon": horizon,
+            n: float(torch.tensor(v).median()) for n, v in distances.items()},
+            "median_cts_travel_after_meta_updates": {n: float(torch.tensor(v).median()) for n, v in travel.items()},
+            "runs": agreement},
+        "reptile_fixed_points": {str(seed): [{
+            "k": f["k"], "iterations": f["iterations"], "converged_fraction": f["converged_fraction"],
+            "distinct": f["distinct"].tolist(), "basin_sizes": f["basin_sizes"].tolist(),
+            "distinct_meta_test_loss": [_finite(float(q)) for q in f["distinct_quality"]]} for f in fs]
+            for seed, fs in fixed_all.items()},
+        "horizon": horizons,
         "wall_time": time.perf_counter() - t_start,
     }
     from . import synthetic_plots as plots
     plots.trajectories(out / "trajectories.png", map_points, qmap, cfg, traces)
     plots.fixed_points(out / "reptile_fixed_points.png", map_points, qmap, cfg, fixed)
-    plots.horizon(out / "horizon.png", horizon)
+    plots.horizon(out / "horizon.png", horizons)
     plots.cost(out / "cost.png", runs, curves, cfg)
     plots.meta_test_curves(out / "meta_test_vs_inner_steps.png", curves, cfg)
     tmp = out / "results.json.tmp"
@@ -258,6 +270,17 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
             row[key] = {"mean": _finite(float(vals.mean())), "median": float(vals.median()),
                         "diverged": int((~torch.isfinite(vals)).sum())}
             if "reptile" in methods and m != "reptile":
+                # Paired over (seed, start): log(loss / Reptile's loss); mean and 95% CI -> geometric-mean ratio.
+                logs = []
+                for r in mine:
+                    ref = by[(r["task_seed"], tuple(r["start"]), "reptile")]
+                    a, b = get(r), get(ref)
+                    if a is not None and b is not None and a > 0 and b > 0:
+                        logs.append(math.log(a / b))
+                if len(logs) >= 2:
+                    mu, half = mean_ci95(logs)
+                    row[key]["ratio_to_reptile"] = {"geometric_mean": math.exp(mu), "ci95_low": math.exp(mu - half),
+                                                    "ci95_high": math.exp(mu + half), "pairs": len(logs)}
                 wins = ties = losses = 0
                 for r in mine:
                     ref = by[(r["task_seed"], tuple(r["start"]), "reptile")]
