@@ -128,6 +128,14 @@ def _demo(args) -> int:
     return 0
 
 
+def _download(args) -> int:
+    from .data.download import download
+    for name in [n.strip() for n in args.names.split(",") if n.strip()]:
+        folder = download(name, args.data_root)
+        print(f"{name}: {folder}")
+    return 0
+
+
 def _list(args) -> int:
     from .data.registry import DATASETS
     from .evaluate import PROTOCOLS
@@ -242,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=_demo)
+    dl = sub.add_parser("download", help="fetch registered datasets from their canonical addresses (sha256 checked "
+                        "where known)")
+    dl.add_argument("names", help="comma-separated dataset names")
+    dl.add_argument("--data-root", default="data", help="where to put them (default ./data)")
+    dl.set_defaults(func=_download)
     ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=_list)
     return p
