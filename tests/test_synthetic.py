@@ -77,6 +77,16 @@ def test_synthetic_command_writes_results_and_figures(tmp_path):
             assert im.size[0] > 200 and im.size[1] > 200
 
 
+def test_single_start(tmp_path):
+    out = tmp_path / "one"
+    assert main(["synthetic", "--out", str(out), "--start", "2.5,7", "--K", "3", "--M", "1", "--methods", "cts",
+                 "--map-resolution", "4", "--fixed-point-grid", "2", "--fixed-point-iters", "2",
+                 "--fixed-point-ks", "2", "--horizon-ks", "1", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["start"] for r in res["runs"]] == [[2.5, 7.0]]
+    assert main(["synthetic", "--out", str(out), "--start", "2.5"]) == 2
+
+
 def test_cluster_points():
     from trajshift.analysis.synthetic_study import cluster_points
     pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.2], [5.1, 5.0]], dtype=torch.float64)

@@ -17,8 +17,14 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def _synthetic(args) -> int:
     from .analysis.synthetic_study import SyntheticStudyConfig, run_study
+    starts = None
+    if args.start:
+        try:
+            starts = [[float(v) for v in s.split(",")] for s in args.start]
+        except ValueError:
+            raise ConfigError(f"--start: expected X,Y numbers, got {args.start}") from None
     cfg = SyntheticStudyConfig(
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()], grid=args.grid,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()], grid=args.grid, starts=starts,
         task_seeds=_int_list(args.task_seeds, "--task-seeds"), template=args.template, inner_steps=args.K,
         trajectories=args.M, alpha=args.alpha, beta=args.beta, momentum=args.momentum, optimizer=args.optimizer,
         reset_optimizer_state=not args.carry_optimizer_state, map_resolution=args.map_resolution,
@@ -163,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see `trajshift list`); default: %(default)s")
     s.add_argument("--grid", type=int, default=3, help="N: starting points on an N x N grid over [-5, 15]^2 "
                    "(default 3: {-5, 5, 15}^2)")
+    s.add_argument("--start", action="append", metavar="X,Y", help="a starting point (repeatable); replaces "
+                   "the grid")
     s.add_argument("--task-seeds", default="0", help="comma-separated seeds of the tasks' random rotations")
     s.add_argument("--template", default="scaled", help="scaled (reference code, default) or paper")
     s.add_argument("--K", type=int, default=100, help="inner steps per trajectory (default 100)")

@@ -32,6 +32,7 @@ BOX = (-5.0, 15.0)
 class SyntheticStudyConfig:
     methods: list[str] = field(default_factory=lambda: ["cts", "cts-accurate", "reptile"])
     grid: int = 3                       # N: starting points on an N x N grid over [-5, 15]^2
+    starts: list[list[float]] | None = None   # explicit starting points [[x, y], ...]; replace the grid
     task_seeds: list[int] = field(default_factory=lambda: [0])
     num_tasks: int = 8
     template: str = "scaled"
@@ -68,6 +69,8 @@ class SyntheticStudyConfig:
                 raise ConfigError(f"{key}: expected an integer >= 1, got {value!r}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"template: unknown template {self.template!r}; allowed values: {', '.join(TEMPLATES)}")
+        if self.starts is not None and (not self.starts or any(len(s) != 2 for s in self.starts)):
+            raise ConfigError(f"starts: expected points x,y; got {self.starts!r}")
         if not self.task_seeds:
             raise ConfigError("task_seeds: give at least one seed")
         for k in list(self.fixed_point_ks) + list(self.horizon_ks):
@@ -173,7 +176,7 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     opt = cfg.inner_optimizer()
     budget = cfg.trajectories * cfg.inner_steps
-    starts = grid_points(cfg.grid)
+    starts = grid_points(cfg.grid) if not cfg.starts else torch.tensor(cfg.starts, dtype=torch.float64)
     map_points = grid_points(cfg.map_resolution)
     runs, curves, traces, agreement, best_by_seed = [], {}, {}, [], {}
     t_start = time.perf_counter()
