@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def _meta_train(args) -> int:
         overrides[key.strip()] = _parse_value(value)
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
     summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
+    import os
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"wrote {Path(args.out) / 'init.pt'} ({summary['meta_updates']} meta-updates, {summary['inner_steps']} "
           f"inner steps per task, {summary['wall_time']:.0f} s)")
     return 0
@@ -274,11 +278,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    rc = 1
     try:
-        return args.func(args)
+        rc = args.func(args)
+        return rc
     except TrajshiftError as err:
         print(f"trajshift: error: {err}", file=sys.stderr)
-        return 2
+        rc = 2
+        return rc
+    finally:
+        if _shutdown_distributed():
+            # Under torchrun: everything is written (atomically, fsynced) and the group is destroyed; leave without
+            # interpreter finalization, where gloo's worker threads can still abort the process (a known PyTorch
+            # issue: "terminate called without an active exception" at exit).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc if isinstance(rc, int) else 1)
+
+
+def _shutdown_distributed() -> bool:
+    """Leave the process group together (a barrier, then destroy); True when there was one."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        return True
+    return False
 
 
 if __name__ == "__main__":

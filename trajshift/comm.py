@@ -41,3 +41,24 @@ class DistributedComm(LocalComm):
 
     def is_main(self):
         return self.rank == 0
+
+
+def shard(num_tasks: int, world_size: int, rank: int) -> range:
+    """The contiguous block of task indices of ``rank``: sizes differ by at most one (uneven shards allowed)."""
+    base, extra = divmod(num_tasks, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def init_from_env(device: str = "cpu") -> LocalComm:
+    """A DistributedComm when launched by torchrun (WORLD_SIZE > 1; gloo on CPU, NCCL on CUDA), else LocalComm."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return LocalComm()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedComm()

@@ -109,13 +109,15 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     return ExperimentConfig.from_dict(data, str(path))
 
 
-def build_models(model_spec: dict, num_classes: list[int], seed: int) -> list[torch.nn.Module]:
-    """One model per task: the same initial body (seeded), a head sized for each task."""
+def build_models(model_spec: dict, num_classes: list[int], seed: int,
+                 task_ids: list[int] | None = None) -> list[torch.nn.Module]:
+    """One model per task: the same initial body (seeded), a head sized for each task and seeded by the task's
+    global index (so a task gets the same head whichever process builds it)."""
     torch.manual_seed(stream_seed(seed, 0xB0D7))
-    template = build_model(model_spec, num_classes[0])
+    template = build_model(model_spec, 2)
     body = {k: v for k, v in template.state_dict().items() if not k.startswith("fc.")}
     models = []
-    for t, c in enumerate(num_classes):
+    for t, c in zip(task_ids if task_ids is not None else range(len(num_classes)), num_classes):
         torch.manual_seed(stream_seed(seed, t, 0x4EAD))
         m = build_model(model_spec, c)
         m.load_state_dict(body, strict=False)
@@ -123,14 +125,17 @@ def build_models(model_spec: dict, num_classes: list[int], seed: int) -> list[to
     return models
 
 
-def init_state_dict(learners: ModuleLearners, phi: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The learned initialization as a head-less plain state_dict: phi for the meta-learned parameters, the task
-    mean of float buffers (BatchNorm statistics), the max of integer ones (num_batches_tracked)."""
+def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> dict[str, torch.Tensor]:
+    """The learned initialization as a head-less plain state_dict: phi for the meta-learned parameters and the mean
+    over all tasks (all ranks: a collective) of the buffers (BatchNorm statistics; num_batches_tracked rounded)."""
+    from .comm import LocalComm
+    comm = comm or LocalComm()
     sd = {k: v for k, v in learners.task_state_dict(0, phi.detach().to(torch.float32)).items()
           if not k.startswith("fc.")}
     for name in [n for n, _ in learners.modules[0].named_buffers()]:
-        values = torch.stack([dict(m.named_buffers())[name].detach() for m in learners.modules])
-        sd[name] = values.float().mean(0) if values.is_floating_point() else values.max(0).values
+        values = torch.stack([dict(m.named_buffers())[name].detach().double() for m in learners.modules])
+        mean = comm.task_mean(values.sum(0, keepdim=True), len(learners.modules))[0]
+        sd[name] = mean.float() if sd[name].is_floating_point() else mean.round().to(sd[name].dtype)
     return {k: v.clone().contiguous() for k, v in sd.items()}
 
 
@@ -143,37 +148,61 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def meta_train(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
-    from .data.tasks import build_tasks
+def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
+    """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
+    sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
+    init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
+    metrics.rank<R>.jsonl on the others)."""
+    from .comm import init_from_env, shard
+    from .data.tasks import TaskSpec, build_tasks
     from .trainer import MetaTrainer
+    comm = comm or init_from_env(cfg.device)
+    if comm.world_size > len(cfg.tasks):
+        raise ConfigError(f"{comm.world_size} processes for {len(cfg.tasks)} tasks: every process needs at least one "
+                          f"task; launch at most {len(cfg.tasks)} processes")
+    mine = list(shard(len(cfg.tasks), comm.world_size, comm.rank))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tasks = build_tasks(cfg.tasks, cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir, cfg.device)
-    for t in tasks:
-        log(f"task {t.task_id}: {t.spec.label}: {t.num_classes} classes, {len(t.y['train'])} train / "
-            f"{len(t.y['val'])} val / {len(t.y['test'])} test images at {t.spec.resolution}px")
-    models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed)]
+    if comm.is_main():
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    local = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
+                        cfg.device, task_ids=mine)
+    for task, gid in zip(local, mine):
+        log(f"task {gid}: {task.spec.label}: {task.num_classes} classes, {len(task.y['train'])} train / "
+            f"{len(task.y['val'])} val / {len(task.y['test'])} test images at {task.spec.resolution}px"
+            + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+    tasks = local
+    models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine)]
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
                               include=cfg.meta_params.get("include", ["*"]),
                               exclude=cfg.meta_params.get("exclude", ["fc.*"]))
     snapshots = out / "snapshots"
-    snapshots.mkdir(exist_ok=True)
+    if comm.is_main():
+        snapshots.mkdir(exist_ok=True)
     state = {"next": cfg.snapshot_every}
+
+    def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
+        sd = init_state_dict(learners, tr_phi, comm)
+        if comm.is_main():
+            save_atomic(sd, path)
 
     def snapshot(tr):
         if cfg.snapshot_every and tr.inner_steps >= state["next"]:
-            save_atomic(init_state_dict(learners, tr.phi), snapshots / f"step-{tr.inner_steps:08d}.pt")
+            save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.pt")
             state["next"] = (tr.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every
 
-    if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
-    trainer = MetaTrainer(learners, cfg.meta, metrics_path=out / "metrics.jsonl", step_callbacks=[snapshot])
+    metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
+    if metrics.exists():
+        metrics.unlink()
+    trainer = MetaTrainer(learners, cfg.meta, metrics_path=metrics, step_callbacks=[snapshot], comm=comm,
+                          task_ids=mine)
     if cfg.snapshot_every:
-        save_atomic(init_state_dict(learners, trainer.phi), snapshots / f"step-{0:08d}.pt")
+        save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
     result = trainer.run()
-    save_atomic(init_state_dict(learners, result.phi), out / "init.pt")
+    save_init(result.phi, out / "init.pt")
     summary = {"method": cfg.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
-               "wall_time": result.wall_time, "tasks": [t.spec.label for t in tasks]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+               "wall_time": result.wall_time, "world_size": comm.world_size,
+               "tasks": [TaskSpec.from_dict(t, "").label for t in cfg.tasks]}
+    if comm.is_main():
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -60,7 +60,8 @@ class MetaTrainer:
     def __init__(self, learners: Learners, cfg: MetaConfig, metrics_path: str | Path | None = None,
                  comm: LocalComm | None = None, record_phi: bool = False,
                  callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
-                 step_callbacks: list[Callable[["MetaTrainer"], None]] | None = None):
+                 step_callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
+                 task_ids: list[int] | None = None):
         cfg.validate()
         self.cfg = cfg
         self.comm = comm or LocalComm()
@@ -72,7 +73,9 @@ class MetaTrainer:
                                                   lr=cfg.meta_lr)
         # Same seed on every rank: the random-shift direction must be identical everywhere.
         self.generator = torch.Generator().manual_seed(stream_seed(cfg.seed, 0xC75))
-        self.metrics = MetricsWriter(metrics_path if self.comm.is_main() else None)
+        # Every rank logs its own tasks (the caller gives each rank its own file); task_ids label the columns.
+        self.metrics = MetricsWriter(metrics_path)
+        self.task_ids = list(task_ids) if task_ids is not None else list(range(learners.num_tasks))
         self.record_phi = record_phi
         self.callbacks = list(callbacks or [])             # after every meta-update
         self.step_callbacks = list(step_callbacks or [])   # after every step of the loop (snapshots, ...)
@@ -179,4 +182,4 @@ class MetaTrainer:
         self.metrics.write({"trajectory": m + 1, "step": k, "inner_steps": self.inner_steps,
                             "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm,
                             "loss_mean": sum(per_task) / len(per_task) if per_task else math.nan,
-                            "loss": per_task})
+                            "loss": per_task, "tasks": self.task_ids})

@@ -157,10 +157,13 @@ class ImageTask:
 
 
 def build_tasks(specs: list[dict], batch_size: int, seed: int, data_root=None, cache_dir=None,
-                device="cpu", where: str = "tasks") -> list[ImageTask]:
-    parsed = [TaskSpec.from_dict(d, f"{where}[{i}]") for i, d in enumerate(specs)]
+                device="cpu", where: str = "tasks", task_ids: list[int] | None = None) -> list[ImageTask]:
+    """ImageTasks for ``specs``; ``task_ids`` (default 0..n-1) are the tasks' global indices, which seed their
+    subsampling, splits and batches (so a task is the same whichever process builds it)."""
+    ids = list(task_ids) if task_ids is not None else list(range(len(specs)))
+    parsed = [TaskSpec.from_dict(d, f"{where}[{i}]") for i, d in zip(ids, specs)]
     out = []
-    for i, spec in enumerate(parsed):
+    for i, spec in zip(ids, parsed):
         data = prepare(spec.dataset, spec.resolution, data_root, cache_dir)
         out.append(ImageTask(spec, data, batch_size, seed, i, device, where=f"{where}[{i}]"))
     return out

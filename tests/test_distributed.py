@@ -1,0 +1,64 @@
+"""torch.distributed through torchrun: 2 gloo processes give the same initialization as 1 process."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from trajshift.cli import main
+from trajshift.comm import shard
+from test_image_end_to_end import make_dataset
+
+
+def test_shards_are_contiguous_and_uneven():
+    assert [list(shard(5, 2, r)) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert [len(shard(7, 3, r)) for r in range(3)] == [3, 2, 2]
+    assert sorted(i for r in range(4) for i in shard(9, 4, r)) == list(range(9))
+
+
+def torchrun(args, cwd, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", "-m", "trajshift", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("method", ["cts", "reptile", "leap"])
+def test_two_gloo_processes_match_one(tmp_path, method):
+    datasets = [make_dataset(tmp_path / f"ds{i}", classes=3 + i, per_class=10, seed=i) for i in range(3)]
+    cfg = {"model": {"name": "conv4", "width": 8},
+           "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],     # 3 tasks: shards of 2 and 1
+           "batch_size": 8, "seed": 0, "cache_dir": str(tmp_path / "cache"),
+           "meta": {"method": method, "inner_steps": 3, "trajectories": 2, "meta_lr": 0.3,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["meta-train", str(path), "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    proc = torchrun(["meta-train", str(path), "--out", str(tmp_path / "two"), "--quiet"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "init.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "init.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    for k in one:
+        assert (one[k].double() - two[k].double()).abs().max() <= 1e-6, k
+    moved = torch.load(tmp_path / "one" / "init.pt", weights_only=True)["body.0.weight"]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    # Rank 1 logged its own task (index 2); rank 0 its two.
+    rank1 = [json.loads(x) for x in (tmp_path / "two" / "metrics.rank1.jsonl").read_text().splitlines()]
+    rank0 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert rank1[0]["tasks"] == [2] and rank0[0]["tasks"] == [0, 1]
+    assert moved.abs().sum() > 0
+
+
+def test_more_processes_than_tasks_is_a_clear_error(tmp_path):
+    d = make_dataset(tmp_path / "ds", classes=3, per_class=6, seed=0)
+    cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12}],
+           "batch_size": 4, "cache_dir": str(tmp_path / "cache"),
+           "meta": {"method": "cts", "inner_steps": 1, "trajectories": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = torchrun(["meta-train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "2 processes for 1 tasks" in proc.stderr
