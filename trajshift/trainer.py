@@ -13,7 +13,7 @@ import torch
 
 from .comm import LocalComm
 from .config import MetaConfig
-from .errors import DivergenceError
+from .errors import ConfigError, DivergenceError
 from .learners import Learners, stream_seed
 from .methods import METHODS
 from .methods.rules import meta_delta, random_direction_like
@@ -61,7 +61,8 @@ class MetaTrainer:
                  comm: LocalComm | None = None, record_phi: bool = False,
                  callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
                  step_callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
-                 task_ids: list[int] | None = None):
+                 task_ids: list[int] | None = None, checkpoint_dir: str | Path | None = None,
+                 checkpoint_every: int = 0, keep_checkpoints: int = 3):
         cfg.validate()
         self.cfg = cfg
         self.comm = comm or LocalComm()
@@ -83,6 +84,10 @@ class MetaTrainer:
         self.inner_steps = 0
         self.last_delta_norm = 0.0
         self.history: list[dict] = []
+        self.position = {"m": 0, "k": 0}        # the last completed inner step (k = 0: none yet in trajectory m)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
         self.method.setup(self)
 
     # ----- views used by methods ---------------------------------------------------------------------------
@@ -135,22 +140,84 @@ class MetaTrainer:
         return delta
 
     # ----- the loop ----------------------------------------------------------------------------------------
+    # ----- checkpoints -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The whole training state after the last completed inner step: enough to continue bit for bit."""
+        return {
+            "position": dict(self.position), "phi": self.phi.clone(), "theta": self.pop.theta.detach().clone(),
+            "learners": self.pop.learners.state_dict(), "optimizer": self.pop.optimizer.state_dict(),
+            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
+            "method": self.method.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "inner_steps": self.inner_steps, "meta_updates": self.meta_updates,
+            "last_delta_norm": self.last_delta_norm, "config": self.cfg.to_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.phi.copy_(state["phi"])
+        self.pop.theta.copy_(state["theta"])
+        self.pop.learners.load_state_dict(state["learners"])
+        self.pop.optimizer.load_state_dict(state["optimizer"])
+        if self.meta_optimizer is not None and state["meta_optimizer"] is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.inner_steps, self.meta_updates = int(state["inner_steps"]), int(state["meta_updates"])
+        self.last_delta_norm = float(state["last_delta_norm"])
+        self.position = dict(state["position"])
+
+    def save_checkpoint(self) -> None:
+        """Write the state to ``checkpoint_dir`` (main process; per-rank shards are not checkpointed yet)."""
+        if self.checkpoint_dir is None or not self.comm.is_main():
+            return
+        from .checkpoint import save_checkpoint
+        step = self.position["m"] * self.cfg.inner_steps + self.position["k"]
+        save_checkpoint(self.checkpoint_dir, step, self.state_dict(), keep=self.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Load the newest valid checkpoint of ``checkpoint_dir``; False when there is none. A checkpoint of a
+        different configuration is refused."""
+        from .checkpoint import load_latest
+        if self.checkpoint_dir is None:
+            return False
+        found = load_latest(self.checkpoint_dir)
+        if found is None:
+            return False
+        state, path = found
+        mine = self.cfg.to_dict()
+        for key in sorted(set(mine) | set(state["config"])):
+            if key != "progress" and mine.get(key) != state["config"].get(key):
+                raise ConfigError(f"{path}: this checkpoint is of a run with {key} = {state['config'].get(key)!r}, "
+                                  f"the config says {mine.get(key)!r}; resume with the same config or use another "
+                                  f"output folder")
+        self.load_state_dict(state)
+        return True
+
     def steps(self):
         """Algorithms 1 and 2 as a generator: yields (m, k, losses) after every inner step of the loop, so callers
-        can interleave their own work (benchmarks, interactive use). ``run`` consumes it."""
+        can interleave their own work (benchmarks, interactive use). ``run`` consumes it. After
+        ``load_state_dict`` it continues from the loaded position (the step after it)."""
         cfg = self.cfg
         K, M = cfg.inner_steps, cfg.trajectories
-        for m in range(M):
-            self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
-            self.method.start_trajectory(self, m)
-            for k in range(1, K + 1):
+        m0, k0 = self.position["m"], self.position["k"]       # last completed step; k0 = 0: none in m0
+        for m in range(m0, M):
+            resumed = m == m0 and k0 > 0
+            if not resumed:
+                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
+                self.method.start_trajectory(self, m)
+            for k in range(k0 + 1 if resumed else 1, K + 1):
                 losses = self.method.step(self, m, k)
                 if k % cfg.log_every == 0 or k == K:
                     self._log(m, k, losses)
+                self.position = {"m": m, "k": k}
                 for cb in self.step_callbacks:
                     cb(self)
+                if self.checkpoint_every and (m * K + k) % self.checkpoint_every == 0:
+                    self.save_checkpoint()
                 yield m, k, losses
             self.method.end_trajectory(self, m)
+            self.position = {"m": m + 1, "k": 0}
             if not torch.isfinite(self.phi).all():
                 raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
             self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
@@ -164,12 +231,16 @@ class MetaTrainer:
         if show and self.comm.is_main():
             from tqdm import tqdm
             bar = tqdm(total=cfg.trajectories * cfg.inner_steps, desc=cfg.method, unit="step", dynamic_ncols=True)
+        if bar is not None:
+            bar.update(self.position["m"] * cfg.inner_steps + self.position["k"])
         try:
             for m, k, losses in self.steps():
                 if bar is not None:
                     bar.update(1)
                     if k % 10 == 0:
                         bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
+            if self.checkpoint_every:
+                self.save_checkpoint()           # at exit, whatever the period
         finally:
             if bar is not None:
                 bar.close()

@@ -56,3 +56,10 @@ class Method:
 
     def end_trajectory(self, tr: "MetaTrainer", m: int) -> None:
         pass
+
+    def state_dict(self) -> dict:
+        """What the method carries between steps of a trajectory (accumulators), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

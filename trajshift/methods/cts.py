@@ -95,6 +95,12 @@ class CTSAccurate(Method):
     def start_trajectory(self, tr, m):
         self._start = tr.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset
 
+    def state_dict(self):
+        return {"start": self._start}
+
+    def load_state_dict(self, state):
+        self._start = state["start"]
+
     def step(self, tr, m, k):
         tr.pop.restore(self._start)
         tr.pop.theta.data.copy_(tr.phi.expand_as(tr.pop.theta))   # U_k(.) starts from the *current* phi

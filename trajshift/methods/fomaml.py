@@ -70,5 +70,11 @@ class FOMAMLPlusPlus(Method):
             self._count += 1
         return losses
 
+    def state_dict(self):
+        return {"sum": self._sum, "count": self._count}
+
+    def load_state_dict(self, state):
+        self._sum, self._count = state["sum"].clone(), int(state["count"])
+
     def end_trajectory(self, tr, m):
         tr.meta_update(tr.task_mean(self._sum / self._count), shift="none")

@@ -46,6 +46,13 @@ class Leap(Method):
         self._increment(theta, pop.last_losses)
         self._prev = (theta, pop.last_losses, pop.theta_grad.clone())
 
+    def state_dict(self):
+        return {"acc": self._acc, "prev": list(self._prev) if self._prev is not None else None}
+
+    def load_state_dict(self, state):
+        self._acc = state["acc"].clone()
+        self._prev = tuple(t.clone() for t in state["prev"]) if state["prev"] is not None else None
+
     def end_trajectory(self, tr, m):
         with torch.no_grad():
             final = tr.pop.learners.losses_at(tr.pop.theta.detach(), tr.data_step(m, tr.cfg.inner_steps), "train")

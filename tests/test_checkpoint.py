@@ -1,0 +1,74 @@
+"""Checkpoints: exact resume, corruption fallback, lock."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+import trajshift as ts
+from trajshift.checkpoint import RunLock, list_checkpoints, load_latest, save_checkpoint
+from trajshift.tasks.synthetic import HimmelblauTasks
+
+
+def make_trainer(method, tmp_path, every=7, **cfg):
+    tasks = HimmelblauTasks.make(8, seed=1)
+    learners = ts.FunctionLearners(tasks.learner_loss, torch.tensor([0.0, 12.0], dtype=torch.float64), 8)
+    config = ts.MetaConfig(method=method, inner_steps=10, trajectories=3, meta_lr=0.2, dtype="float64",
+                           progress=False, **cfg)
+    return ts.MetaTrainer(learners, config, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=every)
+
+
+@pytest.mark.parametrize("method,cfg", [("cts", {}), ("cts-random-shift", {}), ("leap", {}), ("fomaml++", {}),
+                                        ("cts-accurate", {}), ("reptile", {"meta_optimizer": {"name": "adam"}})])
+def test_resume_mid_trajectory_is_bit_identical(tmp_path, method, cfg):
+    full = make_trainer(method, tmp_path / "a", **cfg).run().phi
+    interrupted = make_trainer(method, tmp_path / "b", **cfg)
+    for i, _ in enumerate(interrupted.steps()):
+        if i + 1 == 17:           # stop after step 17; the last checkpoint is at step 14 (mid-trajectory 2)
+            break
+    resumed = make_trainer(method, tmp_path / "b", **cfg)
+    assert resumed.resume() and resumed.position == {"m": 1, "k": 4}
+    assert torch.equal(resumed.run().phi, full)
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"x": torch.tensor([float(step)])}, keep=5)
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])            # truncated
+    with pytest.warns(UserWarning, match=r"ckpt-0000000003.pt: skipping this checkpoint: its checksum does not"):
+        state, path = load_latest(tmp_path)
+    assert state["x"].item() == 2.0 and path.name == "ckpt-0000000002.pt"
+    (tmp_path / "ckpt-0000000002.pt.sha256").unlink()         # a write that never finished
+    with pytest.warns(UserWarning):
+        state, _ = load_latest(tmp_path)
+    assert state["x"].item() == 1.0
+
+
+def test_keep_last_k(tmp_path):
+    for step in range(6):
+        save_checkpoint(tmp_path, step, {"s": step}, keep=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt-{s:010d}.pt" for s in (3, 4, 5)]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    make_trainer("cts", tmp_path).run()
+    tasks = HimmelblauTasks.make(8, seed=1)
+    learners = ts.FunctionLearners(tasks.learner_loss, torch.tensor([0.0, 12.0], dtype=torch.float64), 8)
+    cfg = ts.MetaConfig(method="cts", inner_steps=10, trajectories=3, meta_lr=0.5, dtype="float64")
+    tr = ts.MetaTrainer(learners, cfg, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=7)
+    with pytest.raises(ts.ConfigError, match=r"meta_lr = 0.2, the config says 0.5"):
+        tr.resume()
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(ts.ConfigError, match=r"the run folder is in use by another run \(pid \d+\)"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):      # released: usable again
+        pass

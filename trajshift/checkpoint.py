@@ -1,0 +1,120 @@
+"""Checkpoints that survive kills: atomic writes, checksums, fallback to the previous one, and a run-folder lock.
+
+A checkpoint is ``<dir>/ckpt-<step>.pt`` (torch.save of the trainer's state, loaded back with weights_only=True)
+and ``<dir>/ckpt-<step>.pt.sha256`` (its checksum). Both are written to temporary names, fsynced and renamed; the
+checksum file is renamed last, so a checkpoint counts only once both are complete. Loading verifies the checksum;
+a truncated or altered checkpoint is named in a warning and the previous one is used.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(folder: str | Path, step: int, state: dict, keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically with its checksum; keep the newest ``keep`` checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = folder / f"ckpt-{step:010d}.pt"
+    _write_atomic(path, data)
+    _write_atomic(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    _fsync_dir(folder)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoint files in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_latest(folder: str | Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint whose checksum verifies (None if there is none); skipped ones are named in warnings."""
+    for path in reversed(list_checkpoints(folder)):
+        problem = None
+        try:
+            data = path.read_bytes()
+            expected = path.with_name(path.name + ".sha256").read_text().strip()
+            if hashlib.sha256(data).hexdigest() != expected:
+                problem = "its checksum does not match (truncated or altered)"
+        except FileNotFoundError:
+            problem = "it has no checksum file (its write did not finish)"
+        except OSError as err:
+            problem = f"it cannot be read ({err})"
+        if problem is None:
+            try:
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
+            except Exception as err:           # a checksum-valid file that is not a checkpoint
+                problem = f"it does not load ({type(err).__name__}: {err})"
+        warnings.warn(f"{path}: skipping this checkpoint: {problem}; trying the previous one", stacklevel=2)
+    return None
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``<dir>/.lock``, fcntl): a second run pointed at the same folder is
+    refused. The operating system releases it when the process dies, even by SIGKILL."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self._f = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "unknown"
+            self._f.close()
+            self._f = None
+            raise ConfigError(f"{self.path.parent}: the run folder is in use by another run (pid {holder}); wait for "
+                              f"it to finish or choose another --out") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
