@@ -72,3 +72,51 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path):
                 pass
     with RunLock(tmp_path):      # released: usable again
         pass
+
+
+def _image_config(tmp_path, method="cts"):
+    import yaml
+    from test_image_end_to_end import make_dataset
+    datasets = [make_dataset(tmp_path / f"ds{i}", classes=3, per_class=8, seed=i) for i in range(2)]
+    cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],
+           "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 4,
+           "snapshot_every": 5,
+           "meta": {"method": method, "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("method", ["cts", "leap"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
+    from trajshift.cli import main
+    cfg = _image_config(tmp_path, method)
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    run = [sys.executable, "-m", "trajshift", "meta-train", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
+    env = {**os.environ, "TRAJSHIFT_FAULT_KILL_AT_STEP": "11"}      # checkpoints at 4 and 8; killed after 11
+    proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (tmp_path / "killed" / "init.pt").exists()
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)          # automatic resume
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full = torch.load(tmp_path / "full" / "init.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "init.pt", weights_only=True)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    import json
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["inner_steps"] for r in rows if "step" in r]
+    assert steps == list(range(1, 21))          # rows 9-11, logged before the kill, were not duplicated
+    assert sorted(p.name for p in (tmp_path / "killed" / "snapshots").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "full" / "snapshots").iterdir())
+
+
+def test_meta_train_refuses_a_folder_in_use(tmp_path, capsys):
+    from trajshift.cli import main
+    cfg = _image_config(tmp_path)
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "holds no checkpoint to resume from" in capsys.readouterr().err
+    with RunLock(tmp_path / "busy"):
+        assert main(["meta-train", str(cfg), "--out", str(tmp_path / "busy")]) == 2
+    assert "the run folder is in use by another run" in capsys.readouterr().err

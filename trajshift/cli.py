@@ -57,6 +57,10 @@ def _meta_train(args) -> int:
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
+    if args.resume:
+        from .checkpoint import list_checkpoints
+        if not list_checkpoints(Path(args.out) / "checkpoints"):
+            raise ConfigError(f"--resume: {Path(args.out) / 'checkpoints'} holds no checkpoint to resume from")
     summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
     import os
     if os.environ.get("RANK", "0") != "0":
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--out", required=True, help="output folder")
     mt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config value, e.g. --set meta.method=reptile --set meta.inner_steps=100")
+    mt.add_argument("--resume", action="store_true", help="require a checkpoint in DIR/checkpoints to resume from "
+                    "(a run folder holding checkpoints is resumed automatically anyway)")
     mt.add_argument("--quiet", action="store_true")
     mt.set_defaults(func=_meta_train)
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",

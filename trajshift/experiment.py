@@ -37,7 +37,7 @@ from .learners import ModuleLearners, stream_seed
 from .models import MODELS, build_model
 
 TOP_KEYS = {"model", "tasks", "batch_size", "seed", "data_root", "cache_dir", "device", "snapshot_every", "meta",
-            "meta_params"}
+            "meta_params", "checkpoint_every", "keep_checkpoints"}
 
 
 @dataclass
@@ -51,6 +51,8 @@ class ExperimentConfig:
     cache_dir: str | None = None
     device: str = "cpu"
     snapshot_every: int = 0
+    checkpoint_every: int = 500      # loop steps between checkpoints (0: none); one more at exit
+    keep_checkpoints: int = 3
     meta_params: dict = field(default_factory=lambda: {"include": ["*"], "exclude": ["fc.*"]})
 
     @staticmethod
@@ -72,8 +74,10 @@ class ExperimentConfig:
             TaskSpec.from_dict(t, f"tasks[{i}]")
         cfg = ExperimentConfig(model=model, tasks=d["tasks"], meta=MetaConfig.from_dict(d["meta"], "meta"),
                                **{k: d[k] for k in ("batch_size", "seed", "data_root", "cache_dir", "device",
-                                                    "snapshot_every", "meta_params") if k in d})
-        for key, low in (("batch_size", 1), ("seed", 0), ("snapshot_every", 0)):
+                                                    "snapshot_every", "meta_params", "checkpoint_every",
+                                                    "keep_checkpoints") if k in d})
+        for key, low in (("batch_size", 1), ("seed", 0), ("snapshot_every", 0), ("checkpoint_every", 0),
+                         ("keep_checkpoints", 1)):
             v = getattr(cfg, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{key}: expected an integer >= {low}, got {v!r}")
@@ -89,7 +93,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return {"model": self.model, "tasks": self.tasks, "batch_size": self.batch_size, "seed": self.seed,
                 "data_root": self.data_root, "cache_dir": self.cache_dir, "device": self.device,
-                "snapshot_every": self.snapshot_every, "meta_params": self.meta_params, "meta": self.meta.to_dict()}
+                "snapshot_every": self.snapshot_every, "checkpoint_every": self.checkpoint_every,
+                "keep_checkpoints": self.keep_checkpoints, "meta_params": self.meta_params,
+                "meta": self.meta.to_dict()}
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
@@ -149,6 +155,17 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
+    """Meta-train, holding the run folder's lock (a second run on the same folder is refused)."""
+    from .checkpoint import RunLock
+    from .comm import init_from_env
+    comm = comm or init_from_env(cfg.device)
+    if not comm.is_main():
+        return _meta_train(cfg, out, log, comm)
+    with RunLock(out):
+        return _meta_train(cfg, out, log, comm)
+
+
+def _meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
     """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
     sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
     init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
@@ -191,12 +208,24 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> 
             save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.pt")
             state["next"] = (tr.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every
 
+    from .trainer import MetricsWriter, truncate_metrics
     metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
-    if metrics.exists():
+    checkpointing = cfg.checkpoint_every > 0 and comm.world_size == 1   # per-rank shards: not yet
+    trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[snapshot], comm=comm,
+                          task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
+                          checkpoint_every=cfg.checkpoint_every if checkpointing else 0,
+                          keep_checkpoints=cfg.keep_checkpoints)
+    resumed = checkpointing and trainer.resume()        # automatic resume from the newest valid checkpoint
+    if resumed:
+        truncate_metrics(metrics, trainer.inner_steps)
+        state["next"] = (trainer.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every \
+            if cfg.snapshot_every else 0
+        log(f"resumed from the checkpoint at inner step {trainer.inner_steps} (trajectory "
+            f"{trainer.position['m'] + 1}, step {trainer.position['k']})")
+    elif metrics.exists():
         metrics.unlink()
-    trainer = MetaTrainer(learners, cfg.meta, metrics_path=metrics, step_callbacks=[snapshot], comm=comm,
-                          task_ids=mine)
-    if cfg.snapshot_every:
+    trainer.metrics = MetricsWriter(metrics)
+    if cfg.snapshot_every and not resumed:
         save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
     result = trainer.run()
     save_init(result.phi, out / "init.pt")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,22 @@ class TrainResult:
     inner_steps: int              # cumulative inner steps per task (cts-accurate's re-runs included)
     wall_time: float
     history: list[dict] = field(default_factory=list)   # per meta-update: phi, inner_steps, meta_updates (if asked)
+
+
+def truncate_metrics(path: str | Path, inner_steps: int) -> None:
+    """Drop the rows logged after ``inner_steps`` (rows a killed run wrote after its last checkpoint), in place."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:          # a line cut by the kill
+            continue
+        if row.get("inner_steps", 0) <= inner_steps:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 class MetricsWriter:
@@ -88,6 +106,10 @@ class MetaTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
+        # Fault injection for reliability tests (docs/RELIABILITY.md): SIGKILL this process right after the given
+        # loop step (and its checkpoint, if one is due).
+        fault = os.environ.get("TRAJSHIFT_FAULT_KILL_AT_STEP")
+        self._kill_at = int(fault) if fault else None
         self.method.setup(self)
 
     # ----- views used by methods ---------------------------------------------------------------------------
@@ -215,6 +237,9 @@ class MetaTrainer:
                     cb(self)
                 if self.checkpoint_every and (m * K + k) % self.checkpoint_every == 0:
                     self.save_checkpoint()
+                if self._kill_at is not None and m * K + k == self._kill_at and \
+                        os.environ.get("RANK", "0") == os.environ.get("TRAJSHIFT_FAULT_RANK", "0"):
+                    os.kill(os.getpid(), signal.SIGKILL)
                 yield m, k, losses
             self.method.end_trajectory(self, m)
             self.position = {"m": m + 1, "k": 0}
