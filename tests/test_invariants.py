@@ -158,3 +158,37 @@ def test_summed_and_per_task_backward_agree():
         grads.append((losses, pop.theta_grad.clone(), learners.local_grad.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_per_task_clipping_equals_clip_grad_norm_on_each_model():
+    classes = [3, 5]
+    data = make_data(classes)
+    torch.manual_seed(0)
+    modules = [Net(c).double() for c in classes]
+    for m in modules[1:]:                       # one shared initial body (phi_0), per-task heads
+        m.conv.load_state_dict(modules[0].conv.state_dict())
+        m.bn.load_state_dict(modules[0].bn.state_dict())
+    plain = [copy.deepcopy(m) for m in modules]
+    batch_fn = lambda t, step, split: (data[t][0][:16], data[t][1][:16])
+    learners = ts.ModuleLearners(modules, batch_fn)
+    cfg = ts.MetaConfig(method="cts", inner_steps=5, trajectories=1, meta_lr=0.0, dtype="float64",
+                        inner_optimizer={"name": "sgd", "lr": 0.1}, clip_grad_norm=0.05)
+    ts.MetaTrainer(learners, cfg).run()
+    for t, m in enumerate(plain):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for step in range(5):
+            x, y = batch_fn(t, step, "train")
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            assert torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05) > 0.05   # clipping really happens
+            opt.step()
+        for name, value in m.state_dict().items():
+            torch.testing.assert_close(learners.modules[t].state_dict()[name], value, rtol=0, atol=1e-12)
+
+
+def test_non_finite_parameters_stop_the_run():
+    learners = ts.FunctionLearners(lambda th, s, sp: (th * th).sum(1), torch.tensor([1.0]), 2)
+    cfg = ts.MetaConfig(method="reptile", inner_steps=3, trajectories=1, inner_optimizer={"name": "sgd",
+                                                                                            "lr": float("inf")})
+    with pytest.raises(ts.DivergenceError, match=r"task 0: parameters became non-finite at data step 0"):
+        ts.MetaTrainer(learners, cfg).run()

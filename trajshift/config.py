@@ -48,6 +48,7 @@ class MetaConfig:
     seed: int = 0
     dtype: str = "float32"
     log_every: int = 1
+    clip_grad_norm: float | None = None   # per-task gradient-norm clipping of the inner steps (None: off)
     progress: bool | None = None       # None: a progress bar only when stderr is a terminal
 
     @classmethod
@@ -55,7 +56,7 @@ class MetaConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping of options, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}")
         cfg = cls(**data)
@@ -85,7 +86,13 @@ class MetaConfig:
         for key in ("reset_optimizer_state", "reset_heads", "reset_batchnorm"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
-        if self.dtype not in DTYPES:
+        if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool) or not isinstance(
+                self.clip_grad_norm, (int, float)) or not self.clip_grad_norm > 0):
+            raise ConfigError(f"clip_grad_norm: expected a number > 0 (or null for no clipping), got "
+                              f"{self.clip_grad_norm!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ConfigError(f"progress: expected true, false or null, got {self.progress!r}")
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ConfigError(f"dtype: unknown dtype {self.dtype!r}; allowed values: {', '.join(DTYPES)}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"options: expected a mapping of method options, got {self.options!r}")
@@ -106,7 +113,7 @@ def _int_at_least(key: str, value: Any, low: int, symbol: str | None = None) -> 
 def parse_dataclass_options(cls, options: dict, where: str):
     """Build option dataclass ``cls`` from a dict, with one-line errors for unknown keys and wrong types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - set(fields))
+    unknown = sorted(set(options) - set(fields), key=str)
     if unknown:
         allowed = ", ".join(fields) if fields else "(none)"
         raise ConfigError(f"{where}.{unknown[0]}: unknown option; allowed options: {allowed}")

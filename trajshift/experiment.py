@@ -59,14 +59,14 @@ class ExperimentConfig:
     def from_dict(d: dict, where: str = "config") -> "ExperimentConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
-        unknown = sorted(set(d) - TOP_KEYS)
+        unknown = sorted(set(d) - TOP_KEYS, key=str)
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(TOP_KEYS))}")
         for key in ("model", "tasks", "meta"):
             if key not in d:
                 raise ConfigError(f"{where}: missing key {key!r}")
         model = d["model"] if isinstance(d["model"], dict) else {"name": d["model"]}
-        MODELS.get(model.get("name"))
+        check_model_spec(model)
         if not isinstance(d["tasks"], list) or not d["tasks"]:
             raise ConfigError(f"{where}.tasks: expected a non-empty list of tasks")
         from .data.tasks import TaskSpec
@@ -82,8 +82,9 @@ class ExperimentConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{key}: expected an integer >= {low}, got {v!r}")
         mp = cfg.meta_params
-        if not isinstance(mp, dict) or set(mp) - {"include", "exclude"}:
-            raise ConfigError(f"meta_params: expected {{include: [globs], exclude: [globs]}}, got {mp!r}")
+        if not isinstance(mp, dict) or set(mp) - {"include", "exclude"} or not all(
+                isinstance(v, list) and all(isinstance(g, str) for g in v) for v in mp.values()):
+            raise ConfigError(f"meta_params: expected {{include: [name globs], exclude: [name globs]}}, got {mp!r}")
         try:
             torch.device(cfg.device)
         except RuntimeError as err:
@@ -96,6 +97,22 @@ class ExperimentConfig:
                 "snapshot_every": self.snapshot_every, "checkpoint_every": self.checkpoint_every,
                 "keep_checkpoints": self.keep_checkpoints, "meta_params": self.meta_params,
                 "meta": self.meta.to_dict()}
+
+
+def check_model_spec(model: dict) -> None:
+    """Build the model once (2 classes) so an unknown name or a bad option fails now, naming the key."""
+    import inspect
+    cls = MODELS.get(model.get("name"))
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes")]
+    for key in model:
+        if key != "name" and key not in allowed:
+            raise ConfigError(f"model.{key}: not an option of {model['name']}; allowed: {', '.join(allowed)}")
+    try:
+        build_model(model, 2)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"model: {model} cannot be built ({err})") from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:

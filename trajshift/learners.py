@@ -93,6 +93,10 @@ class Learners:
         Must not change any state (BatchNorm statistics included)."""
         raise NotImplementedError
 
+    def local_task_index(self) -> torch.Tensor:
+        """For each scalar of ``local``, the task it belongs to ([L] long)."""
+        raise NotImplementedError
+
     def reset_local(self, heads: bool = True, batchnorm: bool = True) -> None:
         """Re-initialise the parts that are not meta-learned (heads, BatchNorm statistics): a "hard reset"."""
 
@@ -189,6 +193,9 @@ class ModuleLearners(Learners):
         local_sizes = [s.numel for s in self.local_specs]
         self.local_offsets = [sum(local_sizes[:t]) for t in range(self.num_tasks)]
         self.local_numel = sum(local_sizes)
+
+    def local_task_index(self) -> torch.Tensor:
+        return torch.cat([torch.full((s.numel,), t, dtype=torch.long) for t, s in enumerate(self.local_specs)])
 
     def _local_params(self, m: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in m.named_parameters() if n not in self.spec.names}

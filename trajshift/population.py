@@ -32,6 +32,8 @@ class Population:
         params = [self.theta] + ([learners.local] if learners.local is not None else [])
         self.optimizer = build_optimizer(params, dict(inner_optimizer), option="inner_optimizer")
         self._initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.clip_grad_norm: float | None = None   # per-task gradient-norm clipping (meta part and head together)
+        self._local_task = learners.local_task_index() if learners.local is not None else None
         self.grad_hooks: list[GradHook] = []   # run after backward, before the optimizer step
         self.last_losses: torch.Tensor | None = None
 
@@ -60,8 +62,29 @@ class Population:
                                   f"lower the inner learning rate or the meta learning rate")
         for hook in self.grad_hooks:
             hook(self)
+        if self.clip_grad_norm is not None:
+            self.clip_task_gradients(self.clip_grad_norm)
         self.optimizer.step()
+        if not bool(torch.isfinite(self.theta).all()):
+            bad = int((~torch.isfinite(self.theta)).any(1).nonzero()[0])
+            raise DivergenceError(f"task {bad}: parameters became non-finite at data step {step} (loss before the "
+                                  f"step: {losses[bad].item()}); lower the inner learning rate or clip gradients")
         return losses
+
+    @torch.no_grad()
+    def clip_task_gradients(self, max_norm: float) -> torch.Tensor:
+        """Scale each task's gradient (its theta row and its head) to norm <= max_norm, as
+        torch.nn.utils.clip_grad_norm_ on that task's model alone; returns the norms before clipping [T]."""
+        sq = self.theta_grad.pow(2).sum(1)
+        local_grad = self.learners.local_grad
+        if local_grad is not None:
+            sq.index_add_(0, self._local_task, local_grad.pow(2))
+        norms = sq.sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        self.theta_grad.mul_(scale.unsqueeze(1))
+        if local_grad is not None:
+            local_grad.mul_(scale[self._local_task])
+        return norms
 
     def task_gradients(self, step: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task gradients [T, P] at the current theta on batch (step, split), and the losses [T]."""

@@ -86,6 +86,7 @@ class MetaTrainer:
         self.comm = comm or LocalComm()
         self.method = METHODS.get(cfg.method)(cfg.options)
         self.pop = Population(learners, cfg.inner_optimizer, dtype=cfg.torch_dtype)
+        self.pop.clip_grad_norm = cfg.clip_grad_norm
         self.meta_optimizer = None
         if cfg.meta_optimizer is not None:
             self.meta_optimizer = build_optimizer([self.pop.phi], cfg.meta_optimizer, "meta_optimizer",
@@ -189,6 +190,18 @@ class MetaTrainer:
         self.last_delta_norm = float(state["last_delta_norm"])
         self.position = dict(state["position"])
 
+    def _inject_fault(self) -> None:
+        """SIGKILL this process (reliability tests): only on rank $TRAJSHIFT_FAULT_RANK (default 0), and only once
+        when $TRAJSHIFT_FAULT_ONCE names a marker file (created just before the kill)."""
+        if os.environ.get("RANK", "0") != os.environ.get("TRAJSHIFT_FAULT_RANK", "0"):
+            return
+        marker = os.environ.get("TRAJSHIFT_FAULT_ONCE")
+        if marker:
+            if os.path.exists(marker):
+                return
+            Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def save_checkpoint(self) -> None:
         """Write the state to ``checkpoint_dir`` (main process; per-rank shards are not checkpointed yet)."""
         if self.checkpoint_dir is None or not self.comm.is_main():
@@ -237,9 +250,8 @@ class MetaTrainer:
                     cb(self)
                 if self.checkpoint_every and (m * K + k) % self.checkpoint_every == 0:
                     self.save_checkpoint()
-                if self._kill_at is not None and m * K + k == self._kill_at and \
-                        os.environ.get("RANK", "0") == os.environ.get("TRAJSHIFT_FAULT_RANK", "0"):
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if self._kill_at is not None and m * K + k == self._kill_at:
+                    self._inject_fault()
                 yield m, k, losses
             self.method.end_trajectory(self, m)
             self.position = {"m": m + 1, "k": 0}

@@ -248,6 +248,14 @@ def _split_of(parts: tuple[str, ...]) -> str | None:
     return None
 
 
+def _text(tree: "_Tree", name: str) -> str:
+    """A text file of a tree (UTF-8); anything else is a DataError naming it."""
+    try:
+        return tree.read(name).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{tree.where(name)}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def read_image_tree(path: str | Path | list, resolution: int | None = None, mode: str = "RGB",
                     class_depth: int = 1, manifest: str | None = None) -> ImageData:
     """Images in class folders, or listed in a CSV manifest of ``file,label`` rows; ``path`` is a folder, a zip or
@@ -311,7 +319,7 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[t
         return entries
     mname = min(csvs, key=len)
     base = PurePosixPath(mname).parent
-    rows = list(csv.reader(io.StringIO(tree.read(mname).decode("utf-8-sig"))))
+    rows = list(csv.reader(io.StringIO(_text(tree, mname))))
     header = ["file", "label"]
     has_header = bool(rows) and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]
     if has_header:
@@ -379,8 +387,8 @@ def read_npz(path: str | Path) -> ImageData:
             names = get("classes")
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
     n_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
     classes = [str(c) for c in names] if names is not None else [str(i) for i in range(n_classes)]
     return ImageData(splits, classes, str(path))
@@ -389,7 +397,7 @@ def read_npz(path: str | Path) -> ImageData:
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise DataError(f"{path}: not a readable .npy file of numbers ({err})") from err
 
 
@@ -427,12 +435,12 @@ def read_tiny_imagenet(path: str | Path, resolution: int | None = None) -> Image
         if not wnid_files:
             raise DataError(f"{path}: no wnids.txt: not the tiny-imagenet-200 layout")
         root = PurePosixPath(min(wnid_files, key=len)).parent
-        wnids = [w.strip() for w in tree.read(min(wnid_files, key=len)).decode().split() if w.strip()]
+        wnids = [w.strip() for w in _text(tree, min(wnid_files, key=len)).split() if w.strip()]
         present = set(names)
         entries: list[tuple[str, str, str]] = []
         ann = str(root / "val" / "val_annotations.txt")
         if ann in present:
-            for i, line in enumerate(tree.read(ann).decode().splitlines(), start=1):
+            for i, line in enumerate(_text(tree, ann).splitlines(), start=1):
                 cols = line.split("\t")
                 if len(cols) < 2:
                     raise DataError(f"{tree.where(ann)}: line {i}: expected tab-separated file and wnid")

@@ -39,7 +39,7 @@ class TaskSpec:
             d = {"dataset": d}
         if not isinstance(d, dict) or "dataset" not in d:
             raise ConfigError(f"{where}: expected a mapping with a 'dataset' key, got {d!r}")
-        unknown = sorted(set(d) - TASK_KEYS)
+        unknown = sorted(set(d) - TASK_KEYS, key=str)
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(TASK_KEYS))}")
         spec = TaskSpec(**d)
