@@ -93,9 +93,21 @@ def _meta_test(args) -> int:
 
 def _approx_error(args) -> int:
     from .analysis.approx_error import ApproxErrorConfig, run_study
+    def numbers(text, flag, kind=float):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
     cfg = ApproxErrorConfig(datasets=[d.strip() for d in args.datasets.split(",") if d.strip()],
                             resolution=args.resolution, draws=args.draws, data_root=args.data_root,
-                            cache_dir=args.cache_dir, alpha=args.alpha, beta=args.beta, k=args.k)
+                            cache_dir=args.cache_dir, alpha=args.alpha, beta=args.beta, k=args.k,
+                            model={"name": "conv4", "width": args.width})
+    if args.alphas:
+        cfg.alphas = numbers(args.alphas, "--alphas")
+    if args.betas:
+        cfg.betas = numbers(args.betas, "--betas")
+    if args.ks:
+        cfg.ks = numbers(args.ks, "--ks", int)
     if args.quick:      # a smoke run: tiny sweeps and model, 2 draws
         cfg.alphas, cfg.betas, cfg.ks, cfg.draws, cfg.k = [0.003, 0.03], [0.01, 1.0], [1, 3], 2, 3
         cfg.model = {"name": "conv4", "width": 4}
@@ -239,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--alpha", type=float, default=0.01, help="base inner learning rate (default 0.01)")
     ae.add_argument("--beta", type=float, default=0.01, help="base meta learning rate (default 0.01)")
     ae.add_argument("--k", type=int, default=50, help="base trajectory length (default 50)")
+    ae.add_argument("--width", type=int, default=32, help="Conv4 width (default 32)")
+    ae.add_argument("--alphas", default=None, help="alpha sweep, comma-separated (default 0.001,...,0.1)")
+    ae.add_argument("--betas", default=None, help="beta sweep (default 0.001,0.01,0.1,1)")
+    ae.add_argument("--ks", default=None, help="k sweep (default 1,5,10,25,50,100)")
     ae.add_argument("--data-root", default=None)
     ae.add_argument("--cache-dir", default=None)
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
