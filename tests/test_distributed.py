@@ -62,3 +62,29 @@ def test_more_processes_than_tasks_is_a_clear_error(tmp_path):
     proc = torchrun(["meta-train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")], cwd=tmp_path)
     assert proc.returncode != 0
     assert "2 processes for 1 tasks" in proc.stderr
+
+
+def test_killed_rank_is_restarted_by_torchrun_and_the_run_completes_identically(tmp_path):
+    """Rank 1 is SIGKILLed after step 11 (checkpoints every 4 steps); torchrun --max-restarts 1 restarts both
+    ranks, which resume from their step-8 checkpoints; the result equals an uninterrupted 2-process run."""
+    datasets = [make_dataset(tmp_path / f"ds{i}", classes=3, per_class=8, seed=i) for i in range(3)]
+    cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],
+           "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 4,
+           "meta": {"method": "cts", "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert torchrun(["meta-train", str(path), "--out", str(tmp_path / "clean"), "--quiet"], tmp_path).returncode == 0
+    env_fault = {"TRAJSHIFT_FAULT_KILL_AT_STEP": "11", "TRAJSHIFT_FAULT_RANK": "1",
+                 "TRAJSHIFT_FAULT_ONCE": str(tmp_path / "fault-fired")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_fault}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "--max-restarts=1", "-m", "trajshift", "meta-train", str(path), "--out",
+                           str(tmp_path / "faulty"), "--quiet"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "fault-fired").exists()              # the fault really happened
+    clean = torch.load(tmp_path / "clean" / "init.pt", weights_only=True)
+    faulty = torch.load(tmp_path / "faulty" / "init.pt", weights_only=True)
+    for k in clean:
+        assert torch.equal(clean[k], faulty[k]), k

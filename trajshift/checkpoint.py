@@ -65,9 +65,28 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(folder: str | Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint whose checksum verifies (None if there is none); skipped ones are named in warnings."""
+def step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def newest_valid_step(folder: str | Path) -> int:
+    """The step of the newest checkpoint whose checksum verifies (-1 if none), without loading it."""
     for path in reversed(list_checkpoints(folder)):
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == path.with_name(path.name + ".sha256").read_text().strip():
+                return step_of(path)
+        except OSError:
+            continue
+    return -1
+
+
+def load_latest(folder: str | Path, max_step: int | None = None) -> tuple[dict, Path] | None:
+    """The newest checkpoint (at most ``max_step``) whose checksum verifies and that loads (None if there is
+    none); skipped ones are named in warnings."""
+    for path in reversed(list_checkpoints(folder)):
+        if max_step is not None and step_of(path) > max_step:
+            continue
         problem = None
         try:
             data = path.read_bytes()

@@ -58,7 +58,17 @@ def init_from_env(device: str = "cpu") -> LocalComm:
     import torch.distributed as dist
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
+        if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            # Under torchrun: a store key prefix per restart, so workers restarted after a failure (--max-restarts)
+            # never read the addresses the dead round published (gloo would try to connect to them).
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "False") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=not agent_store and rank == 0)
+            store = dist.PrefixStore(f"trajshift/restart-{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return DistributedComm()

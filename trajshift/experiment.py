@@ -227,7 +227,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) ->
 
     from .trainer import MetricsWriter, truncate_metrics
     metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
-    checkpointing = cfg.checkpoint_every > 0 and comm.world_size == 1   # per-rank shards: not yet
+    checkpointing = cfg.checkpoint_every > 0
     trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[snapshot], comm=comm,
                           task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=cfg.checkpoint_every if checkpointing else 0,

@@ -202,21 +202,43 @@ class MetaTrainer:
             Path(marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def _checkpoint_folder(self) -> Path:
+        """One process: checkpoint_dir; under torch.distributed each rank checkpoints its own shard in rank-<R>/."""
+        return self.checkpoint_dir if self.comm.world_size == 1 else self.checkpoint_dir / f"rank-{self.comm.rank}"
+
     def save_checkpoint(self) -> None:
-        """Write the state to ``checkpoint_dir`` (main process; per-rank shards are not checkpointed yet)."""
-        if self.checkpoint_dir is None or not self.comm.is_main():
+        """Write the state (this rank's shard) to the checkpoint folder."""
+        if self.checkpoint_dir is None:
             return
         from .checkpoint import save_checkpoint
         step = self.position["m"] * self.cfg.inner_steps + self.position["k"]
-        save_checkpoint(self.checkpoint_dir, step, self.state_dict(), keep=self.keep_checkpoints)
+        save_checkpoint(self._checkpoint_folder(), step, self.state_dict(), keep=self.keep_checkpoints)
 
     def resume(self) -> bool:
         """Load the newest valid checkpoint of ``checkpoint_dir``; False when there is none. A checkpoint of a
         different configuration is refused."""
-        from .checkpoint import load_latest
+        from .checkpoint import load_latest, newest_valid_step, step_of
         if self.checkpoint_dir is None:
             return False
-        found = load_latest(self.checkpoint_dir)
+        folder = self._checkpoint_folder()
+        target = None
+        if self.comm.world_size > 1:
+            # The ranks agree on the newest step that every one of them has: the minimum of their newest valid ones.
+            newest = torch.tensor([float(newest_valid_step(folder))])
+            import torch.distributed as dist
+            dist.all_reduce(newest, op=dist.ReduceOp.MIN)
+            target = int(newest.item())
+            if target < 0:
+                return False
+        found = load_latest(folder, max_step=target)
+        if self.comm.world_size > 1:
+            got = torch.tensor([float(step_of(found[1]) if found else -1)])
+            low, high = got.clone(), got.clone()
+            dist.all_reduce(low, op=dist.ReduceOp.MIN)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX)
+            if low.item() != high.item():
+                raise ConfigError(f"{self.checkpoint_dir}: the ranks have no common valid checkpoint (rank "
+                                  f"{self.comm.rank} found step {int(got.item())}); start a new run folder")
         if found is None:
             return False
         state, path = found
