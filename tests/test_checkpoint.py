@@ -120,3 +120,14 @@ def test_meta_train_refuses_a_folder_in_use(tmp_path, capsys):
     with RunLock(tmp_path / "busy"):
         assert main(["meta-train", str(cfg), "--out", str(tmp_path / "busy")]) == 2
     assert "the run folder is in use by another run" in capsys.readouterr().err
+
+
+def test_resume_with_other_shards_is_refused(tmp_path):
+    make_trainer("cts", tmp_path).run()
+    tasks = HimmelblauTasks.make(8, seed=1)
+    learners = ts.FunctionLearners(tasks.learner_loss, torch.tensor([0.0, 12.0], dtype=torch.float64), 8)
+    cfg = ts.MetaConfig(method="cts", inner_steps=10, trajectories=3, meta_lr=0.2, dtype="float64", progress=False)
+    tr = ts.MetaTrainer(learners, cfg, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=7,
+                        task_ids=[4, 5, 6, 7, 8, 9, 10, 11])
+    with pytest.raises(ts.ConfigError, match=r"resume with the same number of processes"):
+        tr.resume()

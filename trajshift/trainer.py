@@ -173,6 +173,7 @@ class MetaTrainer:
             "method": self.method.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "inner_steps": self.inner_steps, "meta_updates": self.meta_updates,
             "last_delta_norm": self.last_delta_norm, "config": self.cfg.to_dict(),
+            "world_size": self.comm.world_size, "rank": self.comm.rank, "task_ids": self.task_ids,
         }
 
     @torch.no_grad()
@@ -248,6 +249,10 @@ class MetaTrainer:
                 raise ConfigError(f"{path}: this checkpoint is of a run with {key} = {state['config'].get(key)!r}, "
                                   f"the config says {mine.get(key)!r}; resume with the same config or use another "
                                   f"output folder")
+        if state.get("task_ids", self.task_ids) != self.task_ids:
+            raise ConfigError(f"{path}: this checkpoint holds tasks {state.get('task_ids')} of a run with "
+                              f"{state.get('world_size')} processes; this process has tasks {self.task_ids}; resume "
+                              f"with the same number of processes")
         self.load_state_dict(state)
         return True
 
