@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -38,6 +39,13 @@ def stream_seed(*parts: int) -> int:
     return acc & 0x7FFF_FFFF_FFFF_FFFF
 
 
+@functools.lru_cache(maxsize=256)
+def _epoch_permutation(num_items: int, seed: int, task: int, epoch: int) -> torch.Tensor:
+    # Cached: consecutive batches of an epoch share one permutation (randperm of 100k items costs ~1 ms).
+    gen = torch.Generator().manual_seed(stream_seed(seed, task, epoch))
+    return torch.randperm(num_items, generator=gen)
+
+
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int, task: int) -> torch.Tensor:
     """Indices of the ``step``-th mini-batch (step >= 0): epochs of a seeded permutation, without replacement.
 
@@ -50,8 +58,7 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, task: i
     out, pos = [], start
     while pos < start + batch_size:
         epoch, offset = divmod(pos, num_items)
-        gen = torch.Generator().manual_seed(stream_seed(seed, task, epoch))
-        perm = torch.randperm(num_items, generator=gen)
+        perm = _epoch_permutation(num_items, seed, task, epoch)
         take = min(num_items - offset, start + batch_size - pos)
         out.append(perm[offset:offset + take])
         pos += take

@@ -67,7 +67,7 @@ def _need(folder: Path, *patterns: str) -> list[Path]:
 
 
 # ----- readers bound to a dataset folder -------------------------------------------------------------------------
-def _read_idx_folder(folder: Path, resolution=None, prefix=("train", "t10k")) -> ImageData:
+def _read_idx_folder(folder: Path, resolution=None) -> ImageData:
     splits = {}
     for split, stem in (("train", "train"), ("test", "t10k")):
         imgs = sorted(folder.glob(f"{stem}-images-idx3-ubyte*"))
