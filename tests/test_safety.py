@@ -189,3 +189,34 @@ def test_fuzz_yaml_config_files(tmp_path, text):
         load_config(p)
     except ConfigError:
         pass
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_npy_classes(tmp_path, data):
+    from trajshift.data.formats import read_npy_classes
+    p = tmp_path / "cat.npy"
+    p.write_bytes(data)
+    try:
+        read_npy_classes([p])
+    except TrajshiftError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.booleans())
+def test_fuzz_checkpoint_files(tmp_path, data, with_checksum):
+    """Any bytes under a checkpoint's name: skipped with a warning, never an exception, never loaded unverified."""
+    import hashlib
+    import warnings
+    folder = tmp_path / "ck"
+    folder.mkdir(exist_ok=True)
+    for p in folder.iterdir():
+        p.unlink()
+    (folder / "ckpt-0000000007.pt").write_bytes(data)
+    if with_checksum:
+        (folder / "ckpt-0000000007.pt.sha256").write_text(hashlib.sha256(data).hexdigest())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = load_latest(folder)
+    assert found is None or with_checksum
