@@ -136,6 +136,10 @@ def test_report_compares_runs(tmp_path, datasets):
     for name in ("fig6a_meta_train_loss.png", "fig7_meta_test_vs_inner_steps.png", "table.md"):
         assert (out / name).exists()
     assert "(reptile)" in (out / "table.md").read_text()
+    # A second report with the same settings reuses each run's cached meta-test results.
+    assert main(["report", *runs, "--targets", str(datasets[2]), "--out", str(tmp_path / "r2"), "--seeds", "2",
+                 "--steps", "2", "--resolution", "12", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["runs"][0]["final"] == rep["runs"][0]["final"]
 
 
 def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):

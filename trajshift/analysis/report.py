@@ -8,6 +8,7 @@ Writes DIR/report.json, DIR/fig6a_meta_train_loss.png, DIR/fig7_meta_test_vs_inn
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -44,7 +45,20 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
     out.mkdir(parents=True, exist_ok=True)
     infos = [read_run(Path(r)) for r in runs]
     report = {"targets": targets, "seeds": seeds, "protocol": protocol, "steps": steps, "runs": []}
-    for info in infos:
+    settings = {"targets": targets, "seeds": seeds, "steps": steps, "protocol": protocol,
+                "every_snapshot": every_snapshot, "resolution": resolution}
+    for info, run in zip(infos, runs):
+        # Each run's meta-test results are cached in the run folder, keyed by the evaluation settings and the
+        # files evaluated, so adding a run to a comparison does not re-evaluate the others.
+        cache = Path(run) / "report-cache" / (hashlib.sha1(json.dumps(
+            {**settings, "files": [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                   for p in info["snapshots"] + [info["init"]]]}, sort_keys=True).encode())
+            .hexdigest()[:16] + ".json")
+        if cache.exists():
+            entry = json.loads(cache.read_text())
+            report["runs"].append({**entry, "loss_curve": info["loss_curve"]})
+            log(f"{info['name']}: meta-test results from {cache}")
+            continue
         curve = []
         snaps = info["snapshots"][::every_snapshot]
         if info["snapshots"] and snaps[-1] != info["snapshots"][-1]:
@@ -61,10 +75,12 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
         final = meta_test(MetaTestConfig(targets=targets, init=str(info["init"]), model=info["model"],
                                          protocol=protocol, steps=steps, seeds=seeds, resolution=resolution,
                                          data_root=data_root, cache_dir=cache_dir), None, log=lambda *_: None)
-        report["runs"].append({"run": info["name"], "method": info["method"], "curve": curve,
-                               "final": {t: {k: v for k, v in r.items() if k in ("mean", "ci95", "accs")}
-                                         for t, r in final["targets"].items()},
-                               "final_average": final["average"], "loss_curve": info["loss_curve"]})
+        entry = {"run": info["name"], "method": info["method"], "curve": curve,
+                 "final": {t: {k: v for k, v in r.items() if k in ("mean", "ci95", "accs")}
+                           for t, r in final["targets"].items()}, "final_average": final["average"]}
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text(json.dumps(entry, indent=1))
+        report["runs"].append({**entry, "loss_curve": info["loss_curve"]})
     _plots(out, report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "table.md").write_text(_table(report))
