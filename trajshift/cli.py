@@ -294,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"trajshift: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+    warnings.formatwarning = _one_line_warning      # users see what happened, not our source line
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
