@@ -6,7 +6,6 @@ verified), so an interrupted download never leaves a file that looks finished. A
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tarfile
 import urllib.error
@@ -14,16 +13,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from .cache import _sha256
 from .errors import DataError
 from .registry import DATASETS
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(name: str, data_root: str | Path = "data", log=print) -> Path:
