@@ -3,8 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import warnings
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Every reader on small files written in the real format, and their errors."""
 import os
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -118,8 +117,8 @@ def test_undecodable_image_is_named(tmp_path):
 
 
 def test_two_archives_sharing_files_are_deduplicated(tmp_path):
-    a = write_class_tree(tmp_path / "a" / "Greek", classes=("character01", "character02"))
-    b = write_class_tree(tmp_path / "b" / "Greek", classes=("character01",))
+    write_class_tree(tmp_path / "a" / "Greek", classes=("character01", "character02"))
+    write_class_tree(tmp_path / "b" / "Greek", classes=("character01",))
     write_class_tree(tmp_path / "b" / "Latin", classes=("character01",))
     za, zb = zip_tree(tmp_path / "a", tmp_path / "a.zip", "small1/"), zip_tree(tmp_path / "b", tmp_path / "b.zip",
                                                                                 "small2/")

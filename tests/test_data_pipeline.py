@@ -1,6 +1,5 @@
 """Registry, cache, augmentation and tasks, on files the tests write."""
 import json
-import warnings
 
 import numpy as np
 import pytest

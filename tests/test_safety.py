@@ -1,11 +1,9 @@
 """No code runs from any file the library reads; malformed input raises the library's own errors (fuzzed)."""
 import gzip
-import io
 import os
 import pickle
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

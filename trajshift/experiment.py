@@ -22,7 +22,6 @@ reports only fc.* missing). BatchNorm running statistics in it are the mean over
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -182,15 +181,14 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> 
         return _meta_train(cfg, out, log, comm)
 
 
-def _meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
+def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
     sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
     init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
     metrics.rank<R>.jsonl on the others)."""
-    from .comm import init_from_env, shard
+    from .comm import shard
     from .data.tasks import TaskSpec, build_tasks
     from .trainer import MetaTrainer
-    comm = comm or init_from_env(cfg.device)
     if comm.world_size > len(cfg.tasks):
         raise ConfigError(f"{comm.world_size} processes for {len(cfg.tasks)} tasks: every process needs at least one "
                           f"task; launch at most {len(cfg.tasks)} processes")

@@ -118,16 +118,14 @@ class FunctionLearners(Learners):
     """T learners whose loss is a function of the parameter rows: ``loss_fn(theta [T, P], step, split) -> [T]``."""
 
     def __init__(self, loss_fn: Callable[[torch.Tensor, int, str], torch.Tensor], phi0: torch.Tensor,
-                 num_tasks: int, names: Sequence[str] | None = None):
+                 num_tasks: int, name: str = "theta"):
         phi0 = torch.as_tensor(phi0)
         if phi0.dim() != 1:
             raise ConfigError(f"phi0: expected a flat vector [P], got shape {tuple(phi0.shape)}")
         self.loss_fn = loss_fn
         self.num_tasks = int(num_tasks)
         self._phi0 = phi0.detach().clone()
-        names = list(names) if names is not None else ["theta"]
-        self.spec = FlatSpec(tuple(names), ((phi0.numel(),),)) if len(names) == 1 else \
-            FlatSpec(tuple(names), tuple((1,) for _ in names))
+        self.spec = FlatSpec((name,), ((phi0.numel(),),))
         self.theta: torch.Tensor | None = None
 
     def initial_phi(self) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """A tiny name -> object registry, so configs stay plain data (method: cts, inner_optimizer: {name: sgd})."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 

@@ -97,7 +97,7 @@ def run_method(tasks: HimmelblauTasks, cfg: SyntheticStudyConfig, method: str, s
     meta = MetaConfig(method=method, inner_steps=cfg.inner_steps, trajectories=math.ceil(target_updates / per_traj),
                       meta_lr=cfg.beta, inner_optimizer=cfg.inner_optimizer(), dtype="float64",
                       reset_optimizer_state=cfg.reset_optimizer_state, progress=False)
-    learners = FunctionLearners(tasks.learner_loss, start.clone(), tasks.num_tasks, names=["xy"])
+    learners = FunctionLearners(tasks.learner_loss, start.clone(), tasks.num_tasks, name="xy")
     trainer = MetaTrainer(learners, meta, record_phi=True)
     t0 = time.perf_counter()
     diverged = None

@@ -8,7 +8,7 @@ Batches are a pure function of (task seed, step, split), so replays and resumes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

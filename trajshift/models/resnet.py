@@ -2,7 +2,6 @@
 torchvision's parameter names so a torchvision-format state_dict loads into it)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
