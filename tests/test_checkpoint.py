@@ -79,6 +79,8 @@ def _image_config(tmp_path, method="cts"):
     cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],
            "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 4,
            "snapshot_every": 5,
+           # two separate runs compared bit for bit: "auto" could pick another backend in each
+           "execution": {"backend": "loop"},
            "meta": {"method": method, "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
                     "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
     path = tmp_path / "c.yaml"

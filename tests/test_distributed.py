@@ -70,6 +70,8 @@ def test_killed_rank_is_restarted_by_torchrun_and_the_run_completes_identically(
     datasets = [make_dataset(tmp_path / f"ds{i}", classes=3, per_class=8, seed=i) for i in range(3)]
     cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],
            "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 4,
+           # two separate runs compared bit for bit: "auto" could pick another backend in each
+           "execution": {"backend": "loop"},
            "meta": {"method": "cts", "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
                     "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
     path = tmp_path / "c.yaml"

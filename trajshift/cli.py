@@ -56,6 +56,8 @@ def _meta_train(args) -> int:
             raise ConfigError(f"--set: expected KEY=VALUE (e.g. meta.inner_steps=100), got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
+    if args.backend:
+        overrides["execution.backend"] = args.backend
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
     if args.resume:
         from .checkpoint import list_checkpoints
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config value, e.g. --set meta.method=reptile --set meta.inner_steps=100")
     mt.add_argument("--resume", action="store_true", help="require a checkpoint in DIR/checkpoints to resume from "
                     "(a run folder holding checkpoints is resumed automatically anyway)")
+    mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
+                    help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
+                         "of the two measured at start-up (auto, the default); same results either way")
     mt.add_argument("--quiet", action="store_true")
     mt.set_defaults(func=_meta_train)
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",

@@ -13,6 +13,7 @@ Config (plain data; every key checked before any work):
     device: cpu
     snapshot_every: 0            # save phi every S cumulative inner steps (0: never)
     meta_params: {include: ["*"], exclude: ["fc.*"]}
+    execution: {backend: auto, channels_last: false, autocast: none, compile: false}   # speed only, same math
     meta: {method: cts, inner_steps: 1000, trajectories: 200, meta_lr: 0.01,
            inner_optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0.0005}}
 
@@ -36,7 +37,8 @@ from .learners import ModuleLearners, stream_seed
 from .models import MODELS, build_model
 
 TOP_KEYS = {"model", "tasks", "batch_size", "seed", "data_root", "cache_dir", "device", "snapshot_every", "meta",
-            "meta_params", "checkpoint_every", "keep_checkpoints"}
+            "meta_params", "checkpoint_every", "keep_checkpoints", "execution"}
+EXECUTION_DEFAULTS = {"backend": "auto", "channels_last": False, "autocast": None, "compile": False}
 
 
 @dataclass
@@ -53,6 +55,9 @@ class ExperimentConfig:
     checkpoint_every: int = 500      # loop steps between checkpoints (0: none); one more at exit
     keep_checkpoints: int = 3
     meta_params: dict = field(default_factory=lambda: {"include": ["*"], "exclude": ["fc.*"]})
+    # How the T learners run (trajshift.learners.ModuleLearners): backend loop | batched | auto, channels_last,
+    # autocast none | bf16 | fp16, compile. None of them changes the mathematics.
+    execution: dict = field(default_factory=lambda: dict(EXECUTION_DEFAULTS))
 
     @staticmethod
     def from_dict(d: dict, where: str = "config") -> "ExperimentConfig":
@@ -74,7 +79,8 @@ class ExperimentConfig:
         cfg = ExperimentConfig(model=model, tasks=d["tasks"], meta=MetaConfig.from_dict(d["meta"], "meta"),
                                **{k: d[k] for k in ("batch_size", "seed", "data_root", "cache_dir", "device",
                                                     "snapshot_every", "meta_params", "checkpoint_every",
-                                                    "keep_checkpoints") if k in d})
+                                                    "keep_checkpoints") if k in d},
+                               execution=check_execution(d.get("execution") or {}))
         for key, low in (("batch_size", 1), ("seed", 0), ("snapshot_every", 0), ("checkpoint_every", 0),
                          ("keep_checkpoints", 1)):
             v = getattr(cfg, key)
@@ -95,7 +101,32 @@ class ExperimentConfig:
                 "data_root": self.data_root, "cache_dir": self.cache_dir, "device": self.device,
                 "snapshot_every": self.snapshot_every, "checkpoint_every": self.checkpoint_every,
                 "keep_checkpoints": self.keep_checkpoints, "meta_params": self.meta_params,
-                "meta": self.meta.to_dict()}
+                "execution": self.execution, "meta": self.meta.to_dict()}
+
+
+def check_execution(ex: dict) -> dict:
+    """The execution block with defaults filled in; every key and value checked."""
+    from .learners import AUTOCAST_DTYPES, BACKENDS
+    if not isinstance(ex, dict):
+        raise ConfigError(f"execution: expected a mapping like {EXECUTION_DEFAULTS}, got {ex!r}")
+    unknown = sorted(set(ex) - set(EXECUTION_DEFAULTS), key=str)
+    if unknown:
+        raise ConfigError(f"execution.{unknown[0]}: unknown key; allowed keys: {', '.join(EXECUTION_DEFAULTS)}")
+    out = {**EXECUTION_DEFAULTS, **ex}
+    if out["autocast"] in ("none", "None", False):
+        out["autocast"] = None
+    if out["backend"] not in BACKENDS:
+        raise ConfigError(f"execution.backend: unknown value {out['backend']!r}; allowed: {', '.join(BACKENDS)}")
+    if out["autocast"] is not None and out["autocast"] not in AUTOCAST_DTYPES:
+        raise ConfigError(f"execution.autocast: unknown value {out['autocast']!r}; allowed: none, "
+                          f"{', '.join(AUTOCAST_DTYPES)}")
+    for key in ("channels_last", "compile"):
+        if not isinstance(out[key], bool):
+            raise ConfigError(f"execution.{key}: expected true or false, got {out[key]!r}")
+    if out["compile"] and out["backend"] == "loop":
+        raise ConfigError("execution.compile: torch.compile applies to the batched backend; set execution.backend "
+                          "to batched or auto, or compile to false")
+    return out
 
 
 def check_model_spec(model: dict) -> None:
@@ -207,11 +238,18 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine)]
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
                               include=cfg.meta_params.get("include", ["*"]),
-                              exclude=cfg.meta_params.get("exclude", ["fc.*"]))
+                              exclude=cfg.meta_params.get("exclude", ["fc.*"]), **cfg.execution)
     snapshots = out / "snapshots"
     if comm.is_main():
         snapshots.mkdir(exist_ok=True)
-    state = {"next": cfg.snapshot_every}
+    state = {"next": cfg.snapshot_every, "backend_logged": False}
+
+    def report_backend(tr):
+        if not state["backend_logged"]:
+            state["backend_logged"] = True
+            timing = ", ".join(f"{k} {v:.1f} ms" for k, v in learners.backend_timings.items())
+            log(f"backend: {learners.backend}" + (f" (measured per step of all local tasks: {timing})" if timing
+                                                  else "") + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
 
     def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
         sd = init_state_dict(learners, tr_phi, comm)
@@ -226,7 +264,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     from .trainer import MetricsWriter, truncate_metrics
     metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
     checkpointing = cfg.checkpoint_every > 0
-    trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[snapshot], comm=comm,
+    trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[report_backend, snapshot], comm=comm,
                           task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=cfg.checkpoint_every if checkpointing else 0,
                           keep_checkpoints=cfg.keep_checkpoints)
