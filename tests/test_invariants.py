@@ -105,9 +105,11 @@ def make_data(classes, n=40, seed=0):
              torch.randint(0, c, (n,), generator=g)) for c in classes]
 
 
-def test_beta_zero_is_independent_training_of_modules():
+@pytest.mark.parametrize("backend", ["loop", "batched"])
+def test_beta_zero_is_independent_training_of_modules(backend):
     """beta = 0: phi does not move and every task learner (meta part, head, BN statistics) equals a plain module
-    trained with its own torch.optim optimizer on the same batches."""
+    trained with its own torch.optim optimizer on the same batches. With the batched backend this also checks the
+    padded heads (3, 5 and 2 classes) and the stacked BatchNorm statistics against plain modules."""
     classes = [3, 5, 2]
     data = make_data(classes)
     torch.manual_seed(0)
@@ -124,7 +126,7 @@ def test_beta_zero_is_independent_training_of_modules():
         return data[t][0][idx], data[t][1][idx]
 
     opt_spec = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
-    learners = ts.ModuleLearners(modules, batch_fn)
+    learners = ts.ModuleLearners(modules, batch_fn, backend=backend)
     cfg = ts.MetaConfig(method="cts", inner_steps=12, trajectories=1, meta_lr=0.0, dtype="float64",
                         inner_optimizer=opt_spec)
     trainer = ts.MetaTrainer(learners, cfg)

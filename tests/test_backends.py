@@ -1,0 +1,165 @@
+"""Execution backends and options (trajshift/batched.py, ModuleLearners): the batched (vmap) backend, backend
+"auto", autocast, channels_last and torch.compile give the mathematics of plain per-task modules."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import trajshift as ts
+from trajshift.errors import ConfigError
+from trajshift.experiment import check_execution
+
+CLASSES = [3, 5, 2]
+
+
+class ConvNet(nn.Module):
+    """Two conv + BatchNorm blocks and a head of ``classes`` outputs (input 1 x 8 x 8)."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def make_modules(classes=CLASSES, dtype=torch.float64):
+    torch.manual_seed(0)
+    template = ConvNet(2)
+    out = []
+    for c in classes:
+        m = copy.deepcopy(template)
+        m.head = nn.Linear(6, c)
+        out.append(m.to(dtype))
+    return out
+
+
+def make_batch_fn(classes=CLASSES, dtype=torch.float64, shapes=None):
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, 1, *(shapes[t] if shapes else (8, 8)), generator=g, dtype=dtype),
+             torch.randint(0, c, (32,), generator=g)) for t, c in enumerate(classes)]
+
+    def batch_fn(t, step, split):
+        idx = ts.batch_indices(32, 8, step, seed=0, task=t)
+        return data[t][0][idx], data[t][1][idx]
+    return batch_fn
+
+
+def train(method, backend, dtype="float64", **options):
+    learners = ts.ModuleLearners(make_modules(dtype=getattr(torch, dtype)), make_batch_fn(dtype=getattr(torch, dtype)),
+                                 backend=backend, **options)
+    cfg = ts.MetaConfig(method=method, inner_steps=4, trajectories=3, meta_lr=0.3, dtype=dtype,
+                        inner_optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    trainer = ts.MetaTrainer(learners, cfg)
+    trainer.run()
+    return trainer, learners
+
+
+def assert_same_run(a, b, atol):
+    (ta, la), (tb, lb) = a, b
+    torch.testing.assert_close(ta.phi, tb.phi, rtol=0, atol=atol)
+    torch.testing.assert_close(ta.pop.theta.detach(), tb.pop.theta.detach(), rtol=0, atol=atol)
+    for t in range(len(CLASSES)):
+        sa, sb = la.modules[t].state_dict(), lb.modules[t].state_dict()
+        for k in sa:                       # heads and BatchNorm running statistics of every task
+            torch.testing.assert_close(sa[k].double(), sb[k].double(), rtol=0, atol=atol, msg=f"task {t} {k}")
+
+
+@pytest.mark.parametrize("method", ["cts", "leap", "reptile"])
+def test_batched_backend_equals_loop(method):
+    """Float64, heads of 3/5/2 classes (padded to 5, masked), per-task BatchNorm, 3 trajectories of 4 steps."""
+    assert_same_run(train(method, "loop"), train(method, "batched"), atol=1e-12)
+
+
+def test_padded_head_loss_is_each_tasks_own_cross_entropy():
+    modules = make_modules()
+    batch_fn = make_batch_fn()
+    plain = [copy.deepcopy(m) for m in modules]
+    learners = ts.ModuleLearners(modules, batch_fn, backend="batched")
+    pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
+    losses = pop.backward(0)
+    for t, m in enumerate(plain):
+        x, y = batch_fn(t, 0, "train")
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        torch.testing.assert_close(losses[t], loss.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(learners.modules[t].head.weight.grad, m.head.weight.grad, rtol=0, atol=1e-12)
+        torch.testing.assert_close(pop.theta_grad[t], learners.spec.flatten(
+            {n: p.grad for n, p in m.named_parameters()}), rtol=0, atol=1e-12)
+    assert learners._batched.local_index["head.weight"].shape == (3, 5, 6)
+
+
+def test_auto_measures_both_restores_state_and_matches_loop():
+    auto = train("cts", "auto")
+    assert auto[1].backend in ("loop", "batched")
+    assert set(auto[1].backend_timings) == {"loop", "batched"}
+    assert_same_run(train("cts", "loop"), auto, atol=1e-12)   # the timing runs left no trace
+
+
+def test_auto_falls_back_to_loop_when_shapes_differ_and_batched_says_why():
+    shapes = [(8, 8), (8, 8), (10, 10)]
+    learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=shapes), backend="auto")
+    ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64).backward(0)
+    assert learners.backend == "loop"
+    learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=shapes), backend="batched")
+    pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
+    with pytest.raises(ConfigError, match=r"task 2's batch has inputs \(8, 1, 10, 10\).*backend: loop"):
+        pop.backward(0)
+
+
+def test_batched_refuses_learners_of_different_structure():
+    modules = make_modules()
+    modules[1].head = nn.Sequential(nn.Linear(6, 5))
+    with pytest.raises(ConfigError, match="task 1's non-meta-learned parameters"):
+        ts.ModuleLearners(modules, make_batch_fn(), backend="batched")
+
+
+def test_resumed_auto_run_keeps_the_backend_it_chose():
+    learners = ts.ModuleLearners(make_modules(), make_batch_fn(), backend="auto")
+    pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
+    state = learners.state_dict()
+    learners.load_state_dict({**state, "backend": "batched"})
+    assert learners.backend == "batched"
+    pop.backward(0)
+    assert learners.backend_timings == {}                          # no new measurement
+
+
+def test_channels_last_gives_the_same_run():
+    assert_same_run(train("cts", "loop"), train("cts", "loop", channels_last=True), atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["loop", "batched"])
+def test_bf16_autocast_losses_are_close_to_float32(backend):
+    """bf16 has an 8-bit mantissa: the first-step losses agree with float32 to about 1e-2 relative."""
+    ref = ts.ModuleLearners(make_modules(dtype=torch.float32), make_batch_fn(dtype=torch.float32))
+    ref_losses = ts.Population(ref, {"name": "sgd", "lr": 0.1}).backward(0)
+    half = ts.ModuleLearners(make_modules(dtype=torch.float32), make_batch_fn(dtype=torch.float32),
+                             backend=backend, autocast="bf16")
+    pop = ts.Population(half, {"name": "sgd", "lr": 0.1})
+    losses = pop.backward(0)
+    assert losses.dtype == torch.float32 and pop.theta_grad.dtype == torch.float32
+    torch.testing.assert_close(losses, ref_losses, rtol=3e-2, atol=0)
+    assert torch.isfinite(pop.theta_grad).all() and pop.theta_grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_compiled_batched_backend_equals_loop():
+    """torch.compile of the vmapped forward (inductor, CPU): float32 results agree with the loop to 1e-5."""
+    assert_same_run(train("cts", "loop", dtype="float32"),
+                    train("cts", "batched", dtype="float32", compile=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("execution, message", [
+    ({"backend": "gpu"}, "execution.backend: unknown value 'gpu'"),
+    ({"autocast": "int8"}, "execution.autocast: unknown value 'int8'"),
+    ({"compile": True, "backend": "loop"}, "execution.compile: torch.compile applies to the batched backend"),
+    ({"chanels_last": True}, "execution.chanels_last: unknown key"),
+    ({"channels_last": "yes"}, "execution.channels_last: expected true or false"),
+])
+def test_bad_execution_options_are_named(execution, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_execution(execution)
+    assert check_execution({})["backend"] == "auto"
