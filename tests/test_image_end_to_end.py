@@ -162,3 +162,18 @@ def test_shipped_configs_validate(name):
     from trajshift.experiment import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.meta.method == "cts" and len(cfg.tasks) >= 5
+
+
+def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, datasets, capsys):
+    """Two image tasks of 3 and 4 classes: the batched backend pads the heads; the learned init is the loop's."""
+    cfg = write_config(tmp_path / "c.yaml", datasets, "cts", tmp_path / "cache")
+    inits = {}
+    for backend in ("loop", "batched"):
+        assert main(["meta-train", str(cfg), "--out", str(tmp_path / backend), "--backend", backend]) == 0
+        assert f"backend: {backend}" in capsys.readouterr().out
+        assert yaml.safe_load((tmp_path / backend / "config.yaml").read_text())["execution"]["backend"] == backend
+        inits[backend] = torch.load(tmp_path / backend / "init.pt", weights_only=True)
+    for k, v in inits["loop"].items():
+        torch.testing.assert_close(inits["batched"][k].double(), v.double(), rtol=0, atol=1e-5, msg=k)
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "auto")]) == 0
+    assert "(measured per step of all local tasks: loop" in capsys.readouterr().out

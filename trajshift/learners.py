@@ -86,6 +86,11 @@ class Learners:
     def meta_numel(self) -> int:
         return self.spec.numel
 
+    @property
+    def device(self) -> torch.device:
+        """Where theta must live: the device of the initial parameters."""
+        return self.initial_phi().device
+
     def initial_phi(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -249,6 +254,10 @@ class ModuleLearners(Learners):
 
     def initial_phi(self):
         return self._phi0.clone()
+
+    @property
+    def device(self):
+        return self._phi0.device
 
     def bind(self, theta, theta_grad):
         dtype = self.dtype = theta.dtype

@@ -85,7 +85,8 @@ class MetaTrainer:
         self.cfg = cfg
         self.comm = comm or LocalComm()
         self.method = METHODS.get(cfg.method)(cfg.options)
-        self.pop = Population(learners, cfg.inner_optimizer, dtype=cfg.torch_dtype)
+        # theta lives where the learners' parameters are (a model moved to CUDA trains on CUDA).
+        self.pop = Population(learners, cfg.inner_optimizer, dtype=cfg.torch_dtype, device=learners.device)
         self.pop.clip_grad_norm = cfg.clip_grad_norm
         self.meta_optimizer = None
         if cfg.meta_optimizer is not None:
