@@ -64,7 +64,7 @@ class BatchedForward:
 
     def __init__(self, modules: Sequence[nn.Module], spec: FlatSpec, local_specs: Sequence[FlatSpec],
                  local_offsets: Sequence[int], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 compile: bool = False):
+                 compile: bool = False, autocast_dtype: torch.dtype | None = None):
         reason = batched_unsupported_reason(modules, spec.names)
         if reason is not None:
             raise ConfigError(f"backend: batched cannot run these task learners: {reason}; use backend: loop")
@@ -92,8 +92,14 @@ class BatchedForward:
         self.mask: torch.Tensor | None = None          # [T, C_max] of 0 / -inf when class counts differ
         template, loss_fn = self.template, self.loss
 
+        device_type = next(iter(modules[0].parameters())).device.type
+
         def one_task(p, b, xt, yt, *mask):
-            out = torch.func.functional_call(template, {**p, **b}, (xt,))
+            # autocast entered outside vmap does not reach the per-task operators, so it is entered inside. Even
+            # so, in torch 2.13 vmap's convolution rule bypasses autocast (conv2d stays float32; linear layers and
+            # matrix products do run in bf16), so bf16 gains little on this backend (docs/PERFORMANCE.md).
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = torch.func.functional_call(template, {**p, **b}, (xt,))
             if mask:
                 out = out + mask[0]
             return loss_fn(out, yt)

@@ -238,6 +238,7 @@ class ModuleLearners(Learners):
         self._initial_local = [self._local_params(m) for m in self.modules]
         self._initial_buffers = [copy.deepcopy(dict(m.named_buffers())) for m in self.modules]
         self._phi0 = self.spec.flatten({n: p.detach() for n, p in self.modules[0].named_parameters()}).clone()
+        self._device = self._phi0.device
         local_sizes = [s.numel for s in self.local_specs]
         self.local_offsets = [sum(local_sizes[:t]) for t in range(self.num_tasks)]
         self.local_numel = sum(local_sizes)
@@ -253,11 +254,14 @@ class ModuleLearners(Learners):
         return {n: p.detach().clone() for n, p in m.named_parameters() if n not in self.spec.names}
 
     def initial_phi(self):
+        if self._phi0 is None:
+            raise ConfigError("these ModuleLearners are already bound to a Population (their modules' parameters "
+                              "are now rows of its theta); build new ModuleLearners for another run")
         return self._phi0.clone()
 
     @property
     def device(self):
-        return self._phi0.device
+        return self._device
 
     def bind(self, theta, theta_grad):
         dtype = self.dtype = theta.dtype
@@ -287,9 +291,11 @@ class ModuleLearners(Learners):
                     params[n].grad = grads[n]
         theta.grad = theta_grad
         self.theta = theta
+        # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
+        self._phi0 = None
         if self.backend != "loop" and not self.batched_unsupported:
             self._batched = BatchedForward(self.modules, self.spec, self.local_specs, self.local_offsets, self.loss,
-                                           compile=self.compile)
+                                           compile=self.compile, autocast_dtype=AUTOCAST_DTYPES.get(self.autocast))
             self._batched.local_index = {n: i.to(device) for n, i in self._batched.local_index.items()}
             self._batched.bind_buffers(self.modules)
         elif self.backend == "auto":
@@ -324,8 +330,7 @@ class ModuleLearners(Learners):
             raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
                               f"use backend: loop (or auto)")
         x, y = batch
-        with self._autocast(x.device):
-            return self._batched.losses(self.modules, self.theta, self.local, x, y, split == "train")
+        return self._batched.losses(self.modules, self.theta, self.local, x, y, split == "train")
 
     def _loop_losses(self, step, split):
         out = []
