@@ -13,7 +13,8 @@ classes, so the batched backend pads and masks them):
   optional (--variants): cts-batched-compile, cts-loop-bf16, cts-batched-bf16, cts-loop-channels_last,
                      cts-batched-channels_last (channels_last has no effect on the batched backend; listed to show it)
 
-Timing: variants built once, then run in turns, blocks of --block steps, --repeats rounds; the ratio to plain is the
+Timing: variants built once, then run in turns, blocks of max(--block, --min-block-seconds worth) steps, --repeats
+rounds; the ratio to plain is the
 median over rounds of (variant / plain) within a round, so the drifts of a shared machine cancel.
 
 Peak memory: each variant again in a fresh child process. The child builds the data, then resets the kernel's
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -254,6 +256,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--block", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--min-block-seconds", type=float, default=0.3)
     ap.add_argument("--memory-steps", type=int, default=3)
     ap.add_argument("--memory-repeats", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
@@ -288,14 +291,20 @@ def main() -> None:
             runs = {v: build_variant(v, data, models, args.device) for v in variants}
             for b in runs.values():
                 b(2)                                    # warm-up (and compilation)
+            sync(args.device)
+            t0 = time.perf_counter()
+            runs["plain"](1)
+            sync(args.device)
+            # Blocks of at least --min-block-seconds, so short steps (Conv4, T = 1: ~20 ms) are not timed one by one.
+            block = max(args.block, math.ceil(args.min_block_seconds / (time.perf_counter() - t0)))
             times = {v: [] for v in variants}
             for _ in range(args.repeats):
                 for v, b in runs.items():
                     sync(args.device)
                     t0 = time.perf_counter()
-                    b(args.block)
+                    b(block)
                     sync(args.device)
-                    times[v].append((time.perf_counter() - t0) / args.block)
+                    times[v].append((time.perf_counter() - t0) / block)
             del runs
             mem = {}
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
@@ -314,7 +323,7 @@ def main() -> None:
                     if not n.startswith("fc."))
             flops = step_flops(model, T, args.batch, args.device)
             ms = {v: 1e3 * statistics.median(times[v]) for v in variants}
-            row = {"model": model, "tasks": T, "meta_params": P, "ms_per_step": ms,
+            row = {"model": model, "tasks": T, "meta_params": P, "steps_per_block": block, "ms_per_step": ms,
                    "ratio_to_plain": {v: statistics.median(a / b for a, b in zip(times[v], times["plain"]))
                                       for v in variants},
                    "gflop_per_step": flops / 1e9,
