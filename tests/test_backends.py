@@ -68,10 +68,14 @@ def assert_same_run(a, b, atol):
             torch.testing.assert_close(sa[k].double(), sb[k].double(), rtol=0, atol=atol, msg=f"task {t} {k}")
 
 
-@pytest.mark.parametrize("method", ["cts", "leap", "reptile"])
+@pytest.mark.parametrize("method", ["cts", "leap", "reptile", "fomaml++", "imaml", "mtl"])
 def test_batched_backend_equals_loop(method):
-    """Float64, heads of 3/5/2 classes (padded to 5, masked), per-task BatchNorm, 3 trajectories of 4 steps."""
-    assert_same_run(train(method, "loop"), train(method, "batched"), atol=1e-12)
+    """Float64, heads of 3/5/2 classes (padded to 5, masked), per-task BatchNorm, 3 trajectories of 4 steps;
+    validation batches (fomaml++), Hessian-vector products (imaml) and gradient averaging (mtl) included."""
+    # iMAML's conjugate gradient on I + H / lambda amplifies float64 rounding (the backends sum in different
+    # orders) by the system's condition number: 2e-11 on BatchNorm statistics after 3 meta-updates.
+    atol = 1e-9 if method == "imaml" else 1e-12
+    assert_same_run(train(method, "loop"), train(method, "batched"), atol=atol)
 
 
 def test_padded_head_loss_is_each_tasks_own_cross_entropy():

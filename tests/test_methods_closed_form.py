@@ -146,3 +146,28 @@ def test_mtl_is_joint_training_on_the_mean_loss(quad, optimizer):
         quad.loss_fn(x.expand(quad.T, -1), 0, "train").mean().backward()
         opt.step()
     np.testing.assert_allclose(phi, x.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_conjugate_gradient_truncates_at_non_positive_curvature():
+    """Row 0: SPD, solved exactly. Row 1: A = diag(1, -3) and b = (1, 1) give p^T A p = -2 at the first iteration:
+    the row returns b (A taken as I). Row 2: A = diag(1, 2, -10 in a direction reached later): stays finite and
+    keeps its first CG iterate."""
+    import torch
+    from trajshift.methods.rules import conjugate_gradient
+    A = torch.tensor([[[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 3.0]],
+                      [[1.0, 0.0, 0.0], [0.0, -3.0, 0.0], [0.0, 0.0, 1.0]],
+                      [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -10.0]]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.1]], dtype=torch.float64)
+    x = conjugate_gradient(lambda v: torch.einsum("tij,tj->ti", A, v), b, iters=10)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x[0], torch.linalg.solve(A[0], b[0]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(x[1], b[1], rtol=0, atol=0)
+    # row 2, first iteration by hand: p = b, p^T A p = 1 + 2 - 0.1 = 2.9 > 0, alpha = |b|^2 / 2.9
+    first = b[2] * (b[2] @ b[2]) / (b[2] @ A[2] @ b[2])
+    assert (b[2] @ A[2] @ b[2]) > 0
+    r1 = b[2] - (b[2] @ b[2]) / (b[2] @ A[2] @ b[2]) * (A[2] @ b[2])
+    p1 = r1 + (r1 @ r1) / (b[2] @ b[2]) * b[2]
+    if p1 @ A[2] @ p1 <= 0:                        # negative curvature met at the second iteration
+        torch.testing.assert_close(x[2], first, rtol=0, atol=1e-12)
+    else:
+        assert torch.linalg.norm(A[2] @ x[2] - b[2]) < torch.linalg.norm(A[2] @ first - b[2])

@@ -61,17 +61,31 @@ def leap_increment(theta_prev: torch.Tensor, theta_curr: torch.Tensor, grad_prev
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
                        tol: float = 1e-10) -> torch.Tensor:
     """Batched conjugate gradient: solves A_t x_t = b_t for every row t at once (A_t symmetric positive definite,
-    applied by ``matvec`` to a [T, P] block). Per-row step sizes, so rows converge independently."""
+    applied by ``matvec`` to a [T, P] block). Per-row step sizes, so rows converge independently.
+
+    A_t = I + H_t / lambda (iMAML) is positive definite only where the task Hessian H_t has no eigenvalue below
+    -lambda; on a non-convex loss it can fail. A row that meets non-positive curvature p^T A p <= 0 stops there
+    (truncated CG): it keeps the iterate reached so far, or b itself (A taken as I, the first-order answer) if this
+    happens at the first iteration. Without this, the step rs / (p^T A p) is unbounded and the meta-gradient
+    non-finite."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(1)
     tiny = torch.finfo(b.dtype).tiny
-    for _ in range(iters):
-        if bool((rs <= tol * tol).all()):
+    active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
+    for i in range(iters):
+        active &= rs > tol * tol
+        if not bool(active.any()):
             break
         ap = matvec(p)
-        alpha = rs / (p * ap).sum(1).clamp_min(tiny)
+        curvature = (p * ap).sum(1)
+        broke = active & (curvature <= 0)
+        if bool(broke.any()):
+            if i == 0:
+                x[broke] = b[broke]
+            active &= ~broke
+        alpha = torch.where(active, rs / curvature.clamp_min(tiny), torch.zeros_like(rs))
         x.addcmul_(alpha.unsqueeze(1), p)
         r.addcmul_(alpha.unsqueeze(1), ap, value=-1.0)
         rs_new = (r * r).sum(1)
