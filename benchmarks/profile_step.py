@@ -8,7 +8,6 @@ Used for the "what limits it" analysis in docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import build_variant, setup  # noqa: E402
+from throughput import build_variant, setup, write_json  # noqa: E402
 
 FAMILIES = [  # first match wins; matched against the lower-cased aten operator name
     ("convolution", ("conv", "mkldnn_convolution")),
@@ -77,10 +76,7 @@ def main() -> None:
             "top_ops_ms_per_step": dict(top)}
         print(model, f"{total:.1f} ms of aten self time per step;",
               ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["models"][model]["share_by_family"].items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

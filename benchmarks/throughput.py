@@ -346,7 +346,11 @@ def main() -> None:
     if args.dist_model:
         result["distributed"] = run_distributed(args)
         print(json.dumps(result["distributed"]))
-    out = Path(args.out)
+    write_json(result, args.out)
+
+
+def write_json(result: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
