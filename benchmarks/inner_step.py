@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trajshift as ts  # noqa: E402
+import trajshift as ts
 
 
 class SmallCNN(nn.Module):

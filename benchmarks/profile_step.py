@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import build_variant, setup, write_json  # noqa: E402
+from throughput import build_variant, setup, write_json
 
 FAMILIES = [  # first match wins; matched against the lower-cased aten operator name
     ("convolution", ("conv", "mkldnn_convolution")),

@@ -54,8 +54,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trajshift as ts  # noqa: E402
-from trajshift.models import build_model  # noqa: E402
+import trajshift as ts
+from trajshift.models import build_model
 
 SIZES = {"conv4": 28, "resnet20": 32}
 DEFAULT_VARIANTS = "plain,reference,cts-loop,cts-batched,reptile"

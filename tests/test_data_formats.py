@@ -4,11 +4,27 @@ import pickle
 
 import numpy as np
 import pytest
+from image_files import (
+    images,
+    png_bytes,
+    tar_tree,
+    write_cifar_batch,
+    write_class_tree,
+    write_idx,
+    zip_tree,
+)
 
 from trajshift.data import DataError
-from trajshift.data.formats import (read_cifar_batch, read_idx, read_idx_pair, read_image_tree, read_npy_classes,
-                                    read_npz, read_tiny_imagenet, safe_unpickle)
-from image_files import images, png_bytes, tar_tree, write_cifar_batch, write_class_tree, write_idx, zip_tree
+from trajshift.data.formats import (
+    read_cifar_batch,
+    read_idx,
+    read_idx_pair,
+    read_image_tree,
+    read_npy_classes,
+    read_npz,
+    read_tiny_imagenet,
+    safe_unpickle,
+)
 
 
 def test_idx_plain_and_gzip(tmp_path):

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from image_files import images, write_cifar_batch, write_class_tree, write_idx
 
 from trajshift.data import DataError
 from trajshift.data.augment import normalize, random_crop, random_flip, to_float
@@ -11,7 +12,6 @@ from trajshift.data.cache import prepare
 from trajshift.data.registry import load_dataset
 from trajshift.data.tasks import ImageTask, TaskSpec, select_classes
 from trajshift.errors import ConfigError
-from image_files import images, write_cifar_batch, write_class_tree, write_idx
 
 
 @pytest.fixture

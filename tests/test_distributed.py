@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 import yaml
+from test_image_end_to_end import make_dataset
 
 from trajshift.cli import main
 from trajshift.comm import shard
-from test_image_end_to_end import make_dataset
 
 
 def test_shards_are_contiguous_and_uneven():

@@ -5,8 +5,7 @@ import tarfile
 
 import pytest
 
-from trajshift.data import DataError
-from trajshift.data import registry
+from trajshift.data import DataError, registry
 from trajshift.data.download import download
 from trajshift.data.registry import DatasetSpec
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from image_files import png_bytes
 
 from trajshift.cli import main
 from trajshift.models import build_model
-from image_files import png_bytes
 
 
 def make_dataset(root, classes, per_class, seed):
@@ -147,7 +147,7 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRAJSHIFT_DATA", str(tmp_path / "empty"))
-    import trajshift.data.registry as registry
+    from trajshift.data import registry
     monkeypatch.setattr(registry, "default_data_roots", lambda: [tmp_path / "empty"])
     assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "20", "--finetune-steps", "5", "--seeds", "2",
                  "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
@@ -159,6 +159,7 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["cpu-study.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     from pathlib import Path
+
     from trajshift.experiment import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.meta.method == "cts" and len(cfg.tasks) >= 5

@@ -153,6 +153,7 @@ def test_conjugate_gradient_truncates_at_non_positive_curvature():
     the row returns b (A taken as I). Row 2: A = diag(1, 2, -10 in a direction reached later): stays finite and
     keeps its first CG iterate."""
     import torch
+
     from trajshift.methods.rules import conjugate_gradient
     A = torch.tensor([[[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 3.0]],
                       [[1.0, 0.0, 0.0], [0.0, -3.0, 0.0], [0.0, 0.0, 1.0]],

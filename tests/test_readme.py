@@ -5,7 +5,7 @@ from pathlib import Path
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert blocks, "the README has no python example"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from trajshift.checkpoint import load_latest, save_checkpoint
 from trajshift.config import MetaConfig
-from trajshift.data.formats import (read_idx, read_image_tree, read_npz, read_tiny_imagenet, safe_unpickle)
+from trajshift.data.formats import (
+    read_idx,
+    read_image_tree,
+    read_npz,
+    read_tiny_imagenet,
+    safe_unpickle,
+)
 from trajshift.errors import ConfigError, TrajshiftError
 from trajshift.evaluate import load_init
 from trajshift.experiment import ExperimentConfig

@@ -95,7 +95,10 @@ def test_cluster_points():
 
 def test_reptile_fixed_point_is_a_fixed_point():
     """Where the iteration stops, phi = mean_t U_k(phi) (the Reptile meta-gradient vanishes)."""
-    from trajshift.analysis.synthetic_study import SyntheticStudyConfig, reptile_fixed_points
+    from trajshift.analysis.synthetic_study import (
+        SyntheticStudyConfig,
+        reptile_fixed_points,
+    )
     from trajshift.tasks.synthetic import adapt
     cfg = SyntheticStudyConfig(fixed_point_grid=3, fixed_point_iters=3000)
     tasks = HimmelblauTasks.make(8, seed=0)

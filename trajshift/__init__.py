@@ -10,5 +10,17 @@ from .trainer import MetaTrainer, TrainResult
 
 __version__ = "0.1.0"
 
-__all__ = ["MetaConfig", "ConfigError", "DivergenceError", "TrajshiftError", "FlatSpec", "FunctionLearners",
-           "ModuleLearners", "batch_indices", "METHODS", "Population", "MetaTrainer", "TrainResult"]
+__all__ = [
+           "METHODS",
+           "ConfigError",
+           "DivergenceError",
+           "FlatSpec",
+           "FunctionLearners",
+           "MetaConfig",
+           "MetaTrainer",
+           "ModuleLearners",
+           "Population",
+           "TrainResult",
+           "TrajshiftError",
+           "batch_indices",
+]

@@ -114,7 +114,7 @@ class RunLock:
         self.path = Path(folder) / ".lock"
         self._f = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a+")
         try:

@@ -52,7 +52,7 @@ class MetaConfig:
     progress: bool | None = None       # None: a progress bar only when stderr is a terminal
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "MetaConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> MetaConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping of options, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -66,13 +66,13 @@ class MetaConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "MetaConfig":
+    def replace(self, **changes) -> MetaConfig:
         cfg = dataclasses.replace(self, **changes)
         cfg.validate()
         return cfg
 
-    def validate(self) -> "MetaConfig":
-        from .methods import METHODS   # late import: methods import this module
+    def validate(self) -> MetaConfig:
+        from .methods import METHODS  # late import: methods import this module
         METHODS.get(self.method)        # unknown method -> ConfigError listing the allowed names
         _int_at_least("inner_steps", self.inner_steps, 1, "K")
         _int_at_least("trajectories", self.trajectories, 1, "M")

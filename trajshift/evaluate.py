@@ -126,7 +126,7 @@ class MetaTestConfig:
     cache_dir: str | None = None
     device: str = "cpu"
 
-    def validate(self) -> "MetaTestConfig":
+    def validate(self) -> MetaTestConfig:
         PROTOCOLS.get(self.protocol)
         if not self.targets:
             raise ConfigError("--targets: give at least one dataset name or path")
@@ -140,9 +140,9 @@ class MetaTestConfig:
 
 
 def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> dict:
+    from .data.cache import prepare
     from .data.registry import DATASETS
     from .data.tasks import ImageTask, TaskSpec
-    from .data.cache import prepare
     cfg.validate()
     protocol = PROTOCOLS.get(cfg.protocol)
     steps = cfg.steps or protocol.steps

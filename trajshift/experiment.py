@@ -60,7 +60,7 @@ class ExperimentConfig:
     execution: dict = field(default_factory=lambda: dict(EXECUTION_DEFAULTS))
 
     @staticmethod
-    def from_dict(d: dict, where: str = "config") -> "ExperimentConfig":
+    def from_dict(d: dict, where: str = "config") -> ExperimentConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
         unknown = sorted(set(d) - TOP_KEYS, key=str)

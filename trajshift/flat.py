@@ -18,7 +18,7 @@ class FlatSpec:
     shapes: tuple[tuple[int, ...], ...]
 
     @staticmethod
-    def from_tensors(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]]) -> "FlatSpec":
+    def from_tensors(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]]) -> FlatSpec:
         items = list(named.items()) if isinstance(named, dict) else list(named)
         return FlatSpec(tuple(n for n, _ in items), tuple(tuple(t.shape) for _, t in items))
 

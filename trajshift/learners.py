@@ -24,7 +24,7 @@ import functools
 import logging
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

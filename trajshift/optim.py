@@ -11,7 +11,8 @@ that couple elements (LBFGS's line search, Adafactor's factored moments, Muon) a
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

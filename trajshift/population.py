@@ -8,7 +8,7 @@ backward of ``sum_t L^(t)`` (each row's gradient only depends on its own task) a
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -1,7 +1,8 @@
 """A tiny name -> object registry, so configs stay plain data (method: cts, inner_optimizer: {name: sgd})."""
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from .errors import ConfigError
 

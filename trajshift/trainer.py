@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -77,8 +77,8 @@ class MetaTrainer:
 
     def __init__(self, learners: Learners, cfg: MetaConfig, metrics_path: str | Path | None = None,
                  comm: LocalComm | None = None, record_phi: bool = False,
-                 callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
-                 step_callbacks: list[Callable[["MetaTrainer"], None]] | None = None,
+                 callbacks: list[Callable[[MetaTrainer], None]] | None = None,
+                 step_callbacks: list[Callable[[MetaTrainer], None]] | None = None,
                  task_ids: list[int] | None = None, checkpoint_dir: str | Path | None = None,
                  checkpoint_every: int = 0, keep_checkpoints: int = 3):
         cfg.validate()

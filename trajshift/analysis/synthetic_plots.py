@@ -6,9 +6,9 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 COLORS = {"cts": "tab:blue", "cts-accurate": "tab:green", "reptile": "tab:red", "cts-no-shift": "tab:orange",
           "cts-random-shift": "tab:purple", "fomaml": "tab:brown", "fomaml++": "tab:pink", "leap": "tab:olive",

@@ -55,7 +55,7 @@ class SyntheticStudyConfig:
             spec["momentum"] = self.momentum
         return spec
 
-    def validate(self) -> "SyntheticStudyConfig":
+    def validate(self) -> SyntheticStudyConfig:
         """Every check before any work: each method's full MetaConfig, the grid sizes and the template."""
         from ..tasks.synthetic import TEMPLATES
         if not self.methods:

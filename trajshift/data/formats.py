@@ -14,9 +14,9 @@ import tarfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import numpy as np
 
@@ -248,7 +248,7 @@ def _split_of(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def _text(tree: "_Tree", name: str) -> str:
+def _text(tree: _Tree, name: str) -> str:
     """A text file of a tree (UTF-8); anything else is a DataError naming it."""
     try:
         return tree.read(name).decode("utf-8-sig")
@@ -484,6 +484,18 @@ def file_signature(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["Split", "ImageData", "read_idx", "read_idx_pair", "safe_unpickle", "read_cifar_batch",
-           "read_cifar_names", "read_image_tree", "read_npy_classes", "read_npz", "read_tiny_imagenet",
-           "decode_image", "file_signature"]
+__all__ = [
+    "ImageData",
+    "Split",
+    "decode_image",
+    "file_signature",
+    "read_cifar_batch",
+    "read_cifar_names",
+    "read_idx",
+    "read_idx_pair",
+    "read_image_tree",
+    "read_npy_classes",
+    "read_npz",
+    "read_tiny_imagenet",
+    "safe_unpickle",
+]

@@ -7,16 +7,25 @@ error says which files to place where and, when there is one, the canonical down
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..registry import Registry
 from .errors import DataError
-from .formats import (ImageData, Split, read_cifar_batch, read_cifar_names, read_idx_pair, read_image_tree,
-                      read_npy_classes, read_npz, read_tiny_imagenet)
+from .formats import (
+    ImageData,
+    Split,
+    read_cifar_batch,
+    read_cifar_names,
+    read_idx_pair,
+    read_image_tree,
+    read_npy_classes,
+    read_npz,
+    read_tiny_imagenet,
+)
 
 
 @dataclass(frozen=True)

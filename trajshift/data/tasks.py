@@ -34,7 +34,7 @@ class TaskSpec:
     augment: bool = True
 
     @staticmethod
-    def from_dict(d: dict, where: str) -> "TaskSpec":
+    def from_dict(d: dict, where: str) -> TaskSpec:
         if isinstance(d, str):
             d = {"dataset": d}
         if not isinstance(d, dict) or "dataset" not in d:

@@ -44,17 +44,17 @@ class Method:
         """Meta-updates one trajectory of K inner steps makes (Algorithm 1: one)."""
         return 1
 
-    def setup(self, tr: "MetaTrainer") -> None:
+    def setup(self, tr: MetaTrainer) -> None:
         """Called once before training (register gradient hooks, allocate buffers)."""
 
-    def start_trajectory(self, tr: "MetaTrainer", m: int) -> None:
+    def start_trajectory(self, tr: MetaTrainer, m: int) -> None:
         pass
 
-    def step(self, tr: "MetaTrainer", m: int, k: int) -> torch.Tensor:
+    def step(self, tr: MetaTrainer, m: int, k: int) -> torch.Tensor:
         """Inner step k (1-based) of trajectory m for every task; returns the per-task losses [T]."""
         return tr.inner_step(m, k)
 
-    def end_trajectory(self, tr: "MetaTrainer", m: int) -> None:
+    def end_trajectory(self, tr: MetaTrainer, m: int) -> None:
         pass
 
     def state_dict(self) -> dict:

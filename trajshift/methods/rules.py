@@ -5,7 +5,7 @@ averaged over tasks by the comm layer) or, when it only needs the task mean, a [
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

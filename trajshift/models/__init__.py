@@ -16,4 +16,4 @@ def build_model(spec: dict, num_classes: int):
     return cls(num_classes=num_classes, **spec)
 
 
-__all__ = ["MODELS", "build_model", "ResNet20", "ResNet18", "Conv4"]
+__all__ = ["MODELS", "Conv4", "ResNet18", "ResNet20", "build_model"]

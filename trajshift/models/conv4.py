@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import activation as _activation, global_pool
+from .common import activation as _activation
+from .common import global_pool
 
 
 class Conv4(nn.Module):

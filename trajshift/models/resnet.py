@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .common import activation as _activation, global_pool
+from .common import activation as _activation
+from .common import global_pool
 
 
 class _ShortcutA(nn.Module):

@@ -34,7 +34,7 @@ class HimmelblauTasks:
 
     @staticmethod
     def make(num_tasks: int = 8, seed: int = 0, template: str = "scaled", radius: float = 7.0,
-             center: tuple[float, float] = (5.0, 5.0), dtype: torch.dtype = torch.float64) -> "HimmelblauTasks":
+             center: tuple[float, float] = (5.0, 5.0), dtype: torch.dtype = torch.float64) -> HimmelblauTasks:
         if template not in TEMPLATES:
             raise ConfigError(f"template: unknown template {template!r}; allowed values: {', '.join(TEMPLATES)}")
         if num_tasks < 1:
