@@ -59,7 +59,7 @@ from trajshift.models import build_model
 
 SIZES = {"conv4": 28, "resnet20": 32}
 DEFAULT_VARIANTS = "plain,reference,cts-loop,cts-batched,reptile"
-OPT_KW = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+OPT_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
 
 def setup(model_name: str, T: int, batch: int, device: str, task_ids=None):
@@ -236,7 +236,7 @@ def run_distributed(args) -> dict:
            __file__, "--dist-child", "--model", args.dist_model, "--T", str(args.dist_tasks), "--batch",
            str(args.batch), "--device", args.device, "--steps", str(args.dist_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, check=False, text=True, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIST ")]
     if proc.returncode or not line:
         raise RuntimeError(f"distributed benchmark failed:\n{proc.stdout}\n{proc.stderr}")
@@ -314,7 +314,7 @@ def main() -> None:
                     proc = subprocess.run([sys.executable, __file__, "--child", "--variant", v, "--model", model,
                                            "--T", str(T), "--batch", str(args.batch), "--device", args.device,
                                            "--memory-steps", str(args.memory_steps), "--threads",
-                                           str(args.threads)], capture_output=True, text=True, env=env)
+                                           str(args.threads)], capture_output=True, check=False, text=True, env=env)
                     if proc.returncode:
                         raise RuntimeError(f"memory child {v} failed:\n{proc.stderr}")
                     samples.append(json.loads(proc.stdout.strip().splitlines()[-1]))

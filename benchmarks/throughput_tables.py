@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def tables(result: dict) -> str:
@@ -37,8 +38,8 @@ def tables(result: dict) -> str:
         out.append(f"| {r['model']} | {r['tasks']} | {r['gflop_per_step']:.2f} | " + " | ".join(cells) + " |")
     if "distributed" in result:
         d = result["distributed"]
-        out += ["", f"All-reduce share, {d['model']}, T = {d['tasks']}, {d['world_size']} ranks, "
-                f"{d['threads_per_rank']} thread(s) each, {d['method']}:", "",
+        out += ["", (f"All-reduce share, {d['model']}, T = {d['tasks']}, {d['world_size']} ranks, "
+                     f"{d['threads_per_rank']} thread(s) each, {d['method']}:"), "",
                 "| rank | local tasks | ms / step | all-reduce ms / step | all-reduces / step | share |",
                 "|---|---|---|---|---|---|"]
         for r in d["ranks"]:
@@ -51,5 +52,5 @@ def tables(result: dict) -> str:
 if __name__ == "__main__":
     for path in sys.argv[1:]:
         print(f"<!-- {path} -->")
-        print(tables(json.load(open(path))))
+        print(tables(json.loads(Path(path).read_text())))
         print()

@@ -64,10 +64,9 @@ def test_resume_refuses_another_config(tmp_path):
 
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path):
-    with RunLock(tmp_path):
-        with pytest.raises(ts.ConfigError, match=r"the run folder is in use by another run \(pid \d+\)"):
-            with RunLock(tmp_path):
-                pass
+    in_use = r"the run folder is in use by another run \(pid \d+\)"
+    with RunLock(tmp_path), pytest.raises(ts.ConfigError, match=in_use), RunLock(tmp_path):
+        pass
     with RunLock(tmp_path):      # released: usable again
         pass
 
@@ -95,10 +94,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
     run = [sys.executable, "-m", "trajshift", "meta-train", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
     env = {**os.environ, "TRAJSHIFT_FAULT_KILL_AT_STEP": "11"}      # checkpoints at 4 and 8; killed after 11
-    proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(run, env=env, capture_output=True, check=False, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "killed" / "init.pt").exists()
-    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)          # automatic resume
+    proc = subprocess.run(run, capture_output=True, check=False, text=True, timeout=300)          # automatic resume
     assert proc.returncode == 0, proc.stderr[-2000:]
     full = torch.load(tmp_path / "full" / "init.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed" / "init.pt", weights_only=True)

@@ -124,7 +124,7 @@ def test_random_shift_has_the_norm_of_delta_and_a_random_direction(quad):
 
 
 def test_meta_optimizer_option_uses_torch_optim_on_phi(quad):
-    phi, _, phi0 = run(quad, "reptile", K=3, M=1, optimizer=None)
+    _, _, phi0 = run(quad, "reptile", K=3, M=1, optimizer=None)
     learners = ts.FunctionLearners(quad.loss_fn, torch.tensor(phi0), quad.T)
     cfg = ts.MetaConfig(method="reptile", inner_steps=3, trajectories=1, meta_lr=BETA, dtype="float64",
                         inner_optimizer={"name": "sgd", "lr": ALPHA}, meta_optimizer={"name": "adam"})

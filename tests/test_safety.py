@@ -45,7 +45,7 @@ def test_malicious_checkpoint_is_refused_and_the_previous_used(tmp_path):
     import hashlib
     (tmp_path / "ckpt-0000000002.pt.sha256").write_text(hashlib.sha256(evil.read_bytes()).hexdigest())
     with pytest.warns(UserWarning, match="ckpt-0000000002.pt: skipping this checkpoint: it does not load"):
-        state, path = load_latest(tmp_path)
+        _, path = load_latest(tmp_path)
     assert path.name == "ckpt-0000000001.pt" and not marker.exists()
 
 

@@ -100,7 +100,7 @@ def load_latest(folder: str | Path, max_step: int | None = None) -> tuple[dict, 
         if problem is None:
             try:
                 return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
-            except Exception as err:           # a checksum-valid file that is not a checkpoint
+            except Exception as err:  # noqa: BLE001  a checksum-valid file that is not a checkpoint: any failure
                 problem = f"it does not load ({type(err).__name__}: {err})"
         warnings.warn(f"{path}: skipping this checkpoint: {problem}; trying the previous one", stacklevel=2)
     return None
@@ -114,7 +114,7 @@ class RunLock:
         self.path = Path(folder) / ".lock"
         self._f = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> RunLock:  # noqa: PYI034 (a final class: never subclassed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a+")
         try:

@@ -34,9 +34,9 @@ def choose_datasets(data_root=None) -> tuple[list[dict], dict, str]:
             "data folder found: sources fashion-mnist, omniglot[0:50], tiny-imagenet[0:50]; target quickdraw"
     sources = [{"dataset": "digits", "resolution": 28, "classes": "0:3", "name": "digits[0:3]"},
                {"dataset": "digits", "resolution": 28, "classes": "3:6", "name": "digits[3:6]"}]
-    return sources, {"dataset": "digits", "resolution": 28, "classes": "6:10"}, \
-        "no data folder with the image datasets found: using scikit-learn's digits (sources: digits 0-2 and 3-5; " \
-        "target: digits 6-9)"
+    return sources, {"dataset": "digits", "resolution": 28, "classes": "6:10"}, (
+        "no data folder with the image datasets found: using scikit-learn's digits (sources: digits 0-2 and 3-5; "
+        "target: digits 6-9)")
 
 
 def run_demo(out: str | Path, steps: int = 200, finetune_steps: int = 100, seeds: int = 3, data_root=None,

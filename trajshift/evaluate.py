@@ -93,7 +93,7 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
     if init is not None:
         load_body(model, init, where)
     opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
-    milestones = sorted({max(1, int(round(f * steps))) for f in protocol.milestones})
+    milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
     base = [g["lr"] for g in opt.param_groups]
     model.train()
     for step in range(steps):
@@ -177,8 +177,8 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"Meta-test of `{report['init']}` ({report['protocol']} protocol, {report['steps']} steps, "
-             f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval, %)", "",
+    lines = [(f"Meta-test of `{report['init']}` ({report['protocol']} protocol, {report['steps']} steps, "
+              f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval, %)"), "",
              "| target | accuracy |", "|---|---|"]
     for name, r in report["targets"].items():
         lines.append(f"| {name} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} |")

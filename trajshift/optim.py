@@ -25,9 +25,9 @@ OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "optim
 _COUPLED = {"lbfgs", "adafactor", "muon", "sparseadam"}
 
 for _name, _cls in vars(torch.optim).items():
-    if inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:
-        if _name.lower() not in _COUPLED:
-            OPTIMIZERS.register(_name.lower(), _cls)
+    if (inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer
+            and _name.lower() not in _COUPLED):
+        OPTIMIZERS.register(_name.lower(), _cls)
 
 
 def check_optimizer_spec(spec: Any, option: str) -> dict:

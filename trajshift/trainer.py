@@ -56,7 +56,7 @@ class MetricsWriter:
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(path, "a", encoding="utf-8")
+            self._f = open(path, "a", encoding="utf-8")   # noqa: SIM115 (open for the run's life; close())
 
     def write(self, row: dict) -> None:
         if self._f is not None:

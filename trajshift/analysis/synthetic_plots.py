@@ -20,7 +20,7 @@ def _color(m: str) -> str:
 
 
 def _background(ax, points: torch.Tensor, qmap: torch.Tensor) -> None:
-    n = int(round(math.sqrt(points.shape[0])))
+    n = math.isqrt(points.shape[0])           # the points form an n x n grid
     x = points[:, 0].reshape(n, n).numpy()
     y = points[:, 1].reshape(n, n).numpy()
     z = np.log10(np.clip(qmap.reshape(n, n).numpy(), 1e-6, None))

@@ -51,7 +51,7 @@ def stratified_split(split: Split, test_fraction: float, seed: int = 0) -> tuple
     for c in np.unique(split.labels):
         idx = np.flatnonzero(split.labels == c)
         idx = idx[rng.permutation(len(idx))]
-        test_idx.append(idx[:int(round(len(idx) * test_fraction))])
+        test_idx.append(idx[:round(len(idx) * test_fraction)])
     test_mask = np.zeros(len(split.labels), dtype=bool)
     test_mask[np.concatenate(test_idx)] = True
     return (Split(split.images[~test_mask], split.labels[~test_mask]),

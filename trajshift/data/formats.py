@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import pickle
 import struct
@@ -186,7 +187,7 @@ class _Tree:
             self.kind, self._zip = "zip", zipfile.ZipFile(path)
         else:
             try:
-                self.kind, self._tar = "tar", tarfile.open(path, "r:*")
+                self.kind, self._tar = "tar", tarfile.open(path, "r:*")   # noqa: SIM115 (kept open; close())
             except (tarfile.TarError, OSError) as err:
                 if not path.exists():
                     raise DataError(f"{path}: no such file or folder") from err
@@ -408,7 +409,7 @@ def _as_square_images(arr: np.ndarray, where) -> np.ndarray:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[1] == 1 and arr.shape[2] > 4):
         flat = arr.reshape(len(arr), -1)
-        side = int(round(np.sqrt(flat.shape[1])))
+        side = math.isqrt(flat.shape[1])
         if side * side != flat.shape[1]:
             raise DataError(f"{where}: rows of {flat.shape[1]} values are not square images")
         return flat.reshape(len(arr), side, side, 1)

@@ -112,7 +112,7 @@ class ImageTask:
                 raise ConfigError(f"{where}.train_images: {spec.train_images} asked, the training split of "
                                   f"{spec.dataset} has {len(order)}")
             order = order[:spec.train_images]
-        n_val = int(round(len(order) * spec.val_fraction))
+        n_val = round(len(order) * spec.val_fraction)
         val_idx, train_idx = order[:n_val], order[n_val:]
         if len(train_idx) == 0:
             raise ConfigError(f"{where}: no training images left after subsampling and the validation split")

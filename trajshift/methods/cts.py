@@ -16,6 +16,7 @@ That costs k inner steps for the k-th meta-update, K(K+1)/2 per trajectory: for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ConfigError
 from .base import Method
@@ -68,12 +69,12 @@ class CTS(Method):
 
 class CTSNoShift(CTS):
     name = "cts-no-shift"
-    defaults = {"shift": "none"}
+    defaults: ClassVar[dict] = {"shift": "none"}
 
 
 class CTSRandomShift(CTS):
     name = "cts-random-shift"
-    defaults = {"shift": "random"}
+    defaults: ClassVar[dict] = {"shift": "random"}
 
 
 @dataclass
