@@ -21,14 +21,14 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trajshift as ts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steppers import interleaved_times, plain_stepper, trajshift_stepper, write_json
 
 
 class SmallCNN(nn.Module):
@@ -66,7 +66,6 @@ def main() -> None:
               torch.randint(0, c, (args.batch,), generator=gen)) for _ in range(8)] for c in classes]
     torch.manual_seed(0)
     template = SmallCNN()
-    opt = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
     def models():
         out = []
@@ -78,43 +77,18 @@ def main() -> None:
 
     # Every variant is built once and then advanced in blocks of --block steps, the variants taking turns, for
     # --repeats rounds: slow drifts of a shared machine hit all variants of a round alike.
-    def plain_stepper():
-        ms = models()
-        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for m in ms]
-        state = {"step": 0}
+    def batch_of(t, step):
+        return data[t][step % 8]
 
-        def block(n):
-            for _ in range(n):
-                step = state["step"]
-                for t, (m, o) in enumerate(zip(ms, opts)):
-                    x, y = data[t][step % 8]
-                    o.zero_grad()
-                    nn.functional.cross_entropy(m(x), y).backward()
-                    o.step()
-                state["step"] += 1
-        return block
-
-    def trajshift_stepper(method: str, backward: str = "per-task"):
-        learners = ts.ModuleLearners(models(), lambda t, step, split: data[t][step % 8], backward=backward)
-        cfg = ts.MetaConfig(method=method, inner_steps=args.inner_steps, trajectories=10 ** 6, meta_lr=0.01,
-                            inner_optimizer=opt, progress=False, log_every=10 ** 6)
-        steps = ts.MetaTrainer(learners, cfg).steps()
-
-        def block(n):
-            for _ in range(n):
-                next(steps)
-        return block
-
-    variants = {"plain": plain_stepper(), "cts": trajshift_stepper("cts"), "reptile": trajshift_stepper("reptile"),
-                "cts (one backward over all tasks)": trajshift_stepper("cts", "summed")}
+    variants = {
+        "plain": plain_stepper(models(), batch_of),
+        "cts": trajshift_stepper(models(), batch_of, "cts", inner_steps=args.inner_steps),
+        "reptile": trajshift_stepper(models(), batch_of, "reptile", inner_steps=args.inner_steps),
+        "cts (one backward over all tasks)": trajshift_stepper(models(), batch_of, "cts",
+                                                               inner_steps=args.inner_steps, backward="summed")}
     for block in variants.values():                            # warm-up
         block(3)
-    times = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for name, block in variants.items():
-            t0 = time.perf_counter()
-            block(args.block)
-            times[name].append((time.perf_counter() - t0) / args.block)
+    times = interleaved_times(variants, args.repeats, args.block)
     ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["plain"])) for k in variants}
     P = sum(p.numel() for n, p in template.named_parameters() if not n.startswith("fc"))
     result = {
@@ -130,10 +104,8 @@ def main() -> None:
         "target": "cts <= 1.05 x plain",
         "target_met": ratios["cts"] <= 1.05,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from throughput import build_variant, setup, write_json
+from steppers import write_json
+from throughput import build_variant, setup
 
 FAMILIES = [  # first match wins; matched against the lower-cased aten operator name
     ("convolution", ("conv", "mkldnn_convolution")),

@@ -54,12 +54,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trajshift as ts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steppers import interleaved_times, plain_stepper, trajshift_stepper, write_json
+
 from trajshift.models import build_model
 
 SIZES = {"conv4": 28, "resnet20": 32}
 DEFAULT_VARIANTS = "plain,reference,cts-loop,cts-batched,reptile"
-OPT_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
 
 def setup(model_name: str, T: int, batch: int, device: str, task_ids=None):
@@ -84,49 +85,16 @@ def setup(model_name: str, T: int, batch: int, device: str, task_ids=None):
 
 def build_variant(variant: str, data, models, device: str, comm=None, task_ids=None):
     """A function block(n) that runs n inner steps of the variant."""
+    def batch_of(t, step):
+        return data[t][step % 4]
     if variant in ("plain", "reference"):
-        ms = models()
-        opts = [torch.optim.SGD(m.parameters(), **OPT_KW) for m in ms]
-        meta = [[p for n, p in m.named_parameters() if not n.startswith("fc.")] for m in ms]
-        state = {"step": 0, "phi": torch.cat([p.detach().reshape(-1) for p in meta[0]])}
-
-        def block(n):
-            for _ in range(n):
-                s = state["step"]
-                for t, (m, o) in enumerate(zip(ms, opts)):
-                    x, y = data[t][s % 4]
-                    o.zero_grad()
-                    nn.functional.cross_entropy(m(x), y).backward()
-                    o.step()
-                if variant == "reference":          # the reference code's per-step meta-update and shift
-                    with torch.no_grad():
-                        old = state["phi"].clone()
-                        flat = torch.stack([torch.cat([p.reshape(-1) for p in ps]) for ps in meta])
-                        new = old - 0.01 * (old - flat.mean(0))
-                        delta = new - old
-                        for ps in meta:
-                            off = 0
-                            for p in ps:
-                                p.add_(delta[off:off + p.numel()].view_as(p))
-                                off += p.numel()
-                        state["phi"] = new
-                state["step"] += 1
-        return block
+        return plain_stepper(models(), batch_of, reference=variant == "reference")
     method, *opts = variant.split("-")
-    backend = opts.pop(0) if method == "cts" else "loop"
-    options = {"backend": backend}
+    options = {"backend": opts.pop(0) if method == "cts" else "loop"}
     for o in opts:
         options.update({"compile": {"compile": True}, "bf16": {"autocast": "bf16"},
                         "channels_last": {"channels_last": True}}[o])
-    learners = ts.ModuleLearners(models(), lambda t, step, split: data[t][step % 4], **options)
-    cfg = ts.MetaConfig(method=method, inner_steps=100, trajectories=10 ** 6, meta_lr=0.01,
-                        inner_optimizer={"name": "sgd", **OPT_KW}, progress=False, log_every=10 ** 6)
-    it = ts.MetaTrainer(learners, cfg, comm=comm, task_ids=task_ids).steps()
-
-    def block(n):
-        for _ in range(n):
-            next(it)
-    return block
+    return trajshift_stepper(models(), batch_of, method, comm=comm, task_ids=task_ids, **options)
 
 
 def sync(device: str) -> None:
@@ -297,14 +265,7 @@ def main() -> None:
             sync(args.device)
             # Blocks of at least --min-block-seconds, so short steps (Conv4, T = 1: ~20 ms) are not timed one by one.
             block = max(args.block, math.ceil(args.min_block_seconds / (time.perf_counter() - t0)))
-            times = {v: [] for v in variants}
-            for _ in range(args.repeats):
-                for v, b in runs.items():
-                    sync(args.device)
-                    t0 = time.perf_counter()
-                    b(block)
-                    sync(args.device)
-                    times[v].append((time.perf_counter() - t0) / block)
+            times = interleaved_times(runs, args.repeats, block, lambda: sync(args.device))
             del runs
             mem = {}
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
@@ -347,13 +308,6 @@ def main() -> None:
         result["distributed"] = run_distributed(args)
         print(json.dumps(result["distributed"]))
     write_json(result, args.out)
-
-
-def write_json(result: dict, path: str) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -107,13 +107,7 @@ def _plots(out: Path, report: dict) -> None:
         if r["loss_curve"]:
             xs, ys = zip(*r["loss_curve"])
             ax.plot(xs, smooth(list(ys), max(1, len(ys) // 50)), label=f"{r['run']} ({r['method']})")
-    ax.set_xlabel("cumulative inner steps per task")
-    ax.set_ylabel("meta-training loss (task average)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "fig6a_meta_train_loss.png", dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "cumulative inner steps per task", "meta-training loss (task average)", out / "fig6a_meta_train_loss.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in report["runs"]:
         if r["curve"]:
@@ -121,13 +115,18 @@ def _plots(out: Path, report: dict) -> None:
             ms = [100 * c["mean"] for c in r["curve"]]
             cis = [0 if c["ci95"] != c["ci95"] else 100 * c["ci95"] for c in r["curve"]]
             ax.errorbar(xs, ms, yerr=cis, marker="o", capsize=3, label=f"{r['run']} ({r['method']})")
-    ax.set_xlabel("cumulative inner steps of meta-training")
-    ax.set_ylabel("meta-test accuracy (%), target average")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "fig7_meta_test_vs_inner_steps.png", dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "cumulative inner steps of meta-training", "meta-test accuracy (%), target average", out / "fig7_meta_test_vs_inner_steps.png")
 
 
 __all__ = ["make_report", "mean_ci95"]
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, path) -> None:
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
