@@ -64,7 +64,8 @@ class BatchedForward:
 
     def __init__(self, modules: Sequence[nn.Module], spec: FlatSpec, local_specs: Sequence[FlatSpec],
                  local_offsets: Sequence[int], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 compile: bool = False, autocast_dtype: torch.dtype | None = None):
+                 compile: bool = False, autocast_dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu"):
         reason = batched_unsupported_reason(modules, spec.names)
         if reason is not None:
             raise ConfigError(f"backend: batched cannot run these task learners: {reason}; use backend: loop")
@@ -80,19 +81,19 @@ class BatchedForward:
         for j, name in enumerate(self.local_names):
             shapes = [s.shapes[s.names.index(name)] for s in local_specs]
             padded = tuple(max(sizes) for sizes in zip(*shapes))
-            index = torch.full((self.T, *padded), local_numel, dtype=torch.long)
+            index = torch.full((self.T, *padded), local_numel, dtype=torch.long, device=device)
             for t, s in enumerate(local_specs):
                 k = s.names.index(name)
                 start = local_offsets[t] + s.offsets[k]
                 corner = tuple(slice(0, d) for d in s.shapes[k])
-                index[(t, *corner)] = torch.arange(start, start + s.numels[k]).view(s.shapes[k])
+                index[(t, *corner)] = torch.arange(start, start + s.numels[k], device=device).view(s.shapes[k])
             self.local_index[name] = index
         self.buffers: dict[str, torch.Tensor] = {}
         self.num_outputs: list[int] | None = None      # per-task output size, probed at the first forward
         self.mask: torch.Tensor | None = None          # [T, C_max] of 0 / -inf when class counts differ
         template, loss_fn = self.template, self.loss
 
-        device_type = next(iter(modules[0].parameters())).device.type
+        device_type = torch.device(device).type
 
         def one_task(p, b, xt, yt, *mask):
             # autocast entered outside vmap does not reach the per-task operators, so it is entered inside. Even

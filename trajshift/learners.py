@@ -295,8 +295,8 @@ class ModuleLearners(Learners):
         self._phi0 = None
         if self.backend != "loop" and not self.batched_unsupported:
             self._batched = BatchedForward(self.modules, self.spec, self.local_specs, self.local_offsets, self.loss,
-                                           compile=self.compile, autocast_dtype=AUTOCAST_DTYPES.get(self.autocast))
-            self._batched.local_index = {n: i.to(device) for n, i in self._batched.local_index.items()}
+                                           compile=self.compile, autocast_dtype=AUTOCAST_DTYPES.get(self.autocast),
+                                           device=device)
             self._batched.bind_buffers(self.modules)
         elif self.backend == "auto":
             self.backend = "loop"
