@@ -48,14 +48,42 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def _meta_train(args) -> int:
-    from .experiment import load_config, meta_train
+def _overrides(items: list[str] | None) -> dict:
+    """--set KEY=VALUE items as {dotted key: YAML value}."""
     overrides = {}
-    for item in args.set or []:
+    for item in items or []:
         if "=" not in item:
             raise ConfigError(f"--set: expected KEY=VALUE (e.g. meta.inner_steps=100), got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
+    return overrides
+
+
+def run_config_of(init: Path) -> Path | None:
+    """The config.yaml of the meta-train run an init file belongs to: beside it (init.pt) or one folder up
+    (snapshots/step-N.pt)."""
+    for folder in (init.parent, init.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def resolve_init(path: str) -> Path:
+    """An init file; a run folder means its init.pt; a method folder of a sweep means its chosen run's init.pt."""
+    from .sweep import chosen_run
+    p = Path(path)
+    if p.is_dir():
+        run = chosen_run(p) or p
+        if not (run / "init.pt").is_file():
+            raise ConfigError(f"--init {path}: a folder without init.pt; give an init file, a meta-train run folder "
+                              f"or a method folder of a sweep")
+        return run / "init.pt"
+    return p
+
+
+def _meta_train(args) -> int:
+    from .experiment import load_config, meta_train
+    overrides = _overrides(args.set)
     if args.backend:
         overrides["execution.backend"] = args.backend
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
@@ -76,16 +104,26 @@ def _meta_test(args) -> int:
     from .evaluate import MetaTestConfig, markdown_table, meta_test
     if (args.init is None) == (args.from_ != "scratch"):
         raise ConfigError("meta-test: give either --init FILE or --from scratch")
+    init = resolve_init(args.init) if args.init else None
     model = {"name": args.model or "resnet20"}
-    run_config = Path(args.init).parent / "config.yaml" if args.init else None
-    if args.model is None and run_config is not None and run_config.exists():
+    run_config = run_config_of(init) if init else None
+    if args.model is None and run_config is not None:
         import yaml
         model = dict(yaml.safe_load(run_config.read_text())["model"])    # the architecture the run trained
     if args.activation:
         model["activation"] = args.activation
-    cfg = MetaTestConfig(targets=[t.strip() for t in args.targets.split(",") if t.strip()], init=args.init,
+    for key, value in _overrides(args.set).items():
+        if not key.startswith("model."):
+            raise ConfigError(f"--set {key}: meta-test takes model options only (model.KEY=VALUE, e.g. "
+                              f"model.width=32)")
+        model[key.split(".", 1)[1]] = value
+    from .experiment import check_model_spec
+    check_model_spec(model)
+    cfg = MetaTestConfig(targets=[t.strip() for t in args.targets.split(",") if t.strip()], init=str(init) if init else None,
                          model=model, protocol=args.protocol, steps=args.steps, seeds=args.seeds,
                          resolution=args.resolution, train_images=args.train_images, batch_size=args.batch_size,
+                         images_per_class=_int_list(args.images_per_class, "--images-per-class")
+                         if args.images_per_class else None, augment=args.augment,
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
     report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
     print(markdown_table(report))
@@ -123,8 +161,32 @@ def _approx_error(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import parse_grid, run_sweep
+    report = run_sweep(args.config, args.out, parse_grid(args.grid),
+                       [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
+                       args.jobs, args.set, log=(lambda *_: None) if args.quiet else print)
+    key = next(iter(report["grid"]))
+    for m, entry in report["methods"].items():
+        print(f"{m}: chosen {entry['chosen']} (" + ", ".join(
+            f"{p['values'][key]}: " + (f"{100 * p['score']:.2f}%" if p["status"] == "ok" else p["status"])
+            for p in entry["points"]) + ")")
+    print(f"wrote {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.png'}")
+    return 0
+
+
+def _validate(args) -> int:
+    from .validation import score_run
+    r = score_run(args.run, log=(lambda *_: None) if args.quiet else print)
+    ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
+    print(f"{args.run}: meta-validation accuracy {100 * r['score']:.2f}% +- {ci} ({len(r['per_seed'])} seeds)")
+    return 0
+
+
 def _report(args) -> int:
     from .analysis.report import make_report
+    from .sweep import expand_runs
+    args.runs = [str(r) for r in expand_runs(args.runs)]
     for run in args.runs:
         for name in ("config.yaml", "metrics.jsonl", "init.pt"):
             if not (Path(run) / name).exists():
@@ -135,6 +197,9 @@ def _report(args) -> int:
     make_report(args.runs, [t.strip() for t in args.targets.split(",") if t.strip()], args.out, seeds=args.seeds,
                 steps=args.steps, protocol=args.protocol, every_snapshot=args.every_snapshot,
                 resolution=args.resolution, data_root=args.data_root, cache_dir=args.cache_dir,
+                images_per_class=_int_list(args.images_per_class, "--images-per-class")
+                if args.images_per_class else None, curve_images_per_class=args.curve_images_per_class,
+                batch_size=args.batch_size, augment=args.augment,
                 log=(lambda *_: None) if args.quiet else print)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {Path(args.out) / 'report.json'} and the figures in {args.out}/")
@@ -228,19 +293,29 @@ def build_parser() -> argparse.ArgumentParser:
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
                         description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
                                     "DIR/results.md.")
-    te.add_argument("--init", help="state_dict file (e.g. a meta-train run's init.pt)")
+    te.add_argument("--init", help="state_dict file (a run's init.pt or snapshots/step-N.pt), a run folder, or a "
+                    "method folder of a sweep (its chosen run)")
     te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
     te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
                     "archives (class folders or manifest.csv)")
     te.add_argument("--out", required=True)
     te.add_argument("--model", default=None, help="model name (default: the model of the run's config.yaml next "
                     "to --init, else resnet20)")
-    te.add_argument("--activation", default=None)
+    te.add_argument("--activation", default=None, help="relu or softplus (default: the run's, else relu)")
+    te.add_argument("--set", action="append", metavar="model.KEY=VALUE",
+                    help="a model option, e.g. --set model.width=32 (default: the run's config.yaml)")
     te.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
     te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
     te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
     te.add_argument("--resolution", type=int, default=None)
     te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
+    te.add_argument("--images-per-class", default=None, metavar="N[,N...]",
+                    help="low-data regime: subsample each target's training split to exactly N images per class "
+                         "(seeded by the seed: the same subsample for every initialization; the test split stays "
+                         "whole); several values give one meta-test each, e.g. 5,20,100")
+    te.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
+                    help="finetuning batch augmentation (default crop+flip, the paper's; flips are wrong for digits "
+                         "and characters)")
     te.add_argument("--batch-size", type=int, default=None)
     te.add_argument("--data-root", default=None)
     te.add_argument("--cache-dir", default=None)
@@ -265,14 +340,45 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
     ae.add_argument("--quiet", action="store_true")
     ae.set_defaults(func=_approx_error)
+    sw = sub.add_parser("sweep", help="choose a hyperparameter (e.g. meta.meta_lr) per method on meta-validation "
+                        "(held-out source classes), never on meta-test targets",
+                        description="Each (method, value) is a meta-train run folder DIR/METHOD/KEY=VALUE (an "
+                                    "interrupted sweep resumes); each is scored on the config's validation block. "
+                                    "Writes DIR/sweep.json and DIR/sweep.png.")
+    sw.add_argument("config", help="meta-train YAML config with a validation block")
+    sw.add_argument("--out", required=True, help="sweep folder")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                    help="values to try, e.g. meta.meta_lr=0.001,0.01,0.1,1,10 (repeatable: the product)")
+    sw.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); each gets cores/jobs threads")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=_sweep)
+    va = sub.add_parser("validate", help="meta-validation score of a finished run (held-out source classes of its "
+                        "config's validation block); cached in RUN/validation.json")
+    va.add_argument("run", help="meta-train run folder")
+    va.add_argument("--quiet", action="store_true")
+    va.set_defaults(func=_validate)
     rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
                         "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
-    rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method)")
-    rp.add_argument("--targets", required=True)
-    rp.add_argument("--out", required=True)
-    rp.add_argument("--seeds", type=int, default=3)
-    rp.add_argument("--steps", type=int, default=None, help="finetuning steps per meta-test")
-    rp.add_argument("--protocol", default="paper")
+    rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method), sweep folders "
+                    "(every method's chosen run) or a sweep's method folders (its chosen run)")
+    rp.add_argument("--targets", required=True, help="comma-separated meta-test datasets (names or paths)")
+    rp.add_argument("--out", required=True, help="report folder: report.json, table.md and the figures")
+    rp.add_argument("--seeds", type=int, default=5, help="finetuning runs per target (default 5)")
+    rp.add_argument("--steps", type=int, default=None, help="finetuning steps per meta-test (default: the "
+                    "protocol's 1000)")
+    rp.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
+    rp.add_argument("--images-per-class", default=None, metavar="N[,N...]",
+                    help="low-data regime: meta-test the final inits at each N images per class of the targets' "
+                         "training splits (Fig. 9: gain over scratch against N)")
+    rp.add_argument("--curve-images-per-class", type=int, default=None, metavar="N",
+                    help="the setting of the snapshot curves and bar charts (default: the first of "
+                         "--images-per-class)")
+    rp.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; "
+                    "never more than the training set)")
+    rp.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
+                    help="finetuning batch augmentation (default crop+flip)")
     rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
     rp.add_argument("--resolution", type=int, default=None)
     rp.add_argument("--data-root", default=None)
@@ -284,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", required=True)
     dm.add_argument("--steps", type=int, default=200, help="meta-training inner steps per task (default 200)")
     dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
-    dm.add_argument("--seeds", type=int, default=3)
+    dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
     dm.add_argument("--data-root", default=None)
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true")

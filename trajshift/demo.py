@@ -39,7 +39,7 @@ def choose_datasets(data_root=None) -> tuple[list[dict], dict, str]:
         "target: digits 6-9)")
 
 
-def run_demo(out: str | Path, steps: int = 200, finetune_steps: int = 100, seeds: int = 3, data_root=None,
+def run_demo(out: str | Path, steps: int = 200, finetune_steps: int = 100, seeds: int = 5, data_root=None,
              cache_dir=None, log=print) -> dict:
     from .data.cache import prepare
     from .data.tasks import ImageTask, TaskSpec

@@ -12,6 +12,7 @@ Protocols (``--protocol``):
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,7 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
 
 @dataclass
 class MetaTestConfig:
-    targets: list[str]
+    targets: list            # dataset names or paths, or task specs {dataset, classes, resolution}
     init: str | None = None            # None: from scratch
     model: dict = field(default_factory=lambda: {"name": "resnet20"})
     protocol: str = "paper"
@@ -121,12 +122,15 @@ class MetaTestConfig:
     seeds: int = 5
     resolution: int | None = None      # default: the dataset's registered resolution (32 for paths)
     train_images: int | None = None    # default: the protocol's
+    images_per_class: list[int] | None = None   # low-data regime: one meta-test per value (class-wise subsample)
+    augment: str = "crop+flip"         # finetuning batches: crop+flip (the paper's), crop, flip or none
     batch_size: int | None = None
     data_root: str | None = None
     cache_dir: str | None = None
     device: str = "cpu"
 
     def validate(self) -> MetaTestConfig:
+        from .data.tasks import AUGMENTATIONS
         PROTOCOLS.get(self.protocol)
         if not self.targets:
             raise ConfigError("--targets: give at least one dataset name or path")
@@ -134,54 +138,117 @@ class MetaTestConfig:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= 1, got {v!r}")
+        if self.images_per_class is not None:
+            if not self.images_per_class or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                for v in self.images_per_class):
+                raise ConfigError(f"--images-per-class: expected integers >= 1, got {self.images_per_class!r}")
+            if self.train_images is not None:
+                raise ConfigError("--images-per-class and --train-images: give one of them")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"--augment: expected one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         from .models import MODELS
         MODELS.get(self.model.get("name"))
         return self
 
 
 def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> dict:
-    from .data.cache import prepare
-    from .data.registry import DATASETS
-    from .data.tasks import ImageTask, TaskSpec
+    """Finetune from ``cfg.init`` on every target, ``cfg.seeds`` times. Seed s fixes the target's training subsample,
+    the head's initial weights and the batch order, whatever the initialization: results of two initializations are
+    paired by seed.
+
+    Returns (and writes as DIR/results.json) {init, protocol, steps, seeds, model, targets: {NAME: {mean, ci95, accs,
+    ...}}, average: {mean, ci95, per_seed}}; with ``images_per_class`` = [N1, N2, ...] the per-target and average
+    results are under by_images_per_class[str(N)] instead. A CI needs 2 seeds: with one it is null."""
     cfg.validate()
     protocol = PROTOCOLS.get(cfg.protocol)
     steps = cfg.steps or protocol.steps
     init = load_init(cfg.init) if cfg.init else None
-    results: dict = {}
-    per_seed: dict[int, list[float]] = {}
     t0 = time.perf_counter()
-    for target in cfg.targets:
-        res = cfg.resolution or (DATASETS.get(target).resolution if target in DATASETS else 32)
-        data = prepare(target, res, cfg.data_root, cfg.cache_dir)
-        accs = []
-        for seed in range(cfg.seeds):
-            spec = TaskSpec(dataset=target, resolution=res, train_images=cfg.train_images or protocol.train_images)
-            task = ImageTask(spec, data, cfg.batch_size or protocol.batch_size, seed, 0, cfg.device,
-                             where=f"target {target}")
-            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch"))
-            per_seed.setdefault(seed, []).append(accs[-1])
-            log(f"{target} seed {seed}: test accuracy {100 * accs[-1]:.2f}%")
-        mean, ci = mean_ci95(accs)
-        results[target] = {"mean": mean, "ci95": ci, "accs": accs, "resolution": res,
-                           "train_images": len(task.y["train"]), "test_images": len(task.y["test"])}
-    avg_mean, avg_ci = mean_ci95([sum(v) / len(v) for v in per_seed.values()])
     report = {"init": cfg.init or "scratch", "protocol": protocol.name, "steps": steps, "seeds": cfg.seeds,
-              "model": cfg.model, "targets": results, "average": {"mean": avg_mean, "ci95": avg_ci},
-              "wall_time": time.perf_counter() - t0}
+              "model": cfg.model, "augment": cfg.augment}
+    if cfg.images_per_class is None:
+        report.update(_meta_test_setting(cfg, init, protocol, steps, None, log))
+    else:
+        report["images_per_class"] = list(cfg.images_per_class)
+        report["by_images_per_class"] = {str(n): _meta_test_setting(cfg, init, protocol, steps, n, log)
+                                         for n in cfg.images_per_class}
+    report["wall_time"] = time.perf_counter() - t0
+    if cfg.seeds < 2:
+        import warnings
+        warnings.warn("a 95% confidence interval needs at least 2 seeds: ci95 is null in the results", stacklevel=2)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(report, indent=1))
+        write_json(out / "results.json", report)
         (out / "results.md").write_text(markdown_table(report))
     return report
 
 
+def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int, per_class: int | None,
+                       log) -> dict:
+    from .data.cache import prepare
+    from .data.registry import DATASETS
+    from .data.tasks import ImageTask, TaskSpec
+    results: dict = {}
+    per_seed: dict[int, list[float]] = {}
+    for target in cfg.targets:
+        # A target is a dataset name or path, or a task spec {dataset, classes, resolution, ...} (held-out classes).
+        base = dict(target) if isinstance(target, dict) else {"dataset": target}
+        name = target if isinstance(target, str) else TaskSpec.from_dict(base, "target").label
+        res = base.get("resolution") or cfg.resolution or (
+            DATASETS.get(base["dataset"]).resolution if base["dataset"] in DATASETS else 32)
+        data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir)
+        accs = []
+        for seed in range(cfg.seeds):
+            spec = TaskSpec.from_dict({**base, "resolution": res, "augment": cfg.augment,
+                                       "train_images": None if per_class else cfg.train_images or protocol.train_images,
+                                       "images_per_class": per_class}, f"target {name}")
+            task = ImageTask(spec, data, cfg.batch_size or protocol.batch_size, seed, 0, cfg.device,
+                             where=f"target {name}")
+            # A batch never holds an image twice: with a few images per class it is the whole training set.
+            task.batch_size = min(task.batch_size, len(task.y["train"]))
+            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch"))
+            per_seed.setdefault(seed, []).append(accs[-1])
+            log(f"{name}{f' ({per_class} per class)' if per_class else ''} seed {seed}: test accuracy "
+                f"{100 * accs[-1]:.2f}%")
+        mean, ci = mean_ci95(accs)
+        results[name] = {"mean": mean, "ci95": ci, "accs": accs, "resolution": res, "batch_size": task.batch_size,
+                         "train_images": len(task.y["train"]), "test_images": len(task.y["test"])}
+    seed_means = [sum(v) / len(v) for _, v in sorted(per_seed.items())]
+    avg_mean, avg_ci = mean_ci95(seed_means)
+    return {"targets": results, "average": {"mean": avg_mean, "ci95": avg_ci, "per_seed": seed_means}}
+
+
+def write_json(path: str | Path, obj) -> None:
+    """JSON without NaN (not valid JSON): a NaN or infinite float is written as null."""
+    Path(path).write_text(json.dumps(_finite(obj), indent=1))
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _pct(mean, ci) -> str:
+    return f"{100 * mean:.2f} ± " + ("n/a" if ci is None or ci != ci else f"{100 * ci:.2f}")
+
+
 def markdown_table(report: dict) -> str:
+    settings = ([(None, report)] if "by_images_per_class" not in report else
+                [(n, r) for n, r in report["by_images_per_class"].items()])
     lines = [(f"Meta-test of `{report['init']}` ({report['protocol']} protocol, {report['steps']} steps, "
-              f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval, %)"), "",
-             "| target | accuracy |", "|---|---|"]
-    for name, r in report["targets"].items():
-        lines.append(f"| {name} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} |")
-    a = report["average"]
-    lines.append(f"| **average** | {100 * a['mean']:.2f} ± {100 * a['ci95']:.2f} |")
+              f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval over seeds, %). The average "
+              f"row's interval is over seeds of the per-seed mean over targets."), ""]
+    head = "| target | " + " | ".join("accuracy" if n is None else f"{n} per class" for n, _ in settings) + " |"
+    lines += [head, "|---" * (len(settings) + 1) + "|"]
+    for name in settings[0][1]["targets"]:
+        lines.append(f"| {name} | " + " | ".join(_pct(r["targets"][name]["mean"], r["targets"][name]["ci95"])
+                                                for _, r in settings) + " |")
+    lines.append("| **average** | " + " | ".join(_pct(r["average"]["mean"], r["average"]["ci95"])
+                                                 for _, r in settings) + " |")
     return "\n".join(lines) + "\n"

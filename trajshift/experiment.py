@@ -37,7 +37,7 @@ from .learners import ModuleLearners, stream_seed
 from .models import MODELS, build_model
 
 TOP_KEYS = {"model", "tasks", "batch_size", "seed", "data_root", "cache_dir", "device", "snapshot_every", "meta",
-            "meta_params", "checkpoint_every", "keep_checkpoints", "execution"}
+            "meta_params", "checkpoint_every", "keep_checkpoints", "execution", "validation"}
 EXECUTION_DEFAULTS = {"backend": "auto", "channels_last": False, "autocast": None, "compile": False}
 
 
@@ -58,6 +58,8 @@ class ExperimentConfig:
     # How the T learners run (trajshift.learners.ModuleLearners): backend loop | batched | auto, channels_last,
     # autocast none | bf16 | fp16, compile. None of them changes the mathematics.
     execution: dict = field(default_factory=lambda: dict(EXECUTION_DEFAULTS))
+    # Meta-validation on held-out source classes (trajshift.validation; used by `trajshift sweep`); None: none.
+    validation: dict | None = None
 
     @staticmethod
     def from_dict(d: dict, where: str = "config") -> ExperimentConfig:
@@ -81,6 +83,9 @@ class ExperimentConfig:
                                                     "snapshot_every", "meta_params", "checkpoint_every",
                                                     "keep_checkpoints") if k in d},
                                execution=check_execution(d.get("execution") or {}))
+        if d.get("validation") is not None:
+            from .validation import ValidationConfig
+            cfg.validation = ValidationConfig.from_dict(d["validation"]).to_dict()
         for key, low in (("batch_size", 1), ("seed", 0), ("snapshot_every", 0), ("checkpoint_every", 0),
                          ("keep_checkpoints", 1)):
             v = getattr(cfg, key)
@@ -101,7 +106,7 @@ class ExperimentConfig:
                 "data_root": self.data_root, "cache_dir": self.cache_dir, "device": self.device,
                 "snapshot_every": self.snapshot_every, "checkpoint_every": self.checkpoint_every,
                 "keep_checkpoints": self.keep_checkpoints, "meta_params": self.meta_params,
-                "execution": self.execution, "meta": self.meta.to_dict()}
+                "execution": self.execution, "validation": self.validation, "meta": self.meta.to_dict()}
 
 
 def check_execution(ex: dict) -> dict:
@@ -257,6 +262,10 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
             save_atomic(sd, path)
 
     def snapshot(tr):
+        # At a trajectory's last step, wait for its end: Algorithm 1's meta-update happens there, so a snapshot at a
+        # trajectory boundary holds every method's phi after the same work.
+        if tr.position["k"] == cfg.meta.inner_steps:
+            return
         if cfg.snapshot_every and tr.inner_steps >= state["next"]:
             save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.pt")
             state["next"] = (tr.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every
@@ -265,6 +274,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
     checkpointing = cfg.checkpoint_every > 0
     trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[report_backend, snapshot], comm=comm,
+                          trajectory_callbacks=[snapshot],
                           task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=cfg.checkpoint_every if checkpointing else 0,
                           keep_checkpoints=cfg.keep_checkpoints)

@@ -79,6 +79,7 @@ class MetaTrainer:
                  comm: LocalComm | None = None, record_phi: bool = False,
                  callbacks: list[Callable[[MetaTrainer], None]] | None = None,
                  step_callbacks: list[Callable[[MetaTrainer], None]] | None = None,
+                 trajectory_callbacks: list[Callable[[MetaTrainer], None]] | None = None,
                  task_ids: list[int] | None = None, checkpoint_dir: str | Path | None = None,
                  checkpoint_every: int = 0, keep_checkpoints: int = 3):
         cfg.validate()
@@ -100,6 +101,7 @@ class MetaTrainer:
         self.record_phi = record_phi
         self.callbacks = list(callbacks or [])             # after every meta-update
         self.step_callbacks = list(step_callbacks or [])   # after every step of the loop (snapshots, ...)
+        self.trajectory_callbacks = list(trajectory_callbacks or [])   # after each trajectory's end (and its update)
         self.meta_updates = 0
         self.inner_steps = 0
         self.last_delta_norm = 0.0
@@ -287,6 +289,8 @@ class MetaTrainer:
                 raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
             self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
                                 "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm})
+            for cb in self.trajectory_callbacks:
+                cb(self)
 
     def run(self) -> TrainResult:
         cfg = self.cfg

@@ -3,6 +3,8 @@
 A task spec (plain data, from the YAML config):
     dataset: a registry name or a path        resolution: 28 | 32 | 64 | 84 | 224 | ...
     classes: "0:100" (slice of the class list) or [names]    train_images: N (subsample; the paper's 1,000)
+    images_per_class: N (class-wise subsample of the training split: exactly N images of every class, seeded;
+                      the low-data meta-test regime of Table 1 / Fig. 9; the test split stays whole)
     val_fraction: 0.25 (held out of train for methods that need a validation batch)
 Batches are a pure function of (task seed, step, split), so replays and resumes need no loader state.
 """
@@ -20,7 +22,13 @@ from .augment import default_padding, normalize, random_crop, random_flip, to_fl
 from .cache import PreparedData, prepare
 from .formats import Split
 
-TASK_KEYS = {"dataset", "resolution", "classes", "train_images", "val_fraction", "name", "augment"}
+TASK_KEYS = {"dataset", "resolution", "classes", "train_images", "images_per_class", "val_fraction", "name",
+             "augment"}
+
+
+# Training-batch augmentations: random crop with zero padding and horizontal flip (the paper's convention) or a part
+# of it. Flips are wrong for digits, characters and signs, so the choice is the task's.
+AUGMENTATIONS = {"crop+flip": ("crop", "flip"), "crop": ("crop",), "flip": ("flip",), "none": ()}
 
 
 @dataclass
@@ -29,9 +37,10 @@ class TaskSpec:
     resolution: int = 32
     classes: str | list | None = None
     train_images: int | None = None
+    images_per_class: int | None = None
     val_fraction: float = 0.0
     name: str | None = None
-    augment: bool = True
+    augment: bool | str = True       # crop+flip (true), crop, flip or none (false): training batches only
 
     @staticmethod
     def from_dict(d: dict, where: str) -> TaskSpec:
@@ -45,8 +54,19 @@ class TaskSpec:
         spec = TaskSpec(**d)
         if not isinstance(spec.resolution, int) or isinstance(spec.resolution, bool) or spec.resolution < 4:
             raise ConfigError(f"{where}.resolution: expected an integer >= 4, got {spec.resolution!r}")
-        if spec.train_images is not None and (not isinstance(spec.train_images, int) or spec.train_images < 1):
-            raise ConfigError(f"{where}.train_images: expected an integer >= 1, got {spec.train_images!r}")
+        for key in ("train_images", "images_per_class"):
+            v = getattr(spec, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{where}.{key}: expected an integer >= 1, got {v!r}")
+        if spec.train_images is not None and spec.images_per_class is not None:
+            raise ConfigError(f"{where}: give train_images or images_per_class, not both")
+        if spec.augment is True:
+            spec.augment = "crop+flip"
+        elif spec.augment is False:
+            spec.augment = "none"
+        if spec.augment not in AUGMENTATIONS:
+            raise ConfigError(f"{where}.augment: expected one of {', '.join(AUGMENTATIONS)} (or true/false), got "
+                              f"{spec.augment!r}")
         if not isinstance(spec.val_fraction, (int, float)) or not 0 <= spec.val_fraction < 1:
             raise ConfigError(f"{where}.val_fraction: expected a number in [0, 1), got {spec.val_fraction!r}")
         return spec
@@ -94,6 +114,23 @@ def _subset(split: Split, keep: list[int]) -> Split:
     return Split(split.images[mask], remap[split.labels[mask]])
 
 
+def per_class_subsample(labels: np.ndarray, order: np.ndarray, n: int, classes: list[str], where: str) -> np.ndarray:
+    """The first ``n`` indices of every class in the seeded permutation ``order``: exactly n per class, in the
+    permutation's order (so the subsample depends only on the seed, and the n-subsample is a prefix of the
+    (n+1)-subsample)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    short = [(classes[c], int(counts[c])) for c in range(len(classes)) if counts[c] < n]
+    if short:
+        raise ConfigError(f"{where}.images_per_class: {n} asked, but class {short[0][0]!r} has only {short[0][1]} "
+                          f"training images ({len(short)} class(es) short); lower images_per_class")
+    ordered = labels[order]
+    by_class = np.argsort(ordered, kind="stable")       # positions grouped by class, permutation order kept
+    first = np.searchsorted(ordered[by_class], np.arange(len(classes)))
+    rank = np.empty(len(order), dtype=np.int64)         # position of each item within its class, in `order`
+    rank[by_class] = np.arange(len(order)) - first[ordered[by_class]]
+    return order[rank < n]
+
+
 class ImageTask:
     """One task: uint8 images kept on ``device``, batches drawn deterministically, augmented on ``device``."""
 
@@ -112,6 +149,8 @@ class ImageTask:
                 raise ConfigError(f"{where}.train_images: {spec.train_images} asked, the training split of "
                                   f"{spec.dataset} has {len(order)}")
             order = order[:spec.train_images]
+        if spec.images_per_class is not None:
+            order = per_class_subsample(train.labels, order, spec.images_per_class, self.classes, where)
         n_val = round(len(order) * spec.val_fraction)
         val_idx, train_idx = order[:n_val], order[n_val:]
         if len(train_idx) == 0:
@@ -130,8 +169,11 @@ class ImageTask:
 
     def prepare_images(self, images: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
         x = to_float(images, self.channels)
-        if augment:
-            x = random_flip(random_crop(x, self.padding, generator), generator)
+        ops = AUGMENTATIONS[self.spec.augment] if augment else ()
+        if "crop" in ops:
+            x = random_crop(x, self.padding, generator)
+        if "flip" in ops:
+            x = random_flip(x, generator)
         return normalize(x, self.mean, self.std)
 
     def batch(self, step: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +182,7 @@ class ImageTask:
         split_seed = stream_seed(self.seed, {"train": 1, "val": 2, "test": 3}[split])
         idx = batch_indices(n, self.batch_size, step, split_seed, self.task_id).to(self.device)
         gen = torch.Generator().manual_seed(stream_seed(self.seed, self.task_id, step, 0xA06))
-        augment = split == "train" and self.spec.augment
+        augment = split == "train"
         return self.prepare_images(self.x[split][idx], augment, gen), self.y[split][idx]
 
     @torch.no_grad()

@@ -1,0 +1,141 @@
+"""Meta-validation: the score of an initialization on held-out *source* data, for choosing hyperparameters
+(``trajshift sweep``). Meta-test targets are never read here.
+
+The held-out data are classes of the source datasets that meta-training never sees (for example Tiny ImageNet
+classes 180:200 when the source tasks use 0:180), finetuned from the initialization with a fresh head in the same
+low-data regime as the meta-test (a few images per class, paired seeds). Why classes held out of the sources rather
+than a whole source task held out: every source domain stays in meta-training, and the validation tasks are new
+tasks from the same distribution, which is what a meta-learned initialization is for (Section 3: phi should work on
+new tasks of the task distribution).
+
+Config block (in the meta-train YAML; checked before any work):
+
+    validation:
+      tasks:                       # task specs; their classes must be disjoint from the source tasks' of a dataset
+        - {dataset: tiny-imagenet, classes: "180:200", resolution: 32}
+      images_per_class: 10         # class-wise subsample of each validation task's training split (null: all)
+      steps: 100                   # finetuning steps
+      seeds: 5
+      protocol: paper
+      batch_size: 64
+      augment: crop
+
+The score is the mean over seeds of the per-seed mean accuracy over the validation tasks, with its 95% CI.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass
+class ValidationConfig:
+    tasks: list
+    images_per_class: int | None = 10
+    steps: int = 100
+    seeds: int = 5
+    protocol: str = "paper"
+    batch_size: int | None = 64
+    augment: str = "crop"
+
+    @staticmethod
+    def from_dict(d, where: str = "validation") -> ValidationConfig:
+        from .data.tasks import AUGMENTATIONS, TaskSpec
+        from .evaluate import PROTOCOLS
+        if not isinstance(d, dict) or "tasks" not in d:
+            raise ConfigError(f"{where}: expected a mapping with a 'tasks' list of held-out source classes, e.g. "
+                              f"{{tasks: [{{dataset: tiny-imagenet, classes: '180:200'}}]}}")
+        known = {f.name for f in fields(ValidationConfig)}
+        unknown = sorted(set(d) - known, key=str)
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(known))}")
+        cfg = ValidationConfig(**d)
+        if not isinstance(cfg.tasks, list) or not cfg.tasks:
+            raise ConfigError(f"{where}.tasks: expected a non-empty list of task specs")
+        for i, t in enumerate(cfg.tasks):
+            TaskSpec.from_dict(t, f"{where}.tasks[{i}]")
+        for key, low, optional in (("images_per_class", 1, True), ("steps", 1, False), ("seeds", 2, False),
+                                   ("batch_size", 1, True)):
+            v = getattr(cfg, key)
+            if (v is None and optional):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{where}.{key}: expected an integer >= {low}, got {v!r}")
+        PROTOCOLS.get(cfg.protocol)
+        if cfg.augment not in AUGMENTATIONS:
+            raise ConfigError(f"{where}.augment: expected one of {', '.join(AUGMENTATIONS)}, got {cfg.augment!r}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def class_indices(spec: dict, data_root=None, cache_dir=None) -> set[int]:
+    """The indices (in the dataset's class list) of the classes a task spec selects."""
+    from .data.cache import prepare
+    from .data.tasks import TaskSpec, select_classes
+    s = TaskSpec.from_dict(spec, "task")
+    data = prepare(s.dataset, s.resolution, data_root, cache_dir)
+    return set(select_classes(data.classes, s.classes, s.label))
+
+
+def check_held_out(sources: list, validation: ValidationConfig, data_root=None, cache_dir=None) -> None:
+    """Refuse a validation task that shares a class with a source task of the same dataset: the score would then
+    reward memorising meta-training data instead of initializing new tasks well."""
+    from .data.tasks import TaskSpec
+    for i, v in enumerate(validation.tasks):
+        vs = TaskSpec.from_dict(v, f"validation.tasks[{i}]")
+        held = None
+        for j, t in enumerate(sources):
+            ts = TaskSpec.from_dict(t, f"tasks[{j}]")
+            if ts.dataset != vs.dataset:
+                continue
+            held = class_indices(v, data_root, cache_dir) if held is None else held
+            shared = held & class_indices(t, data_root, cache_dir)
+            if shared:
+                raise ConfigError(f"validation.tasks[{i}] ({vs.label}) shares {len(shared)} class(es) with the source "
+                                  f"task tasks[{j}] ({ts.label}); validation classes must be held out of "
+                                  f"meta-training: choose disjoint class ranges")
+
+
+def score_run(run: str | Path, data_root=None, cache_dir=None, log=print) -> dict:
+    """Meta-validation score of a finished meta-train run (its init.pt), cached in RUN/validation.json (keyed by the
+    validation settings and the init file)."""
+    import yaml
+
+    from .evaluate import MetaTestConfig, meta_test, write_json
+    run = Path(run)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    if not raw.get("validation"):
+        raise ConfigError(f"{run}/config.yaml: no validation block; add validation: {{tasks: [...]}} (held-out "
+                          f"source classes) to the config")
+    val = ValidationConfig.from_dict(raw["validation"])
+    init = run / "init.pt"
+    if not init.is_file():
+        raise ConfigError(f"{run}: no init.pt (the meta-train run has not finished)")
+    data_root = data_root if data_root is not None else raw.get("data_root")
+    cache_dir = cache_dir if cache_dir is not None else raw.get("cache_dir")
+    key = hashlib.sha256(json.dumps({"validation": val.to_dict(), "init": hashlib.sha256(init.read_bytes())
+                                     .hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
+    cached = run / "validation.json"
+    if cached.is_file():
+        old = json.loads(cached.read_text())
+        if old.get("key") == key:
+            return old
+    cfg = MetaTestConfig(targets=val.tasks, init=str(init), model=raw["model"], protocol=val.protocol,
+                         steps=val.steps, seeds=val.seeds, batch_size=val.batch_size, augment=val.augment,
+                         images_per_class=[val.images_per_class] if val.images_per_class else None,
+                         data_root=data_root, cache_dir=cache_dir)
+    report = meta_test(cfg, None, log=log)
+    setting = report["by_images_per_class"][str(val.images_per_class)] if val.images_per_class else report
+    result = {"key": key, "run": str(run), "score": setting["average"]["mean"], "ci95": setting["average"]["ci95"],
+              "per_seed": setting["average"]["per_seed"],
+              "tasks": {k: {"mean": v["mean"], "ci95": v["ci95"], "accs": v["accs"]}
+                        for k, v in setting["targets"].items()},
+              "validation": val.to_dict()}
+    write_json(cached, result)
+    return result
