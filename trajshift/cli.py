@@ -44,8 +44,8 @@ def _synthetic(args) -> int:
 
 
 def _parse_value(text: str):
-    import yaml
-    return yaml.safe_load(text)
+    from .yamlio import load
+    return load(text)
 
 
 def _overrides(items: list[str] | None) -> dict:

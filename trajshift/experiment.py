@@ -153,7 +153,8 @@ def check_model_spec(model: dict) -> None:
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        from .yamlio import load
+        data = load(path.read_text())
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
     except yaml.YAMLError as err:
