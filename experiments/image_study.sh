@@ -2,9 +2,12 @@
 # The image study of docs/image-study.md. Every stage resumes where it stopped (run folders with checkpoints, cached
 # validation and meta-test results), so run it again after an interruption. Needs ../shared/data.
 #   bash experiments/image_study.sh            # everything; or one stage: bash experiments/image_study.sh sweep
+# The study ran on fixed code while the library changed: a git worktree of one commit, imported first, e.g.
+#   git worktree add /tmp/study <commit>; PYTHONPATH=/tmp/study OUT=$PWD/runs/image-study bash experiments/image_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TS=${TS:-.venv/bin/trajshift}
+PY=${PY:-.venv/bin/python}
+TS=${TS:-$PY -m trajshift}
 OUT=${OUT:-runs/image-study}
 CFG=configs/image-study.yaml
 JOBS=${JOBS:-2}
@@ -18,7 +21,7 @@ fi
 # 2. The other methods: best of 3 points. The CTS ablations get CTS's chosen value and its two grid neighbours;
 #    FOMAML, FOMAML++ and iMAML get 0.01, 0.1, 1 (the paper's iMAML value 0.1 in the middle).
 if [[ $stage == all || $stage == sweep3 ]]; then
-  around=$(.venv/bin/python - "$OUT/sweep/sweep.json" <<'PY'
+  around=$($PY - "$OUT/sweep/sweep.json" <<'PY'
 import json, sys
 grid = [0.001, 0.01, 0.1, 1, 10]
 v = json.load(open(sys.argv[1]))["methods"]["cts"]["chosen"]["meta.meta_lr"]
