@@ -141,7 +141,7 @@ def test_sweep_chooses_the_best_validation_score_and_never_reads_a_target(tmp_pa
                  "--methods", "cts,reptile", "--jobs", "2", "--quiet"]) == 0
     rep = json.loads((out / "sweep.json").read_text())
     assert set(rep["methods"]) == {"cts", "reptile"} and (out / "sweep.png").exists()
-    for m, entry in rep["methods"].items():
+    for entry in rep["methods"].values():
         pts = entry["points"]
         assert [p["values"]["meta.meta_lr"] for p in pts] == [0.01, 1, 1e30]
         ok = [p for p in pts if p["status"] == "ok"]
@@ -151,7 +151,7 @@ def test_sweep_chooses_the_best_validation_score_and_never_reads_a_target(tmp_pa
         for p in ok:
             val = json.loads((out / p["run"] / "validation.json").read_text())
             assert p["score"] == pytest.approx(sum(val["per_seed"]) / len(val["per_seed"]))
-            assert list(val["tasks"]) == [f"b[4:6]"]
+            assert list(val["tasks"]) == ["b[4:6]"]
     # The sweep read the sources and the held-out classes, never the target: the cache has no entry for it.
     cached = {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()}
     assert cached == {"a", "b"}

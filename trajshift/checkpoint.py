@@ -17,26 +17,10 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_bytes
 from .errors import ConfigError
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(folder: str | Path, step: int, state: dict, keep: int = 3) -> Path:
@@ -47,9 +31,8 @@ def save_checkpoint(folder: str | Path, step: int, state: dict, keep: int = 3) -
     torch.save(state, buf)
     data = buf.getvalue()
     path = folder / f"ckpt-{step:010d}.pt"
-    _write_atomic(path, data)
-    _write_atomic(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-    _fsync_dir(folder)
+    write_bytes(path, data)
+    write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
@@ -116,16 +99,25 @@ class RunLock:
 
     def __enter__(self) -> RunLock:  # noqa: PYI034 (a final class: never subclassed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a+")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.seek(0)
-            holder = self._f.read().strip() or "unknown"
+        while True:
+            self._f = open(self.path, "a+")
+            try:
+                fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._f.seek(0)
+                holder = self._f.read().strip() or "unknown"
+                self._f.close()
+                self._f = None
+                raise ConfigError(f"{self.path.parent}: the run folder is in use by another run (pid {holder}); wait "
+                                  f"for it to finish or choose another --out") from None
+            # The holder removes the file when it ends: a lock taken on a removed file is no lock; take it again.
+            try:
+                same = os.fstat(self._f.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             self._f.close()
-            self._f = None
-            raise ConfigError(f"{self.path.parent}: the run folder is in use by another run (pid {holder}); wait for "
-                              f"it to finish or choose another --out") from None
         self._f.seek(0)
         self._f.truncate()
         self._f.write(str(os.getpid()))
@@ -134,6 +126,7 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:
+            self.path.unlink(missing_ok=True)        # removed while still held: no run folder keeps a stale .lock
             fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
             self._f = None

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, TrajshiftError
+from .errors import ConfigError, Interrupted, TrajshiftError
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -212,11 +213,13 @@ def _demo(args) -> int:
         if getattr(args, key) < 1 or (key == "seeds" and args.seeds < 2):
             raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= {2 if key == 'seeds' else 1}")
     report = run_demo(args.out, args.steps, args.finetune_steps, args.seeds, args.data_root, args.cache_dir,
-                      log=(lambda *_: None) if args.quiet else print)
+                      images_per_class=args.images_per_class, log=(lambda *_: None) if args.quiet else print)
     r = report["results"]
-    print(f"meta-test accuracy on {report['target']}: from the CTS initialization {100 * r['cts']['mean']:.2f}% "
-          f"+- {100 * r['cts']['ci95']:.2f}, from scratch {100 * r['scratch']['mean']:.2f}% "
-          f"+- {100 * r['scratch']['ci95']:.2f}")
+    ci = lambda x: "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+    print(f"meta-test on {report['target']} with {report['images_per_class']} training images per class, "
+          f"{report['seeds']} seeds: from the CTS initialization {100 * r['cts']['mean']:.2f}% +- "
+          f"{ci(r['cts']['ci95'])}, from scratch {100 * r['scratch']['mean']:.2f}% +- {ci(r['scratch']['ci95'])}")
+    print(report["conclusion"])
     print(f"wrote {Path(args.out) / 'demo.json'} and the run in {Path(args.out) / 'meta-train'}/")
     return 0
 
@@ -391,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--steps", type=int, default=200, help="meta-training inner steps per task (default 200)")
     dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
     dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
+    dm.add_argument("--images-per-class", type=int, default=5, help="target training images per class "
+                    "(default 5: the low-data regime where an initialization can matter)")
     dm.add_argument("--data-root", default=None)
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true")
@@ -420,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     rc = 1
     try:
         rc = args.func(args)
+        return rc
+    except Interrupted as err:
+        print(f"trajshift: {err}", file=sys.stderr)
+        rc = 130
+        return rc
+    except KeyboardInterrupt:
+        print("trajshift: interrupted", file=sys.stderr)
+        rc = 130
         return rc
     except TrajshiftError as err:
         print(f"trajshift: error: {err}", file=sys.stderr)

@@ -12,3 +12,7 @@ class ConfigError(TrajshiftError, ValueError):
 
 class DivergenceError(TrajshiftError, FloatingPointError):
     """A loss or parameter became NaN or infinite during training."""
+
+
+class Interrupted(TrajshiftError):
+    """The user stopped a run (Ctrl-C or SIGTERM); the message says how to resume."""

@@ -11,7 +11,6 @@ Protocols (``--protocol``):
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json
 from .errors import ConfigError
 from .learners import stream_seed
 from .models import build_model
@@ -219,23 +219,8 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
     return {"targets": results, "average": {"mean": avg_mean, "ci95": avg_ci, "per_seed": seed_means}}
 
 
-def write_json(path: str | Path, obj) -> None:
-    """JSON without NaN (not valid JSON): a NaN or infinite float is written as null."""
-    Path(path).write_text(json.dumps(_finite(obj), indent=1))
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _pct(mean, ci) -> str:
-    return f"{100 * mean:.2f} ± " + ("n/a" if ci is None or ci != ci else f"{100 * ci:.2f}")
+    return f"{100 * mean:.2f} ± " + ("n/a" if ci is None or math.isnan(ci) else f"{100 * ci:.2f}")
 
 
 def markdown_table(report: dict) -> str:

@@ -23,14 +23,14 @@ reports only fc.* missing). BatchNorm running statistics in it are the mean over
 """
 from __future__ import annotations
 
-import json
-import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from .atomic import save_torch, write_bytes, write_json
 from .config import MetaConfig
 from .errors import ConfigError
 from .learners import ModuleLearners, stream_seed
@@ -198,13 +198,20 @@ def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> d
     return {k: v.clone().contiguous() for k, v in sd.items()}
 
 
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def run_identity(cfg: ExperimentConfig) -> dict:
+    """Everything besides the meta block that makes a checkpoint belong to a run: the model, the tasks and their
+    data options, the seed, the batch size, the meta-learned parameter filter and the execution options that change
+    the arithmetic (autocast). The backend and channels_last change only the rounding and speed."""
+    return {"model": cfg.model, "tasks": cfg.tasks, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "meta_params": cfg.meta_params, "execution": {"autocast": cfg.execution.get("autocast")}}
+
+
+def _free_name(path: Path) -> Path:
+    """path.1, path.2, ...: the first that does not exist."""
+    i = 1
+    while path.with_name(f"{path.name}.{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}.{i}")
 
 
 def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
@@ -232,8 +239,6 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     mine = list(shard(len(cfg.tasks), comm.world_size, comm.rank))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if comm.is_main():
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     local = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
                         cfg.device, task_ids=mine)
     for task, gid in zip(local, mine):
@@ -260,7 +265,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
         sd = init_state_dict(learners, tr_phi, comm)
         if comm.is_main():
-            save_atomic(sd, path)
+            save_torch(sd, path)
 
     def snapshot(tr):
         # At a trajectory's last step, wait for its end: Algorithm 1's meta-update happens there, so a snapshot at a
@@ -278,17 +283,26 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
                           trajectory_callbacks=[snapshot],
                           task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=cfg.checkpoint_every if checkpointing else 0,
-                          keep_checkpoints=cfg.keep_checkpoints)
+                          keep_checkpoints=cfg.keep_checkpoints, identity=run_identity(cfg))
     resumed = checkpointing and trainer.resume()        # automatic resume from the newest valid checkpoint
+    # Only now, with the checkpoint accepted (or none), is the folder this run's: a refused run changes nothing.
+    if comm.is_main():
+        write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     if resumed:
-        truncate_metrics(metrics, trainer.inner_steps)
-        state["next"] = (trainer.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every \
-            if cfg.snapshot_every else 0
+        truncate_metrics(metrics, trainer.inner_steps, trainer.resumed_metrics_rows)
+        if cfg.snapshot_every:
+            # A checkpoint at a trajectory's last step precedes that trajectory's end, and its snapshot.
+            done = trainer.inner_steps - (trainer.position["k"] == cfg.meta.inner_steps)
+            state["next"] = (done // cfg.snapshot_every + 1) * cfg.snapshot_every
         log(f"resumed from the checkpoint at inner step {trainer.inner_steps} (trajectory "
             f"{trainer.position['m'] + 1}, step {trainer.position['k']})")
     elif metrics.exists():
-        metrics.unlink()
-    trainer.metrics = MetricsWriter(metrics)
+        kept = _free_name(metrics)
+        metrics.rename(kept)
+        warnings.warn(f"{out}: a run without a checkpoint to resume from left {metrics.name}; kept as {kept.name}, "
+                      f"and this run starts over", stacklevel=2)
+    kept_rows = len(metrics.read_text().splitlines()) if resumed and metrics.exists() else 0
+    trainer.metrics = MetricsWriter(metrics, rows=kept_rows)
     if cfg.snapshot_every and not resumed:
         save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
     result = trainer.run()
@@ -297,5 +311,5 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
                "wall_time": result.wall_time, "world_size": comm.world_size,
                "tasks": [TaskSpec.from_dict(t, "").label for t in cfg.tasks]}
     if comm.is_main():
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out / "summary.json", summary)
     return summary

@@ -15,7 +15,7 @@ import torch
 
 from .comm import LocalComm
 from .config import MetaConfig
-from .errors import ConfigError, DivergenceError
+from .errors import ConfigError, DivergenceError, Interrupted
 from .learners import Learners, stream_seed
 from .methods import METHODS
 from .methods.rules import meta_delta, random_direction_like
@@ -32,8 +32,10 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # per meta-update: phi, inner_steps, meta_updates (if asked)
 
 
-def truncate_metrics(path: str | Path, inner_steps: int) -> None:
-    """Drop the rows logged after ``inner_steps`` (rows a killed run wrote after its last checkpoint), in place."""
+def truncate_metrics(path: str | Path, inner_steps: int, rows: int | None = None) -> None:
+    """Keep what was logged up to the checkpoint a run resumes from, in place: its first ``rows`` rows (the count
+    the checkpoint recorded: exact at every kill point, a trajectory_end row logged after it included), or, for a
+    checkpoint without that count, the rows logged up to ``inner_steps``."""
     path = Path(path)
     if not path.exists():
         return
@@ -43,16 +45,20 @@ def truncate_metrics(path: str | Path, inner_steps: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:          # a line cut by the kill
             continue
-        if row.get("inner_steps", 0) <= inner_steps:
-            kept.append(line)
+        if rows is None and row.get("inner_steps", 0) > inner_steps:
+            continue
+        kept.append(line)
+    if rows is not None:
+        kept = kept[:rows]
     path.write_text("".join(line + "\n" for line in kept))
 
 
 class MetricsWriter:
     """Per-step metrics as JSON lines (one object per line; flushed, so a killed run keeps what it logged)."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, rows: int = 0):
         self._f = None
+        self.rows = rows                 # rows in the file (checkpoints record it: resume truncates to it)
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,11 +68,33 @@ class MetricsWriter:
         if self._f is not None:
             self._f.write(json.dumps(row) + "\n")
             self._f.flush()
+            self.rows += 1
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+_MISSING = "(not set)"
+
+
+def first_difference(old, new, prefix: str = ""):
+    """(key path, old value, new value) of the first difference between two nested dicts/lists, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            d = first_difference(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}.{key}" if prefix else
+                                 str(key))
+            if d is not None:
+                return d
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            d = first_difference(a, b, f"{prefix}[{i}]")
+            if d is not None:
+                return d
+        return None
+    return None if old == new else (prefix, old, new)
 
 
 class MetaTrainer:
@@ -81,7 +109,7 @@ class MetaTrainer:
                  step_callbacks: list[Callable[[MetaTrainer], None]] | None = None,
                  trajectory_callbacks: list[Callable[[MetaTrainer], None]] | None = None,
                  task_ids: list[int] | None = None, checkpoint_dir: str | Path | None = None,
-                 checkpoint_every: int = 0, keep_checkpoints: int = 3):
+                 checkpoint_every: int = 0, keep_checkpoints: int = 3, identity: dict | None = None):
         cfg.validate()
         self.cfg = cfg
         self.comm = comm or LocalComm()
@@ -110,6 +138,10 @@ class MetaTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
+        # What else defines the run beyond cfg (the model, tasks, data options, seed, batch size...): a checkpoint of
+        # a run with other values is refused on resume, naming the key.
+        self.identity = identity or {}
+        self.resumed_metrics_rows: int | None = None
         # Fault injection for reliability tests (docs/RELIABILITY.md): SIGKILL this process right after the given
         # loop step (and its checkpoint, if one is due).
         fault = os.environ.get("TRAJSHIFT_FAULT_KILL_AT_STEP")
@@ -177,6 +209,7 @@ class MetaTrainer:
             "torch_rng": torch.get_rng_state(), "inner_steps": self.inner_steps, "meta_updates": self.meta_updates,
             "last_delta_norm": self.last_delta_norm, "config": self.cfg.to_dict(),
             "world_size": self.comm.world_size, "rank": self.comm.rank, "task_ids": self.task_ids,
+            "metrics_rows": self.metrics.rows, "identity": self.identity,
         }
 
     @torch.no_grad()
@@ -193,6 +226,7 @@ class MetaTrainer:
         self.inner_steps, self.meta_updates = int(state["inner_steps"]), int(state["meta_updates"])
         self.last_delta_norm = float(state["last_delta_norm"])
         self.position = dict(state["position"])
+        self.resumed_metrics_rows = state.get("metrics_rows")
 
     def _inject_fault(self) -> None:
         """SIGKILL this process (reliability tests): only on rank $TRAJSHIFT_FAULT_RANK (default 0), and only once
@@ -225,6 +259,8 @@ class MetaTrainer:
         if self.checkpoint_dir is None:
             return False
         folder = self._checkpoint_folder()
+        from .atomic import remove_stale_temporaries
+        remove_stale_temporaries(folder)          # partial files of writes a kill interrupted
         target = None
         if self.comm.world_size > 1:
             # The ranks agree on the newest step that every one of them has: the minimum of their newest valid ones.
@@ -246,12 +282,14 @@ class MetaTrainer:
         if found is None:
             return False
         state, path = found
-        mine = self.cfg.to_dict()
-        for key in sorted(set(mine) | set(state["config"])):
-            if key != "progress" and mine.get(key) != state["config"].get(key):
-                raise ConfigError(f"{path}: this checkpoint is of a run with {key} = {state['config'].get(key)!r}, "
-                                  f"the config says {mine.get(key)!r}; resume with the same config or use another "
-                                  f"output folder")
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k != "progress"}
+        theirs = {k: v for k, v in state["config"].items() if k != "progress"}
+        for ours, saved, prefix in ((mine, theirs, ""), (self.identity, state.get("identity", self.identity), "")):
+            diff = first_difference(saved, ours, prefix)
+            if diff is not None:
+                key, old, new = diff
+                raise ConfigError(f"{path}: this checkpoint is of a run with {key} = {old!r}, the config says "
+                                  f"{new!r}; resume with the same config or use another output folder")
         if state.get("task_ids", self.task_ids) != self.task_ids:
             raise ConfigError(f"{path}: this checkpoint holds tasks {state.get('task_ids')} of a run with "
                               f"{state.get('world_size')} processes; this process has tasks {self.task_ids}; resume "
@@ -293,6 +331,9 @@ class MetaTrainer:
                 cb(self)
 
     def run(self) -> TrainResult:
+        """Run the loop to its end. SIGINT (Ctrl-C) or SIGTERM stops it after the current inner step, with a
+        checkpoint of that step when checkpoints are on (one process; a second Ctrl-C stops at once), and raises
+        Interrupted, whose message says how to resume."""
         cfg = self.cfg
         start = time.perf_counter()
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
@@ -302,20 +343,49 @@ class MetaTrainer:
             bar = tqdm(total=cfg.trajectories * cfg.inner_steps, desc=cfg.method, unit="step", dynamic_ncols=True)
         if bar is not None:
             bar.update(self.position["m"] * cfg.inner_steps + self.position["k"])
+        stop: dict = {"signal": None}
+        previous = self._install_stop_handlers(stop)
         try:
             for m, k, losses in self.steps():
                 if bar is not None:
                     bar.update(1)
                     if k % 10 == 0:
                         bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
+                if stop["signal"] is not None:
+                    self._stop(stop["signal"])
             if self.checkpoint_every:
                 self.save_checkpoint()           # at exit, whatever the period
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
             self.metrics.close()
         return TrainResult(self.phi.clone(), self.meta_updates, self.inner_steps, time.perf_counter() - start,
                            self.history)
+
+    def _install_stop_handlers(self, stop: dict) -> dict:
+        """SIGINT/SIGTERM set a flag that the loop reads after each step (a step is never cut in two). Only in one
+        process, from the main thread: under torch.distributed the ranks could not agree on a step to stop at."""
+        import threading
+        if self.comm.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if stop["signal"] is not None:       # asked twice: stop now
+                raise KeyboardInterrupt
+            stop["signal"] = signum
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop(self, signum: int) -> None:
+        step = self.position["m"] * self.cfg.inner_steps + self.position["k"]
+        name = signal.Signals(signum).name
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint()
+            raise Interrupted(f"interrupted ({name}) at inner step {step}; run the same command again to resume "
+                              f"from step {step}")
+        raise Interrupted(f"interrupted ({name}) at inner step {step}; this run keeps no checkpoints "
+                          f"(checkpoint_every: 0), so running it again starts over")
 
     def _log(self, m: int, k: int, losses: torch.Tensor) -> None:
         per_task = [float(x) for x in losses]

@@ -14,9 +14,9 @@ class Loader(yaml.SafeLoader):
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
-                   |[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$""", re.X),
+                   |[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$""", re.VERBOSE),
     list("-+0123456789."))
 
 
 def load(text: str):
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (Loader is a SafeLoader)
+    return yaml.load(text, Loader=Loader)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -122,7 +123,7 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
 
 
 def _ci(ci) -> str:
-    return "n/a" if ci is None or ci != ci else f"{100 * ci:.2f}"
+    return "n/a" if ci is None or math.isnan(ci) else f"{100 * ci:.2f}"
 
 
 def _add_scratch_and_gains(report: dict) -> None:
@@ -219,7 +220,7 @@ def _plots(out: Path, report: dict) -> None:
         for i, r in enumerate(report["runs"]):
             g = [r["gain_over_scratch"][str(v)] for v in ns]
             xs = [v * (1 + 0.02 * (i - len(report["runs"]) / 2)) for v in ns]    # a small offset per run
-            ax.errorbar(xs, [100 * x["mean"] for x in g], yerr=[0 if x["ci95"] is None or x["ci95"] != x["ci95"]
+            ax.errorbar(xs, [100 * x["mean"] for x in g], yerr=[0 if x["ci95"] is None or math.isnan(x["ci95"])
                                                                  else 100 * x["ci95"] for x in g],
                         marker="o", capsize=3, label=f"{r['run']} ({r['method']})")
         ax.axhline(0, color="k", lw=0.8)
@@ -232,7 +233,7 @@ def _clipped_errors(means: list[float], cis: list) -> list[list[float]]:
     """Asymmetric error bars of mean +- CI clipped to [0, 100] (an accuracy interval never leaves it)."""
     lo, hi = [], []
     for m, c in zip(means, cis):
-        c = 0.0 if c is None or c != c else 100 * c
+        c = 0.0 if c is None or math.isnan(c) else 100 * c
         lo.append(min(c, m))
         hi.append(min(c, 100 - m))
     return [lo, hi]
@@ -245,7 +246,7 @@ def _bars(items: list[tuple[str, dict]], path: Path, ylabel: str) -> None:
     ax.bar(range(len(items)), ms, yerr=_clipped_errors(ms, [r["ci95"] for _, r in items]), capsize=3,
            color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(items)), [name for name, _ in items], rotation=35, ha="right", fontsize=7)
-    low = min(m - (0 if r["ci95"] is None or r["ci95"] != r["ci95"] else 100 * r["ci95"])
+    low = min(m - (0 if r["ci95"] is None or math.isnan(r["ci95"]) else 100 * r["ci95"])
               for m, (_, r) in zip(ms, items))
     ax.set_ylim(max(0.0, low - 5), min(100.0, max(ms) + 5))
     ax.set_ylabel(ylabel)

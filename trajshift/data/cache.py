@@ -11,6 +11,7 @@ has: ``test_fraction`` (default 0.2) of every class, chosen by a seeded permutat
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import DiskFullError
 from .errors import DataError
 from .formats import ImageData, Split, file_signature
 from .registry import load_dataset
@@ -173,6 +175,13 @@ def prepare(name: str, resolution: int, data_root: str | Path | None = None, cac
             os.replace(tmp, folder)
         except OSError:          # another process finished the same cache first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            size = sum(a.nbytes for a in (prepared.train.images, prepared.test.images)) / 2**20
+            raise DiskFullError(f"{cache_root}: no space left on the device for the {name} cache (about {size:.0f} "
+                                f"MiB needed); free space there or set cache_dir / $TRAJSHIFT_CACHE elsewhere") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,164 @@
+"""Reliability breaks found by adversarial probes, each with the test that would have caught it: exact resume at
+every kill point, refused checkpoints of other runs, a refused run that touches nothing, a full disk, Ctrl-C."""
+import errno
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+from test_image_end_to_end import make_dataset
+
+from trajshift import trainer as trainer_module
+from trajshift.checkpoint import list_checkpoints, load_latest
+from trajshift.cli import main
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing after it runs except the stack's finally blocks."""
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    return [make_dataset(root / f"ds{i}", classes=3, per_class=8, seed=i) for i in range(2)]
+
+
+def _config(tmp_path, sources, **changes):
+    cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in sources],
+           "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path.parent / "cache"), "checkpoint_every": 3,
+           "snapshot_every": 5, "execution": {"backend": "loop"},
+           "meta": {"method": "cts", "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    cfg.update(changes)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run_files(run):
+    return {"metrics": (run / "metrics.jsonl").read_text(),
+            "snapshots": {p.name: torch.load(p, weights_only=True) for p in sorted((run / "snapshots").iterdir())},
+            "init": torch.load(run / "init.pt", weights_only=True)}
+
+
+def _same_state_dicts(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["cts", "reptile"])
+def test_resume_after_a_kill_at_every_step_gives_the_uninterrupted_files(tmp_path, sources, monkeypatch, method):
+    cfg = _config(tmp_path, sources, meta={"method": method, "inner_steps": 5, "trajectories": 4, "meta_lr": 0.3,
+                                           "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}})
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    full = _run_files(tmp_path / "full")
+
+    def kill(self):
+        raise _Killed
+    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", kill)
+    for step in range(1, 21):       # every loop step; checkpoints every 3 steps, trajectories of 5
+        run = tmp_path / f"killed-{step}"
+        monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", str(step))
+        with pytest.raises(_Killed):
+            main(["meta-train", str(cfg), "--out", str(run), "--quiet"])
+        monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+        assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+        got = _run_files(run)
+        assert got["metrics"] == full["metrics"], f"metrics.jsonl differs after a kill at step {step}"
+        assert got["snapshots"].keys() == full["snapshots"].keys(), f"snapshots differ after a kill at step {step}"
+        assert all(_same_state_dicts(got["snapshots"][k], full["snapshots"][k]) for k in full["snapshots"])
+        assert _same_state_dicts(got["init"], full["init"]), step
+        assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("change,key", [({"seed": 1}, "seed"), ({"batch_size": 2}, "batch_size"),
+                                        ({"model": {"name": "conv4", "width": 6}}, "model.width"),
+                                        ({"execution": {"backend": "loop", "autocast": "bf16"}},
+                                         "execution.autocast")])
+def test_a_checkpoint_of_another_run_is_refused_and_the_folder_is_untouched(tmp_path, sources, capsys, change, key):
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources, checkpoint_every=20)), "--out", str(run), "--quiet"]) \
+        == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = _config(tmp_path, sources, checkpoint_every=20, **change)
+    capsys.readouterr()
+    assert main(["meta-train", str(other), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"this checkpoint is of a run with {key} = " in err, err
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_another_task_list_is_named(tmp_path, sources, capsys):
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources, checkpoint_every=20)), "--out", str(run), "--quiet"]) \
+        == 0
+    tasks = [{"dataset": str(sources[0]), "resolution": 12}, {"dataset": str(sources[1]), "resolution": 12,
+                                                               "classes": "0:2"}]
+    assert main(["meta-train", str(_config(tmp_path, sources, checkpoint_every=20, tasks=tasks)), "--out", str(run),
+                 "--quiet"]) == 2
+    assert "with tasks[1].classes = '(not set)', the config says '0:2'" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, sources, monkeypatch, capsys):
+    from trajshift import atomic
+    real_sync, calls = atomic._sync, {"n": 0}
+
+    def sync(f):
+        calls["n"] += 1
+        if calls["n"] > 3:     # config.yaml and the first checkpoint (2 files) are written, then the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(f)
+    monkeypatch.setattr(atomic, "_sync", sync)
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources, snapshot_every=0)), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left on the device writing" in err and "MiB needed" in err, err
+    folder = run / "checkpoints"
+    assert [p.name for p in folder.iterdir() if ".tmp" in p.name] == []            # no partial file left
+    state, path = load_latest(folder)
+    assert path.name == "ckpt-0000000003.pt" and state["position"] == {"m": 0, "k": 3}
+    # A write killed before its rename leaves a temporary file: the next start removes it, and resumes.
+    (folder / ".ckpt-0000000006.pt.tmp99999").write_bytes(b"partial")
+    monkeypatch.setattr(atomic, "_sync", real_sync)
+    assert main(["meta-train", str(_config(tmp_path, sources, snapshot_every=0)), "--out", str(run), "--quiet"]) == 0
+    assert not (folder / ".ckpt-0000000006.pt.tmp99999").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(tmp_path, sources, monkeypatch, capsys, sig):
+    cfg = _config(tmp_path, sources, checkpoint_every=100)     # no periodic checkpoint before the interrupt
+    assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    full = _run_files(tmp_path / "full")
+    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(), sig))
+    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "7")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"trajshift: interrupted ({signal.Signals(sig).name}) at inner step 7; run the same command again "
+                   f"to resume from step 7")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt-0000000007.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler           # handlers restored
+    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    got = _run_files(run)
+    assert got["metrics"] == full["metrics"] and _same_state_dicts(got["init"], full["init"])
+
+
+def test_a_rerun_without_a_checkpoint_keeps_the_old_metrics(tmp_path, sources, monkeypatch, capsys):
+    cfg = _config(tmp_path, sources, checkpoint_every=0)
+    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(),
+                                                                                          signal.SIGINT))
+    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "4")
+    run = tmp_path / "run"
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 130
+    assert "this run keeps no checkpoints (checkpoint_every: 0), so running it again starts over" in \
+        capsys.readouterr().err
+    old = (run / "metrics.jsonl").read_text()
+    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    with pytest.warns(UserWarning, match="kept as metrics.jsonl.1"):
+        assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    assert (run / "metrics.jsonl.1").read_text() == old
+    assert len([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]) > len(old.splitlines())

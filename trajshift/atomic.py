@@ -1,0 +1,89 @@
+"""One atomic file writer for every result, checkpoint and initialization: write a temporary file beside the
+target, fsync it, rename it over the target, fsync the folder. A reader sees the old file or the new one, never a
+part. A full disk is one clear error, the partial temporary file is removed, and the previous file stays intact."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from .errors import TrajshiftError
+
+# Temporary names: .<name>.tmp<pid>; a write killed by SIGKILL leaves one behind (see remove_stale_temporaries).
+_TMP = re.compile(r"^\.(.+)\.tmp(\d+)$")
+
+
+class DiskFullError(TrajshiftError, OSError):
+    """No space left on the device (or quota exceeded) while writing a file."""
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            _sync(f)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{path.parent}: no space left on the device writing {path.name} "
+                                f"({len(data) / 2**20:.1f} MiB needed); free space there and run the same command "
+                                f"again (files written before are intact)") from None
+        raise
+    fsync_dir(path.parent)
+
+
+def _sync(f) -> None:
+    """Flush a file to the disk (where a full disk can also show first)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_dir(folder: str | Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save, atomically (a plain state_dict or checkpoint state, loadable with weights_only=True)."""
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def write_json(path: str | Path, obj) -> None:
+    """JSON, atomically, without NaN (not valid JSON): a NaN or infinite float is written as null."""
+    write_bytes(path, (json.dumps(finite(obj), indent=1) + "\n").encode())
+
+
+def finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of writes killed before their rename (any pid: call it while holding the run
+    folder's lock, when no other writer can be at work there)."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
