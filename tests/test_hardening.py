@@ -162,3 +162,138 @@ def test_a_rerun_without_a_checkpoint_keeps_the_old_metrics(tmp_path, sources, m
         assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
     assert (run / "metrics.jsonl.1").read_text() == old
     assert len([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]) > len(old.splitlines())
+
+
+# ----- bad input: refused in one line before any work, or read correctly -------------------------------------------
+def test_one_class_is_an_error_and_a_semicolon_manifest_is_read(tmp_path):
+    """A .tar.xz of Images/*.ppm plus a ;-separated CSV (a traffic-sign layout): read as class folders it is one
+    class, an error that says how classes are found; with the manifest named, its ClassId column gives them."""
+    import numpy as np
+    from image_files import png_bytes, tar_tree
+
+    from trajshift.data.errors import DataError
+    from trajshift.data.formats import read_image_tree
+    src = tmp_path / "src"
+    (src / "Images").mkdir(parents=True)
+    rows = ["Filename;Width;Height;ClassId"]
+    for i in range(6):
+        (src / "Images" / f"{i:05d}.ppm").write_bytes(png_bytes(np.full((8, 8, 3), 30 * i, np.uint8), "PPM"))
+        rows.append(f"Images/{i:05d}.ppm;8;8;{i % 3}")
+    (src / "GT-final.csv").write_text("\n".join(rows) + "\n")
+    archive = tar_tree(src, tmp_path / "signs.tar.xz", mode="w:xz")
+    with pytest.raises(DataError, match=r"signs.tar.xz: 1 class \('Images'\) found from the folder each image is in "
+                                        r"\(class folders\); a classification dataset needs at least 2"):
+        read_image_tree(archive, resolution=8)
+    data = read_image_tree(archive, resolution=8, manifest="GT-final.csv")        # ; and columns recognised
+    assert data.classes == ["0", "1", "2"] and sorted(data.splits["all"].labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    explicit = read_image_tree(archive, resolution=8, manifest={"file": "GT-final.csv", "delimiter": ";",
+                                                                "file_column": "Filename", "label_column": "ClassId"})
+    assert explicit.splits["all"].labels.tolist() == data.splits["all"].labels.tolist()
+    with pytest.raises(DataError, match="no column 'Label'"):
+        read_image_tree(archive, resolution=8, manifest={"file": "GT-final.csv", "label_column": "Label"})
+
+
+def test_a_class_with_one_image_is_dropped_with_a_warning(tmp_path):
+    from image_files import write_class_tree
+
+    from trajshift.data.formats import read_image_tree
+    root = write_class_tree(tmp_path / "d", classes=("cat", "dog", "eel"), per_class=3)
+    for p in list((root / "eel").iterdir())[1:]:
+        p.unlink()
+    with pytest.warns(UserWarning, match="dropping 1 class\\(es\\) with fewer than 2 images: 'eel'"):
+        data = read_image_tree(root, resolution=8)
+    assert data.classes == ["cat", "dog"]
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from trajshift.data.formats import decode_image
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)          # 0 .. 63,000
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)                                      # a 16-bit grayscale PNG
+    assert Image.open(path).mode.startswith("I")
+    got = decode_image(path.read_bytes(), str(path), None, "L")[..., 0]
+    np.testing.assert_array_equal(got, np.round(ramp * 255.0 / 65535).astype(np.uint8))
+    assert got.max() < 255 and len(np.unique(got)) > 50
+
+
+def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
+    from image_files import write_class_tree
+
+    from trajshift.data.errors import DataError
+    from trajshift.data.formats import read_image_tree
+    root = write_class_tree(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((root / "cat" / "0.png").read_bytes())
+    (root / "dog" / "evil.png").symlink_to(secret)
+    with pytest.raises(DataError, match=r"dog/evil.png: a link to .*secret.png, outside the dataset folder"):
+        read_image_tree(root, resolution=8)
+    (root / "dog" / "evil.png").unlink()
+    (root / "dog" / "fine.png").symlink_to(root / "cat" / "0.png")          # a link inside the folder is fine
+    assert len(read_image_tree(root, resolution=8).splits["all"].labels) == 5
+
+
+@pytest.mark.parametrize("bad", ["traversal", "symlink"])
+def test_a_bad_tar_extracts_nothing(tmp_path, bad):
+    import io
+    import tarfile
+
+    from trajshift.data.download import _extract
+    from trajshift.data.errors import DataError
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        for name in ("ds/ok1.txt", "ds/ok2.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            t.addfile(info, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo("../escape.txt" if bad == "traversal" else "ds/link")
+        if bad == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        else:
+            info.size = 2
+        t.addfile(info, io.BytesIO(b"no") if bad == "traversal" else None)
+    dest = tmp_path / "root"
+    dest.mkdir()
+    with pytest.raises(DataError, match="a.tar.gz: member .* not extracting"):
+        _extract(archive, dest)
+    assert list(dest.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+
+
+def test_config_values_are_checked_before_any_work(tmp_path, sources, capsys):
+    ok = _config(tmp_path, sources)
+    data = yaml.safe_load(ok.read_text())
+    # YAML 1.2 numbers: 1e-2 is a number, not the string "1e-2".
+    text = ok.read_text().replace("meta_lr: 0.3", "meta_lr: 1e-2").replace("lr: 0.05", "lr: 5e-2")
+    ok.write_text(text)
+    from trajshift.experiment import load_config
+    cfg = load_config(ok)
+    assert cfg.meta.meta_lr == 0.01 and cfg.meta.inner_optimizer["lr"] == 0.05
+    out = tmp_path / "never"
+    for change, needle in (({"model": {"name": "conv4", "width": 0}}, "width=0: expected > 0"),
+                           ({"batch_size": 500}, "batch_size: 500 is more than the"),
+                           ({"meta": {**data["meta"], "meta_lr": float("inf")}}, "meta_lr (beta): expected a finite"),
+                           ({"meta": {**data["meta"], "inner_optimizer": {"name": "sgd", "lr": float("nan")}}},
+                            "inner_optimizer.lr: expected a finite number")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({**data, **change}))
+        assert main(["meta-train", str(bad), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()
+    (tmp_path / "broken.yaml").write_text("model: {name: conv4\ntasks: [\n  - a\nmeta: 3\n")
+    assert main(["meta-train", str(tmp_path / "broken.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken.yaml: not valid YAML at line" in err, err
+
+
+@pytest.mark.parametrize("argv", [["meta-train", "CONFIG"], ["synthetic", "--K", "2"],
+                                  ["meta-test", "--from", "scratch", "--targets", "digits"]])
+def test_out_pointing_at_a_file_is_refused_first(tmp_path, sources, capsys, argv):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    argv = [str(_config(tmp_path, sources)) if a == "CONFIG" else a for a in argv]
+    assert main([*argv, "--out", str(target)]) == 2
+    assert "an existing file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"

@@ -44,8 +44,10 @@ def test_malicious_checkpoint_is_refused_and_the_previous_used(tmp_path):
     evil.write_bytes(pickle.dumps({"x": Payload(marker)}))
     import hashlib
     (tmp_path / "ckpt-0000000002.pt.sha256").write_text(hashlib.sha256(evil.read_bytes()).hexdigest())
-    with pytest.warns(UserWarning, match="ckpt-0000000002.pt: skipping this checkpoint: it does not load"):
+    with pytest.warns(UserWarning, match="ckpt-0000000002.pt: skipping this checkpoint: (refused|not a readable "
+                                         "state_dict)") as caught:
         _, path = load_latest(tmp_path)
+    assert all("weights_only=False" not in str(w.message) for w in caught)      # never the unsafe advice
     assert path.name == "ckpt-0000000001.pt" and not marker.exists()
 
 
@@ -53,9 +55,13 @@ def test_malicious_initialization_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "init.pt"
     torch.save({"w": Payload(marker)}, evil)        # a torch file whose pickle would run a command
-    with pytest.raises(TrajshiftError, match="init.pt: not a readable state_dict file"):
+    with pytest.raises(TrajshiftError, match=r"init.pt: refused \(posix.system inside\): the file holds Python objects") as err:
         load_init(evil)
     assert not marker.exists()
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(TrajshiftError, match=r"junk.pt: not a readable state_dict file \(.*\); is it a torch.save"):
+        load_init(tmp_path / "junk.pt")
 
 
 def test_meta_params_must_be_lists_of_globs():

@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rc = 1
     try:
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise ConfigError(f"--out {out}: an existing file, not a folder; give a folder path (created if missing)")
         rc = args.func(args)
         return rc
     except Interrupted as err:

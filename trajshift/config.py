@@ -78,8 +78,9 @@ class MetaConfig:
         _int_at_least("trajectories", self.trajectories, 1, "M")
         _int_at_least("log_every", self.log_every, 1)
         _int_at_least("seed", self.seed, 0)
-        if isinstance(self.meta_lr, bool) or not isinstance(self.meta_lr, (int, float)) or not self.meta_lr >= 0:
-            raise ConfigError(f"meta_lr (beta): expected a number >= 0, got {self.meta_lr!r}")
+        if isinstance(self.meta_lr, bool) or not isinstance(self.meta_lr, (int, float)) or \
+                not 0 <= self.meta_lr < float("inf"):
+            raise ConfigError(f"meta_lr (beta): expected a finite number >= 0, got {self.meta_lr!r}")
         self.inner_optimizer = check_optimizer_spec(self.inner_optimizer, "inner_optimizer")
         if self.meta_optimizer is not None:
             self.meta_optimizer = check_optimizer_spec(self.meta_optimizer, "meta_optimizer")

@@ -58,13 +58,24 @@ def load_init(path: str | Path) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise DataError(f"{path}: no such initialization file") from err
-    except Exception as err:
-        raise DataError(f"{path}: not a readable state_dict file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # noqa: BLE001  any failure of a weights-only load is a refusal
+        raise DataError(unsafe_or_unreadable(path, err)) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise DataError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     return sd
+
+
+def unsafe_or_unreadable(path, err: Exception) -> str:
+    """Our one-line reason for a file torch.load(weights_only=True) refused. torch's own message advises
+    weights_only=False, which would run the file's code: never repeat that advice."""
+    import re
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return (f"{path}: refused ({found.group(1)} inside): the file holds Python objects, not only tensors, and loading it would run code "
+                f"from it; trajshift loads weights only (a state_dict saved with torch.save(model.state_dict(), ...))")
+    return f"{path}: not a readable state_dict file ({type(err).__name__}); is it a torch.save file?"
 
 
 def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
@@ -197,7 +208,7 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
         name = target if isinstance(target, str) else TaskSpec.from_dict(base, "target").label
         res = base.get("resolution") or cfg.resolution or (
             DATASETS.get(base["dataset"]).resolution if base["dataset"] in DATASETS else 32)
-        data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir)
+        data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir, manifest=base.get("manifest"))
         accs = []
         for seed in range(cfg.seeds):
             spec = TaskSpec.from_dict({**base, "resolution": res, "augment": cfg.augment,

@@ -143,11 +143,17 @@ def check_model_spec(model: dict) -> None:
         if key != "name" and key not in allowed:
             raise ConfigError(f"model.{key}: not an option of {model['name']}; allowed: {', '.join(allowed)}")
     try:
-        build_model(model, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # torch's own warnings about zero-sized layers: ours says more
+            net = build_model(model, 2)
+        with torch.no_grad():           # a forward pass: some bad options (a width of 0) only fail here
+            net.eval()(torch.zeros(1, 3, 16, 16))
     except ConfigError:
         raise
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"model: {model} cannot be built ({err})") from None
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
+        bad = [f"{k}={v!r}" for k, v in model.items() if k != "name" and isinstance(v, (int, float)) and v <= 0]
+        raise ConfigError(f"model: {model} cannot be built" + (f" ({', '.join(bad)}: expected > 0)" if bad else
+                                                               f" ({str(err).splitlines()[0]})")) from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
@@ -158,7 +164,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     for key, value in (overrides or {}).items():          # "meta.inner_steps" -> nested
         node = data
         *parents, leaf = key.split(".")

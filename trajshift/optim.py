@@ -11,6 +11,7 @@ that couple elements (LBFGS's line search, Adafactor's factored moments, Muon) a
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,8 +50,8 @@ def check_optimizer_spec(spec: Any, option: str) -> dict:
         if key not in allowed:
             raise ConfigError(f"{option}.{key}: not an option of {cls.__name__}; allowed: {', '.join(allowed)}")
         if key in ("lr", "momentum", "weight_decay", "dampening", "eps") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ConfigError(f"{option}.{key}: expected a number >= 0, got {value!r}")
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf):
+            raise ConfigError(f"{option}.{key}: expected a finite number >= 0, got {value!r}")
     return spec
 
 

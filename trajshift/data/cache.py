@@ -127,10 +127,10 @@ def source_files(name: str, data_root: str | Path | None = None) -> list[Path]:
     return sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
 
 
-def build(name: str, resolution: int, data_root: str | Path | None = None, test_fraction: float = 0.2) \
-        -> PreparedData:
+def build(name: str, resolution: int, data_root: str | Path | None = None, test_fraction: float = 0.2,
+          manifest: str | dict | None = None) -> PreparedData:
     """Read, split, resize and measure a dataset (no cache)."""
-    data, spec, _ = load_dataset(name, data_root, resolution)
+    data, spec, _ = load_dataset(name, data_root, resolution, manifest)
     train, test = standard_splits(data, test_fraction)
     train = Split(resize_images(train.images, resolution), train.labels)
     test = Split(resize_images(test.images, resolution), test.labels)
@@ -139,13 +139,16 @@ def build(name: str, resolution: int, data_root: str | Path | None = None, test_
 
 
 def prepare(name: str, resolution: int, data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-            use_cache: bool = True, test_fraction: float = 0.2) -> PreparedData:
+            use_cache: bool = True, test_fraction: float = 0.2, manifest: str | dict | None = None) -> PreparedData:
     """``name`` (a registered dataset or a path) at ``resolution`` px: from the cache when a valid one exists,
-    else decoded, split, resized and written to the cache atomically."""
+    else decoded, split, resized and written to the cache atomically. ``manifest``: the CSV manifest's options
+    (trajshift.data.formats.read_image_tree) for a dataset given by path."""
     if not use_cache:
-        return build(name, resolution, data_root, test_fraction)
+        return build(name, resolution, data_root, test_fraction, manifest)
     src = source_files(name, data_root)
     key = f"{Path(name).name}-{resolution}px-{file_signature(src) if src else 'builtin'}-t{round(test_fraction * 100)}"
+    if manifest is not None:
+        key += "-m" + hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:8]
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = cache_root / key
     if folder.exists():
@@ -155,7 +158,7 @@ def prepare(name: str, resolution: int, data_root: str | Path | None = None, cac
         warnings.warn(f"{folder}: incomplete or altered cache (a run killed while writing it?); rebuilding",
                       stacklevel=2)
         shutil.rmtree(folder, ignore_errors=True)
-    prepared = build(name, resolution, data_root, test_fraction)
+    prepared = build(name, resolution, data_root, test_fraction, manifest)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
     try:

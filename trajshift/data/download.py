@@ -66,4 +66,16 @@ def _extract(archive: Path, dest: Path) -> None:
             z.extractall(dest)
         return
     with tarfile.open(archive) as t:
-        t.extractall(dest, filter="data")      # the "data" filter refuses absolute paths, links out, devices
+        # Every member is checked before the first is written: a refused archive leaves nothing behind.
+        for m in t.getmembers():
+            target = (root / m.name).resolve()
+            if not target.is_relative_to(root):
+                raise DataError(f"{archive}: member {m.name!r} would be written outside {dest}; not extracting")
+            if m.issym() or m.islnk():
+                link = (target.parent / m.linkname if m.issym() else root / m.linkname).resolve()
+                if not link.is_relative_to(root):
+                    raise DataError(f"{archive}: member {m.name!r} links to {m.linkname!r}, outside {dest}; not "
+                                    f"extracting")
+            elif not (m.isfile() or m.isdir()):
+                raise DataError(f"{archive}: member {m.name!r} is a device or pipe; not extracting")
+        t.extractall(dest, filter="data")      # and the "data" filter as a second line of defence

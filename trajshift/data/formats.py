@@ -195,8 +195,16 @@ class _Tree:
 
     def names(self) -> list[str]:
         if self.kind == "dir":
-            return sorted(str(PurePosixPath(*p.relative_to(self.path).parts))
-                          for p in self.path.rglob("*") if p.is_file())
+            root = self.path.resolve()
+            found = []
+            for p in self.path.rglob("*"):
+                if not p.is_file():
+                    continue
+                if p.is_symlink() and not p.resolve().is_relative_to(root):
+                    raise DataError(f"{p}: a link to {p.resolve()}, outside the dataset folder {self.path}; "
+                                    f"copy the file into the folder or remove the link")
+                found.append(str(PurePosixPath(*p.relative_to(self.path).parts)))
+            return sorted(found)
         if self.kind == "zip":
             return sorted(n for n in self._zip.namelist() if not n.endswith("/"))
         return sorted(m.name for m in self._tar.getmembers() if m.isfile())
@@ -233,6 +241,12 @@ def decode_image(data: bytes, where: str, resolution: int | None, mode: str) -> 
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.mode.startswith("I"):
+                # 16-bit (and 32-bit integer) grayscale: scale to 8 bits by the type's range (Pillow's convert
+                # would clip every value above 255 to white).
+                wide = np.asarray(im).astype(np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else wide.max()
+                im = Image.fromarray(np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
             im = im.convert(mode)
             if resolution is not None and im.size != (resolution, resolution):
                 im = im.resize((resolution, resolution), Image.BILINEAR)
@@ -258,15 +272,18 @@ def _text(tree: _Tree, name: str) -> str:
 
 
 def read_image_tree(path: str | Path | list, resolution: int | None = None, mode: str = "RGB",
-                    class_depth: int = 1, manifest: str | None = None) -> ImageData:
+                    class_depth: int = 1, manifest: str | dict | None = None) -> ImageData:
     """Images in class folders, or listed in a CSV manifest of ``file,label`` rows; ``path`` is a folder, a zip or
     tar archive, or a list of them (read as one dataset).
 
     Class folders: the class of ``a/b/c.png`` is its parent folder (``class_depth`` = 2: the two parent folders,
     as in Omniglot's alphabet/character). A folder named train/test/val above the class folder assigns the split.
-    Manifest: a file ``manifest.csv`` (or ``labels.csv``) at the top, or ``manifest=`` its name; paths relative to
-    the manifest's folder; an optional ``split`` column. The same file (class path, name and bytes) met twice,
-    e.g. in Omniglot's two zips that share alphabets, is kept once.
+    Manifest: a file ``manifest.csv`` (or ``labels.csv``) at the top, or ``manifest=`` its name, or
+    ``manifest={file, delimiter, file_column, label_column, split_column}``; paths relative to the manifest's
+    folder; an optional ``split`` column. Without options the delimiter (, ; tab |) and the columns (file /
+    filename / path / image; label / class / classid / category) are recognised from the header. The same file
+    (class path, name and bytes) met twice, e.g. in Omniglot's two zips that share alphabets, is kept once.
+    A class with fewer than 2 images is dropped with a warning; fewer than 2 classes is an error.
     """
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
     entries: list[tuple[int, str, str, str | None]] = []      # (tree, member, class, split)
@@ -279,7 +296,15 @@ def read_image_tree(path: str | Path | list, resolution: int | None = None, mode
         if not entries:
             raise DataError(f"{', '.join(map(str, paths))}: no images found (expected class folders of .png/.jpg "
                             f"files, or a manifest.csv of file,label rows)")
+        entries = _drop_tiny_classes(entries, paths)
         classes = sorted({c for _, _, c, _ in entries})
+        if len(classes) < 2:
+            how = ("the label column of the manifest" if _has_manifest(trees, manifest) else
+                   "the folder each image is in (class folders)")
+            raise DataError(f"{', '.join(map(str, paths))}: {len(classes)} class ({classes[0]!r}) found from {how}; "
+                            f"a classification dataset needs at least 2. Put each class's images in a folder of "
+                            f"its own, or give the labels in a CSV manifest (task option manifest: {{file: NAME.csv, "
+                            f"delimiter: ';', file_column: ..., label_column: ...}}; see docs/data.md)")
         index = {c: i for i, c in enumerate(classes)}
         decoded: dict[tuple[int, str], np.ndarray] = {}
         seen: set[bytes] = set()
@@ -308,9 +333,62 @@ def read_image_tree(path: str | Path | list, resolution: int | None = None, mode
             tree.close()
 
 
-def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[tuple[str, str, str | None]]:
+def _drop_tiny_classes(entries: list, paths: list[Path]) -> list:
+    """Classes with fewer than 2 images cannot be split into training and test images: dropped, named."""
+    from collections import Counter
+    counts = Counter(c for _, _, c, _ in entries)
+    tiny = sorted(c for c, n in counts.items() if n < 2)
+    if tiny and len(tiny) < len(counts):
+        import warnings
+        warnings.warn(f"{', '.join(map(str, paths))}: dropping {len(tiny)} class(es) with fewer than 2 images: "
+                      f"{', '.join(map(repr, tiny[:5]))}{' ...' if len(tiny) > 5 else ''}", stacklevel=3)
+        return [e for e in entries if e[2] not in set(tiny)]
+    return entries
+
+
+MANIFEST_OPTIONS = ("file", "delimiter", "file_column", "label_column", "split_column")
+_FILE_COLUMNS = ("file", "filename", "path", "image", "img", "file_name")
+_LABEL_COLUMNS = ("label", "class", "classid", "class_id", "category", "target", "y")
+
+
+def manifest_options(manifest: str | dict | None) -> dict:
+    """The manifest options as a dict (a string is the manifest's file name); unknown keys are refused."""
+    if manifest is None:
+        return {}
+    if isinstance(manifest, str):
+        return {"file": manifest}
+    if not isinstance(manifest, dict) or set(manifest) - set(MANIFEST_OPTIONS):
+        bad = sorted(set(manifest) - set(MANIFEST_OPTIONS)) if isinstance(manifest, dict) else manifest
+        raise DataError(f"manifest: unknown option {bad!r}; allowed: {', '.join(MANIFEST_OPTIONS)}")
+    return dict(manifest)
+
+
+def _has_manifest(trees: list, manifest) -> bool:
+    opts = manifest_options(manifest)
+    wanted = {opts["file"]} if "file" in opts else {"manifest.csv", "labels.csv"}
+    return any(PurePosixPath(n).name in wanted for t in trees for n in t.names())
+
+
+def _column(header: list[str], given: str | None, candidates: tuple[str, ...], what: str, where: str) -> int:
+    lowered = [h.strip().lower() for h in header]
+    if given is not None:
+        if given.strip().lower() not in lowered:
+            raise DataError(f"{where}: no column {given!r} (columns: {', '.join(header)})")
+        return lowered.index(given.strip().lower())
+    for c in candidates:
+        if c in lowered:
+            return lowered.index(c)
+    raise DataError(f"{where}: no {what} column among {', '.join(header)}; name it with the manifest option "
+                    f"{what}_column")
+
+
+def _tree_entries(tree: _Tree, class_depth: int, manifest: str | dict | None) -> list[tuple[str, str, str | None]]:
     names = tree.names()
-    csvs = [n for n in names if PurePosixPath(n).name in ({manifest} if manifest else {"manifest.csv", "labels.csv"})]
+    opts = manifest_options(manifest)
+    wanted = {opts["file"]} if "file" in opts else {"manifest.csv", "labels.csv"}
+    csvs = [n for n in names if PurePosixPath(n).name in wanted]
+    if "file" in opts and not csvs:
+        raise DataError(f"{tree.path}: no manifest file named {opts['file']!r} in it")
     entries: list[tuple[str, str, str | None]] = []
     if not csvs:
         for n in names:
@@ -320,24 +398,35 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | None) -> list[t
         return entries
     mname = min(csvs, key=len)
     base = PurePosixPath(mname).parent
-    rows = list(csv.reader(io.StringIO(_text(tree, mname))))
-    header = ["file", "label"]
-    has_header = bool(rows) and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]
+    text = _text(tree, mname)
+    first = text.splitlines()[0] if text.strip() else ""
+    delimiter = opts.get("delimiter") or max(",;\t|", key=first.count)
+    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    where = tree.where(mname)
+    lowered = [c.strip().lower() for c in rows[0]] if rows else []
+    has_header = bool(rows) and (any(c in lowered for c in _FILE_COLUMNS + _LABEL_COLUMNS)
+                                 or bool(opts.get("file_column") or opts.get("label_column")))
     if has_header:
-        header = [c.strip().lower() for c in rows[0]]
+        header = rows[0]
+        fcol = _column(header, opts.get("file_column"), _FILE_COLUMNS, "file", where)
+        lcol = _column(header, opts.get("label_column"), _LABEL_COLUMNS, "label", where)
+        scol = (_column(header, opts["split_column"], (), "split", where) if opts.get("split_column") else
+                lowered.index("split") if "split" in lowered else None)
         rows = rows[1:]
-    split_col = header.index("split") if "split" in header else None
+    else:
+        fcol, lcol, scol = 0, 1, None
     present = set(names)
     for i, row in enumerate(rows, start=2 if has_header else 1):
         if not row or not "".join(row).strip():
             continue
-        if len(row) < 2 or not row[1].strip():
-            raise DataError(f"{tree.where(mname)}: line {i}: expected 'file,label', got {row}")
-        member = row[0].strip() if str(base) == "." else str(base / row[0].strip())
+        if len(row) <= max(fcol, lcol) or not row[lcol].strip():
+            raise DataError(f"{where}: line {i}: expected a file and a label (delimiter {delimiter!r}), got {row}")
+        file = row[fcol].strip()
+        member = file if str(base) == "." else str(base / file)
         if member not in present:
-            raise DataError(f"{tree.where(mname)}: line {i}: file {row[0]!r} is not in {tree.path}")
-        split = SPLIT_NAMES.get(row[split_col].strip().lower()) if split_col is not None else None
-        entries.append((member, row[1].strip(), split))
+            raise DataError(f"{where}: line {i}: file {file!r} is not in {tree.path}")
+        split = SPLIT_NAMES.get(row[scol].strip().lower()) if scol is not None and len(row) > scol else None
+        entries.append((member, row[lcol].strip(), split))
     return entries
 
 

@@ -217,11 +217,15 @@ def check_classes(data: ImageData, expected: int | None) -> None:
                         f"are the files of another dataset?")
 
 
-def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolution: int | None = None) -> \
+def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolution: int | None = None,
+                 manifest: str | dict | None = None) -> \
         tuple[ImageData, DatasetSpec | None, list[Path]]:
     """Read a registered dataset by name, or a folder/archive of images given by path (class folders or a
     manifest.csv). Returns the data, the spec (None for a path) and the source files (for cache keys)."""
     if name_or_path in DATASETS:
+        if manifest is not None:
+            raise DataError(f"dataset {name_or_path!r}: manifest options apply to a folder or archive given by path, "
+                            f"not to a registered dataset")
         spec = DATASETS.get(name_or_path)
         if spec.builtin:
             return spec.read(None, resolution), spec, []
@@ -235,4 +239,4 @@ def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolut
         raise DataError(f"dataset {name_or_path!r}: neither a registered dataset ({', '.join(DATASETS.names())}) "
                         f"nor an existing folder or archive")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return read_image_tree(path, resolution=resolution or 32), None, files
+    return read_image_tree(path, resolution=resolution or 32, manifest=manifest), None, files

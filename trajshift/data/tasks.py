@@ -23,7 +23,7 @@ from .cache import PreparedData, prepare
 from .formats import Split
 
 TASK_KEYS = {"dataset", "resolution", "classes", "train_images", "images_per_class", "val_fraction", "name",
-             "augment"}
+             "augment", "manifest"}
 
 
 # Training-batch augmentations: random crop with zero padding and horizontal flip (the paper's convention) or a part
@@ -41,6 +41,7 @@ class TaskSpec:
     val_fraction: float = 0.0
     name: str | None = None
     augment: bool | str = True       # crop+flip (true), crop, flip or none (false): training batches only
+    manifest: str | dict | None = None   # a path dataset's CSV manifest: its file name, or {file, delimiter, ...}
 
     @staticmethod
     def from_dict(d: dict, where: str) -> TaskSpec:
@@ -67,6 +68,13 @@ class TaskSpec:
         if spec.augment not in AUGMENTATIONS:
             raise ConfigError(f"{where}.augment: expected one of {', '.join(AUGMENTATIONS)} (or true/false), got "
                               f"{spec.augment!r}")
+        if spec.manifest is not None:
+            from .errors import DataError
+            from .formats import manifest_options
+            try:
+                manifest_options(spec.manifest)
+            except DataError as err:
+                raise ConfigError(f"{where}.{err}") from None
         if not isinstance(spec.val_fraction, (int, float)) or not 0 <= spec.val_fraction < 1:
             raise ConfigError(f"{where}.val_fraction: expected a number in [0, 1), got {spec.val_fraction!r}")
         return spec
@@ -206,6 +214,10 @@ def build_tasks(specs: list[dict], batch_size: int, seed: int, data_root=None, c
     parsed = [TaskSpec.from_dict(d, f"{where}[{i}]") for i, d in zip(ids, specs)]
     out = []
     for i, spec in zip(ids, parsed):
-        data = prepare(spec.dataset, spec.resolution, data_root, cache_dir)
-        out.append(ImageTask(spec, data, batch_size, seed, i, device, where=f"{where}[{i}]"))
+        data = prepare(spec.dataset, spec.resolution, data_root, cache_dir, manifest=spec.manifest)
+        task = ImageTask(spec, data, batch_size, seed, i, device, where=f"{where}[{i}]")
+        if batch_size > len(task.y["train"]):
+            raise ConfigError(f"batch_size: {batch_size} is more than the {len(task.y['train'])} training images of "
+                              f"{where}[{i}] ({spec.label}); lower batch_size or give the task more images")
+        out.append(task)
     return out
