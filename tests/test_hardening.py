@@ -39,7 +39,7 @@ def _config(tmp_path, sources, **changes):
 
 def _run_files(run):
     return {"metrics": (run / "metrics.jsonl").read_text(),
-            "snapshots": {p.name: torch.load(p, weights_only=True) for p in sorted((run / "snapshots").iterdir())},
+            "snapshots": {p.name: torch.load(p, weights_only=True) for p in sorted((run / "snapshots").glob("*.pt"))},
             "init": torch.load(run / "init.pt", weights_only=True)}
 
 
@@ -297,3 +297,64 @@ def test_out_pointing_at_a_file_is_refused_first(tmp_path, sources, capsys, argv
     assert main([*argv, "--out", str(target)]) == 2
     assert "an existing file, not a folder" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+# ----- figures a new user reads --------------------------------------------------------------------------------------
+def test_synthetic_figures_show_every_start_and_label_the_fixed_point_map(tmp_path):
+    from types import SimpleNamespace
+
+    from trajshift.analysis import synthetic_plots
+    g = torch.linspace(-5, 15, 5)
+    points = torch.cartesian_prod(g, g)
+    qmap = (points ** 2).sum(1) + 1
+    cfg = SimpleNamespace(methods=["cts"], inner_steps=10, trajectories=2, task_seeds=[0], fixed_point_grid=5)
+    starts = [(float(x), float(y)) for x in (-5, 5, 15) for y in (-5, 5, 15)]
+    traces = {(s, "cts"): torch.tensor([s, (0.0, 0.0)]) for s in starts}
+    shown = synthetic_plots.trajectories(tmp_path / "t.png", points, qmap, cfg, traces)
+    assert sorted(shown) == sorted(starts) and (5.0, 5.0) in shown             # the centre start is there
+    fixed = [{"k": 10, "path": torch.zeros(3, 25, 2), "distinct": torch.zeros(1, 2), "converged_fraction": 1.0}]
+    labels = synthetic_plots.fixed_points(tmp_path / "f.png", points, qmap, cfg, fixed)
+    assert "phi[0]" in labels and any("log10 task-average loss" in x for x in labels)
+
+
+def test_accuracy_error_bars_stay_within_0_and_100():
+    from trajshift.analysis.report import _clipped_errors
+    low, high = _clipped_errors([95.0, 3.0, 50.0], [0.2, 0.1, None])     # CIs as fractions, means in %
+    assert low == [20.0, 3.0, 0.0] and high == [5.0, 10.0, 0.0]
+
+
+def test_every_command_line_option_has_help():
+    import argparse
+
+    from trajshift.cli import build_parser
+    missing = []
+    for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
+                    if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert missing == []
+
+
+def test_held_out_methods_warn_when_nothing_is_held_out(tmp_path, sources, capsys):
+    cfg = _config(tmp_path, sources, meta={"method": "fomaml", "inner_steps": 2, "trajectories": 1, "meta_lr": 0.1,
+                                           "inner_optimizer": {"name": "sgd", "lr": 0.05}})
+    with pytest.warns(UserWarning, match=r"fomaml computes its meta-gradient on a held-out batch, but tasks\[0\], "
+                                         r"tasks\[1\] hold nothing out \(val_fraction: 0\)"):
+        assert main(["meta-train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert "no val (val = train: val_fraction is 0)" in capsys.readouterr().out
+
+
+def test_init_files_carry_their_model_spec(tmp_path, sources):
+    """An init.pt or snapshot copied anywhere is meta-tested with the architecture it was trained with."""
+    import shutil
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources)), "--out", str(run), "--quiet"]) == 0
+    alone = tmp_path / "shared"
+    alone.mkdir()
+    for name in ("step-00000005.pt", "step-00000005.json"):
+        shutil.copy(run / "snapshots" / name, alone / name)
+    assert json.loads((run / "init.json").read_text())["model"] == {"name": "conv4", "width": 4}
+    for init in (alone / "step-00000005.pt", run / "snapshots" / "step-00000010.pt"):
+        out = tmp_path / f"mt-{init.parent.name}"
+        assert main(["meta-test", "--init", str(init), "--targets", str(sources[0]), "--seeds", "2", "--steps", "1",
+                     "--resolution", "12", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--quiet"]) == 0
+        assert json.loads((out / "results.json").read_text())["model"] == {"name": "conv4", "width": 4}

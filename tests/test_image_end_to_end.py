@@ -46,7 +46,7 @@ def test_meta_train_then_meta_test(tmp_path, datasets, method):
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
     for name in ("init.pt", "config.yaml", "metrics.jsonl"):
         assert (run / name).exists()
-    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-00000000.pt", "step-00000004.pt",
+    assert sorted(p.name for p in (run / "snapshots").glob("*.pt")) == ["step-00000000.pt", "step-00000004.pt",
                                                                      "step-00000008.pt"]
     sd = torch.load(run / "init.pt", weights_only=True)
     model = build_model({"name": "conv4", "width": 8}, 7)

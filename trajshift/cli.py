@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TrajshiftError
+from .progress import log_line
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -33,7 +34,7 @@ def _synthetic(args) -> int:
         fixed_point_ks=_int_list(args.fixed_point_ks, "--fixed-point-ks"), fixed_point_grid=args.fixed_point_grid,
         fixed_point_iters=args.fixed_point_iters, horizon_ks=_int_list(args.horizon_ks, "--horizon-ks"))
     cfg.validate()             # every flag checked before any work starts
-    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else print)
+    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else log_line)
     out = Path(args.out)
     print(f"\nwrote {out / 'results.json'} and the figures in {out}/ ({results['wall_time']:.0f} s)")
     print("median meta-test loss (task-average loss after K steps from phi) over starts and task seeds:")
@@ -92,7 +93,7 @@ def _meta_train(args) -> int:
         from .checkpoint import list_checkpoints
         if not list_checkpoints(Path(args.out) / "checkpoints"):
             raise ConfigError(f"--resume: {Path(args.out) / 'checkpoints'} holds no checkpoint to resume from")
-    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
+    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line)
     import os
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -105,10 +106,14 @@ def _meta_test(args) -> int:
     from .evaluate import MetaTestConfig, markdown_table, meta_test
     if (args.init is None) == (args.from_ != "scratch"):
         raise ConfigError("meta-test: give either --init FILE or --from scratch")
+    from .experiment import model_spec_beside
     init = resolve_init(args.init) if args.init else None
     model = {"name": args.model or "resnet20"}
     run_config = run_config_of(init) if init else None
-    if args.model is None and run_config is not None:
+    beside = model_spec_beside(init) if init else None
+    if args.model is None and beside is not None:
+        model = beside                                                  # saved with the file
+    elif args.model is None and run_config is not None:
         import yaml
         model = dict(yaml.safe_load(run_config.read_text())["model"])    # the architecture the run trained
     if args.activation:
@@ -126,7 +131,7 @@ def _meta_test(args) -> int:
                          images_per_class=_int_list(args.images_per_class, "--images-per-class")
                          if args.images_per_class else None, augment=args.augment,
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
-    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else print)
+    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line)
     print(markdown_table(report))
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
@@ -157,7 +162,7 @@ def _approx_error(args) -> int:
             raise ConfigError(f"--{key}: expected an integer >= 1, got {getattr(cfg, key)}")
     if cfg.draws < 2:
         raise ConfigError("--draws: need at least 2 draws for a confidence interval")
-    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else print)
+    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else log_line)
     print(f"wrote {Path(args.out) / 'results.json'} and approx_error.png ({results['wall_time']:.0f} s)")
     return 0
 
@@ -166,7 +171,7 @@ def _sweep(args) -> int:
     from .sweep import parse_grid, run_sweep
     report = run_sweep(args.config, args.out, parse_grid(args.grid),
                        [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
-                       args.jobs, args.set, log=(lambda *_: None) if args.quiet else print)
+                       args.jobs, args.set, log=(lambda *_: None) if args.quiet else log_line)
     key = next(iter(report["grid"]))
     for m, entry in report["methods"].items():
         print(f"{m}: chosen {entry['chosen']} (" + ", ".join(
@@ -178,7 +183,7 @@ def _sweep(args) -> int:
 
 def _validate(args) -> int:
     from .validation import score_run
-    r = score_run(args.run, log=(lambda *_: None) if args.quiet else print)
+    r = score_run(args.run, log=(lambda *_: None) if args.quiet else log_line)
     ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
     print(f"{args.run}: meta-validation accuracy {100 * r['score']:.2f}% +- {ci} ({len(r['per_seed'])} seeds)")
     return 0
@@ -201,7 +206,7 @@ def _report(args) -> int:
                 images_per_class=_int_list(args.images_per_class, "--images-per-class")
                 if args.images_per_class else None, curve_images_per_class=args.curve_images_per_class,
                 batch_size=args.batch_size, augment=args.augment,
-                log=(lambda *_: None) if args.quiet else print)
+                log=(lambda *_: None) if args.quiet else log_line)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {Path(args.out) / 'report.json'} and the figures in {args.out}/")
     return 0
@@ -213,7 +218,7 @@ def _demo(args) -> int:
         if getattr(args, key) < 1 or (key == "seeds" and args.seeds < 2):
             raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= {2 if key == 'seeds' else 1}")
     report = run_demo(args.out, args.steps, args.finetune_steps, args.seeds, args.data_root, args.cache_dir,
-                      images_per_class=args.images_per_class, log=(lambda *_: None) if args.quiet else print)
+                      images_per_class=args.images_per_class, log=(lambda *_: None) if args.quiet else log_line)
     r = report["results"]
     ci = lambda x: "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
     print(f"meta-test on {report['target']} with {report['images_per_class']} training images per class, "
@@ -291,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
                     help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
                          "of the two measured at start-up (auto, the default); same results either way")
-    mt.add_argument("--quiet", action="store_true")
+    mt.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     mt.set_defaults(func=_meta_train)
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
                         description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
@@ -301,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
     te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
                     "archives (class folders or manifest.csv)")
-    te.add_argument("--out", required=True)
+    te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")
     te.add_argument("--model", default=None, help="model name (default: the model of the run's config.yaml next "
                     "to --init, else resnet20)")
     te.add_argument("--activation", default=None, help="relu or softplus (default: the run's, else relu)")
@@ -310,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
     te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
     te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
-    te.add_argument("--resolution", type=int, default=None)
+    te.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
     te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
     te.add_argument("--images-per-class", default=None, metavar="N[,N...]",
                     help="low-data regime: subsample each target's training split to exactly N images per class "
@@ -319,17 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
                     help="finetuning batch augmentation (default crop+flip, the paper's; flips are wrong for digits "
                          "and characters)")
-    te.add_argument("--batch-size", type=int, default=None)
-    te.add_argument("--data-root", default=None)
-    te.add_argument("--cache-dir", default=None)
-    te.add_argument("--device", default="cpu")
-    te.add_argument("--quiet", action="store_true")
+    te.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
+                    "more than the training set)")
+    te.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    te.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
+    te.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     te.set_defaults(func=_meta_test)
     ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
                         "(Section 3.3, Fig. 3)", description="Writes DIR/results.json and DIR/approx_error.png.")
-    ae.add_argument("--out", required=True)
+    ae.add_argument("--out", required=True, help="output folder for results.json and approx_error.png")
     ae.add_argument("--datasets", default="quickdraw,omniglot", help="source tasks (default quickdraw,omniglot)")
-    ae.add_argument("--resolution", type=int, default=28)
+    ae.add_argument("--resolution", type=int, default=28, help="image side in pixels (default 28)")
     ae.add_argument("--draws", type=int, default=10, help="draws per point (default 10)")
     ae.add_argument("--alpha", type=float, default=0.01, help="base inner learning rate (default 0.01)")
     ae.add_argument("--beta", type=float, default=0.01, help="base meta learning rate (default 0.01)")
@@ -338,10 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--alphas", default=None, help="alpha sweep, comma-separated (default 0.001,...,0.1)")
     ae.add_argument("--betas", default=None, help="beta sweep (default 0.001,0.01,0.1,1)")
     ae.add_argument("--ks", default=None, help="k sweep (default 1,5,10,25,50,100)")
-    ae.add_argument("--data-root", default=None)
-    ae.add_argument("--cache-dir", default=None)
+    ae.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    ae.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
-    ae.add_argument("--quiet", action="store_true")
+    ae.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     ae.set_defaults(func=_approx_error)
     sw = sub.add_parser("sweep", help="choose a hyperparameter (e.g. meta.meta_lr) per method on meta-validation "
                         "(held-out source classes), never on meta-test targets",
@@ -355,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); each gets cores/jobs threads")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     sw.set_defaults(func=_sweep)
     va = sub.add_parser("validate", help="meta-validation score of a finished run (held-out source classes of its "
                         "config's validation block); cached in RUN/validation.json")
     va.add_argument("run", help="meta-train run folder")
-    va.add_argument("--quiet", action="store_true")
+    va.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     va.set_defaults(func=_validate)
     rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
                         "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
@@ -383,22 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
                     help="finetuning batch augmentation (default crop+flip)")
     rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
-    rp.add_argument("--resolution", type=int, default=None)
-    rp.add_argument("--data-root", default=None)
-    rp.add_argument("--cache-dir", default=None)
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
+    rp.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    rp.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    rp.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     rp.set_defaults(func=_report)
     dm = sub.add_parser("demo", help="a small image meta-train + meta-test that works offline (real images: the "
-                        "data folder's datasets, else scikit-learn's digits)")
-    dm.add_argument("--out", required=True)
+                        "data folder's datasets, else scikit-learn's digits)",
+                        description="Meta-trains CTS on the source datasets, then finetunes on the target with a few "
+                                    "training images per class, from the CTS initialization and from scratch (the "
+                                    "same random weights CTS started from), 5 seeds; prints both accuracies with 95%% "
+                                    "CIs and what their paired difference shows. A few minutes on 2 CPU cores.")
+    dm.add_argument("--out", required=True, help="output folder: demo.json and the meta-train run folder")
     dm.add_argument("--steps", type=int, default=200, help="meta-training inner steps per task (default 200)")
     dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
     dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
     dm.add_argument("--images-per-class", type=int, default=5, help="target training images per class "
                     "(default 5: the low-data regime where an initialization can matter)")
-    dm.add_argument("--data-root", default=None)
-    dm.add_argument("--cache-dir", default=None)
-    dm.add_argument("--quiet", action="store_true")
+    dm.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    dm.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    dm.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     dm.set_defaults(func=_demo)
     dl = sub.add_parser("download", help="fetch registered datasets from their canonical addresses (sha256 checked "
                         "where known)")

@@ -98,7 +98,7 @@ def _check_shapes(model, body, where) -> None:
 
 
 def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, steps: int, seed: int,
-             device="cpu", where: str = "init") -> float:
+             device="cpu", where: str = "init", on_step=None) -> float:
     """Train a fresh-headed model on ``task`` for ``steps`` steps; returns its test accuracy."""
     torch.manual_seed(stream_seed(seed, 0xF17E))
     model = build_model(model_spec, task.num_classes).to(device)
@@ -120,6 +120,8 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
             raise DivergenceError(f"meta-test on {task.spec.label}: loss {loss.item()} at step {step} (seed {seed})")
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
     return task.evaluate(model)
 
 
@@ -177,12 +179,19 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
     t0 = time.perf_counter()
     report = {"init": cfg.init or "scratch", "protocol": protocol.name, "steps": steps, "seeds": cfg.seeds,
               "model": cfg.model, "augment": cfg.augment}
-    if cfg.images_per_class is None:
-        report.update(_meta_test_setting(cfg, init, protocol, steps, None, log))
-    else:
-        report["images_per_class"] = list(cfg.images_per_class)
-        report["by_images_per_class"] = {str(n): _meta_test_setting(cfg, init, protocol, steps, n, log)
-                                         for n in cfg.images_per_class}
+    from .progress import bar
+    settings = cfg.images_per_class or [None]
+    progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test")
+    log = _above(progress, log)
+    try:
+        if cfg.images_per_class is None:
+            report.update(_meta_test_setting(cfg, init, protocol, steps, None, log, progress))
+        else:
+            report["images_per_class"] = list(cfg.images_per_class)
+            report["by_images_per_class"] = {str(n): _meta_test_setting(cfg, init, protocol, steps, n, log, progress)
+                                             for n in cfg.images_per_class}
+    finally:
+        progress.close()
     report["wall_time"] = time.perf_counter() - t0
     if cfg.seeds < 2:
         import warnings
@@ -195,8 +204,16 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
     return report
 
 
+def _above(progress, log):
+    """``log`` printing above an active progress bar."""
+    if progress.disable or log is print:
+        from .progress import log_line
+        return log_line if log is print else log
+    return lambda *parts: progress.write(" ".join(str(p) for p in parts))
+
+
 def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int, per_class: int | None,
-                       log) -> dict:
+                       log, progress) -> dict:
     from .data.cache import prepare
     from .data.registry import DATASETS
     from .data.tasks import ImageTask, TaskSpec
@@ -218,7 +235,8 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
                              where=f"target {name}")
             # A batch never holds an image twice: with a few images per class it is the whole training set.
             task.batch_size = min(task.batch_size, len(task.y["train"]))
-            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch"))
+            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
+                                 on_step=lambda: progress.update(1)))
             per_seed.setdefault(seed, []).append(accs[-1])
             log(f"{name}{f' ({per_class} per class)' if per_class else ''} seed {seed}: test accuracy "
                 f"{100 * accs[-1]:.2f}%")

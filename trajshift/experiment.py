@@ -207,6 +207,28 @@ def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> d
     return {k: v.clone().contiguous() for k, v in sd.items()}
 
 
+# Methods whose meta-gradient uses validation batches (FOMAML's last-step gradient, iMAML's g_val).
+HELD_OUT_METHODS = ("fomaml", "fomaml++", "imaml")
+
+
+def tr_inner(path: Path) -> int | None:
+    """The cumulative inner steps of a snapshot file (step-N.pt), None for init.pt."""
+    return int(path.stem.split("-")[1]) if path.stem.startswith("step-") else None
+
+
+def model_spec_beside(init: Path) -> dict | None:
+    """The model spec saved beside an init file (init.json for init.pt, step-N.json for a snapshot), if any."""
+    side = Path(init).with_suffix(".json")
+    if side.is_file():
+        import json
+        try:
+            spec = json.loads(side.read_text()).get("model")
+        except (ValueError, AttributeError):
+            return None
+        return dict(spec) if isinstance(spec, dict) and "name" in spec else None
+    return None
+
+
 def run_identity(cfg: ExperimentConfig) -> dict:
     """Everything besides the meta block that makes a checkpoint belong to a run: the model, the tasks and their
     data options, the seed, the batch size, the meta-learned parameter filter and the execution options that change
@@ -251,9 +273,16 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     local = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
                         cfg.device, task_ids=mine)
     for task, gid in zip(local, mine):
-        log(f"task {gid}: {task.spec.label}: {task.num_classes} classes, {len(task.y['train'])} train / "
-            f"{len(task.y['val'])} val / {len(task.y['test'])} test images at {task.spec.resolution}px"
+        val = (f"{len(task.y['val'])} val" if task.spec.val_fraction > 0 else
+               "no val (val = train: val_fraction is 0)")
+        log(f"task {gid}: {task.spec.label}: {task.num_classes} classes, {len(task.y['train'])} train / {val} / "
+            f"{len(task.y['test'])} test images at {task.spec.resolution}px"
             + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+    no_val = [f"tasks[{gid}]" for task, gid in zip(local, mine) if task.spec.val_fraction == 0]
+    if cfg.meta.method in HELD_OUT_METHODS and no_val:
+        warnings.warn(f"{cfg.meta.method} computes its meta-gradient on a held-out batch, but {', '.join(no_val)} "
+                      f"hold nothing out (val_fraction: 0), so that batch is training data; set val_fraction "
+                      f"(e.g. 0.2) on these tasks", stacklevel=2)
     tasks = local
     models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine)]
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
@@ -275,6 +304,9 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
         sd = init_state_dict(learners, tr_phi, comm)
         if comm.is_main():
             save_torch(sd, path)
+            # Its model spec beside it, so the file can be meta-tested (or shared) on its own.
+            write_json(path.with_suffix(".json"), {"model": cfg.model, "head": "not included (fc.*)",
+                                                   "method": cfg.meta.method, "inner_steps": tr_inner(path)})
 
     def snapshot(tr):
         # At a trajectory's last step, wait for its end: Algorithm 1's meta-update happens there, so a snapshot at a

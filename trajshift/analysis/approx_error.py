@@ -9,13 +9,14 @@ state. We report ||eps|| (per task, averaged over tasks), with its mean and 95% 
 """
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..learners import ModuleLearners
 from ..methods.rules import meta_delta, reptile_metagrad
 from ..population import Population
@@ -74,21 +75,27 @@ def run_study(out: str | Path, cfg: ApproxErrorConfig, log=print) -> dict:
     t0 = time.perf_counter()
     sweeps = {"alpha": cfg.alphas, "beta": cfg.betas, "k": cfg.ks}
     results: dict = {"config": asdict(cfg), "sweeps": {}}
+    from ..progress import bar
+    progress = bar(len(cfg.activations) * sum(len(v) for v in sweeps.values()) * cfg.draws, "approx-error", "draw")
     for act in cfg.activations:
         spec = {**cfg.model, "activation": act}
         for name, values in sweeps.items():
             rows = []
             for v in values:
                 point = {"alpha": cfg.alpha, "beta": cfg.beta, "k": cfg.k, name: v}
-                errs = [approximation_error(tasks, spec, point["alpha"], point["beta"], int(point["k"]),
-                                            cfg.momentum, seed) for seed in range(cfg.draws)]
+                errs = []
+                for seed in range(cfg.draws):
+                    errs.append(approximation_error(tasks, spec, point["alpha"], point["beta"], int(point["k"]),
+                                                    cfg.momentum, seed))
+                    progress.update(1)
                 mean, ci = mean_ci95(errs)
                 rows.append({name: v, "mean": mean, "ci95": ci, "errors": errs})
                 log(f"{act:>8} {name}={v:<6}: ||eps|| = {mean:.3e} +- {ci:.1e}")
             results["sweeps"].setdefault(act, {})[name] = rows
+    progress.close()
     results["wall_time"] = time.perf_counter() - t0
     plot(out / "approx_error.png", results)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     return results
 
 
@@ -103,8 +110,16 @@ def plot(path: Path, results: dict) -> None:
             rows = sweeps[name]
             x = [r[name] for r in rows]
             m = [r["mean"] for r in rows]
-            ci = [0 if r["ci95"] != r["ci95"] else r["ci95"] for r in rows]
-            ax.errorbar(x, m, yerr=ci, marker="o", capsize=3, label=act)
+            ci = [0 if r["ci95"] is None or math.isnan(r["ci95"]) else r["ci95"] for r in rows]
+            # An error of exactly 0 (k = 1: no shift yet) has no place on a log axis: drawn on the axis floor.
+            floor = min([v for v in m if v > 0] or [1e-12]) / 10
+            shown = [v if v > 0 else floor for v in m]
+            line = ax.errorbar(x, shown, yerr=[[min(c, v - floor * 0.999) if v > 0 else 0 for c, v in zip(ci, m)],
+                                               ci], marker="o", capsize=3, label=act)
+            zeros = [xi for xi, v in zip(x, m) if v == 0]
+            if zeros:
+                ax.plot(zeros, [floor] * len(zeros), "v", color=line[0].get_color(), markersize=8,
+                        label=f"{act}: exactly 0")
         ax.set_xscale("log")
         ax.set_yscale("log")
         fixed = ", ".join(f"{k}={cfg[k]}" for k in ("alpha", "beta", "k") if k != name)

@@ -31,10 +31,12 @@ def _background(ax, points: torch.Tensor, qmap: torch.Tensor) -> None:
     return cs
 
 
-def trajectories(path, points, qmap, cfg, traces: dict, max_panels: int = 6) -> None:
-    """Fig. 5c-d: meta-learning trajectories of phi over the map of initialization quality (at most
-    ``max_panels`` starts, evenly spaced through the grid; every start's numbers are in results.json)."""
-    starts = sorted({s for s, _ in traces})
+def trajectories(path, points, qmap, cfg, traces: dict, max_panels: int = 9) -> list:
+    """Fig. 5c-d: meta-learning trajectories of phi over the map of initialization quality: every start up to
+    ``max_panels`` (the default 3 x 3 grid is shown whole); beyond that, evenly spaced starts, and the title says how
+    many (every start's numbers are in results.json)."""
+    all_starts = sorted({s for s, _ in traces})
+    starts = all_starts
     if len(starts) > max_panels:
         starts = [starts[round(i * (len(starts) - 1) / (max_panels - 1))] for i in range(max_panels)]
     cols = min(3, len(starts))
@@ -55,18 +57,25 @@ def trajectories(path, points, qmap, cfg, traces: dict, max_panels: int = 6) -> 
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.colorbar(cs, ax=axes, shrink=0.9, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
+    shown = "" if len(starts) == len(all_starts) else (f"; {len(starts)} of {len(all_starts)} starts shown, "
+                                                       f"all in results.json")
     fig.suptitle(f"Meta-learning trajectories over initialization quality (task seed {cfg.task_seeds[0]}, "
-                 f"{cfg.trajectories * cfg.inner_steps} meta-updates each; star: start, dot: end)", fontsize=10)
+                 f"{cfg.trajectories * cfg.inner_steps} meta-updates each; star: start, dot: end{shown})", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return starts
 
 
-def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> None:
+def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> list[str]:
     """Fig. 5a-b: Reptile's meta-learning trajectories with inner length fixed to k, from a grid of phi; red dots
     are where they end (meta-level fixed points)."""
-    fig, axes = plt.subplots(1, len(fixed), figsize=(4.6 * len(fixed), 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(fixed), figsize=(4.6 * len(fixed) + 1, 4.3), squeeze=False,
+                             layout="constrained")
+    cs = None
     for ax, f in zip(axes.flat, fixed):
-        _background(ax, points, qmap)
+        cs = _background(ax, points, qmap)
+        ax.set_xlabel("phi[0]")
+        ax.set_ylabel("phi[1]")
         path_ = f["path"].numpy()          # [steps, G, 2]
         n = cfg.fixed_point_grid
         stride = max(1, n // 13)
@@ -77,8 +86,12 @@ def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> None:
         ax.plot(d[:, 0], d[:, 1], "o", color="red", ms=5, mec="w", mew=0.5)
         ax.set_title(f"Reptile, k = {f['k']}: {len(d)} fixed points "
                      f"({100 * f['converged_fraction']:.0f}% of starts converged)", fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    if cs is not None:
+        fig.colorbar(cs, ax=axes, shrink=0.9, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
+    fig.savefig(path, dpi=110)
+    labels = [a.get_xlabel() or a.get_ylabel() for a in fig.axes]      # the panels' and the colour bar's
     plt.close(fig)
+    return labels
 
 
 def horizon(path, by_seed: dict) -> None:
