@@ -358,3 +358,36 @@ def test_init_files_carry_their_model_spec(tmp_path, sources):
         assert main(["meta-test", "--init", str(init), "--targets", str(sources[0]), "--seeds", "2", "--steps", "1",
                      "--resolution", "12", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--quiet"]) == 0
         assert json.loads((out / "results.json").read_text())["model"] == {"name": "conv4", "width": 4}
+
+
+def test_tensorboard_logs_the_metrics_rows(tmp_path, sources, capsys):
+    pytest.importorskip("tensorboard", reason="optional dependency (installed by the test extras)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources)), "--out", str(run), "--quiet", "--log",
+                 "tensorboard"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss_mean" in r]
+    logged = events.Scalars("loss/mean")
+    assert [e.step for e in logged] == [r["inner_steps"] for r in steps]
+    assert [e.value for e in logged] == pytest.approx([r["loss_mean"] for r in steps], rel=1e-6)
+    assert {"loss/task0", "loss/task1", "meta/delta_norm"} <= set(events.Tags()["scalars"])
+    assert main(["meta-train", str(_config(tmp_path, sources)), "--out", str(tmp_path / "x"), "--log", "wandb"]) == 2
+    assert "--log: unknown logger 'wandb'" in capsys.readouterr().err
+
+
+def test_a_resumed_auto_run_logs_the_backend_it_chose(tmp_path, sources, monkeypatch, capsys):
+    cfg = _config(tmp_path, sources, execution={"backend": "auto"}, checkpoint_every=2)
+    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(),
+                                                                                          signal.SIGINT))
+    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "3")
+    run = tmp_path / "run"
+    assert main(["meta-train", str(cfg), "--out", str(run)]) == 130
+    first = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
+    chosen = first[0].split()[1]
+    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    assert main(["meta-train", str(cfg), "--out", str(run)]) == 0
+    again = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
+    assert again == [f"backend: {chosen} (chosen at the run's start; resumed)"]

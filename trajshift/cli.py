@@ -93,7 +93,8 @@ def _meta_train(args) -> int:
         from .checkpoint import list_checkpoints
         if not list_checkpoints(Path(args.out) / "checkpoints"):
             raise ConfigError(f"--resume: {Path(args.out) / 'checkpoints'} holds no checkpoint to resume from")
-    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line)
+    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line,
+                         loggers=tuple(x.strip() for x in (args.log or "").split(",") if x.strip()))
     import os
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
                     help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
                          "of the two measured at start-up (auto, the default); same results either way")
+    mt.add_argument("--log", default=None, metavar="tensorboard",
+                    help="also log the metrics to TensorBoard (RUN/tensorboard/; needs pip install tensorboard)")
     mt.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
     mt.set_defaults(func=_meta_train)
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",

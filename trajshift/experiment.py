@@ -245,18 +245,25 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{i}")
 
 
-def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None) -> dict:
-    """Meta-train, holding the run folder's lock (a second run on the same folder is refused)."""
+LOGGERS = ("tensorboard",)
+
+
+def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, loggers: tuple[str, ...] = ()) -> dict:
+    """Meta-train, holding the run folder's lock (a second run on the same folder is refused). ``loggers``: more
+    places for the metrics rows than metrics.jsonl ("tensorboard": RUN/tensorboard/)."""
     from .checkpoint import RunLock
     from .comm import init_from_env
+    for name in loggers:
+        if name not in LOGGERS:
+            raise ConfigError(f"--log: unknown logger {name!r}; allowed: {', '.join(LOGGERS)}")
     comm = comm or init_from_env(cfg.device)
     if not comm.is_main():
-        return _meta_train(cfg, out, log, comm)
+        return _meta_train(cfg, out, log, comm, ())
     with RunLock(out):
-        return _meta_train(cfg, out, log, comm)
+        return _meta_train(cfg, out, log, comm, loggers)
 
 
-def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
+def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -> dict:
     """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
     sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
     init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
@@ -297,8 +304,12 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
         if not state["backend_logged"]:
             state["backend_logged"] = True
             timing = ", ".join(f"{k} {v:.1f} ms" for k, v in learners.backend_timings.items())
-            log(f"backend: {learners.backend}" + (f" (measured per step of all local tasks: {timing})" if timing
-                                                  else "") + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+            how = ""
+            if state.get("resumed") and cfg.execution["backend"] == "auto":
+                how = " (chosen at the run's start; resumed)"      # the checkpoint's choice, not measured again
+            elif timing:
+                how = f" (measured per step of all local tasks: {timing})"
+            log(f"backend: {learners.backend}{how}" + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
 
     def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
         sd = init_state_dict(learners, tr_phi, comm)
@@ -329,6 +340,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
     # Only now, with the checkpoint accepted (or none), is the folder this run's: a refused run changes nothing.
     if comm.is_main():
         write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    state["resumed"] = bool(resumed)
     if resumed:
         truncate_metrics(metrics, trainer.inner_steps, trainer.resumed_metrics_rows)
         if cfg.snapshot_every:
@@ -343,7 +355,11 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm) -> dict:
         warnings.warn(f"{out}: a run without a checkpoint to resume from left {metrics.name}; kept as {kept.name}, "
                       f"and this run starts over", stacklevel=2)
     kept_rows = len(metrics.read_text().splitlines()) if resumed and metrics.exists() else 0
-    trainer.metrics = MetricsWriter(metrics, rows=kept_rows)
+    sinks = []
+    if "tensorboard" in loggers:
+        from .tensorboard import TensorBoardSink
+        sinks.append(TensorBoardSink(out / "tensorboard"))
+    trainer.metrics = MetricsWriter(metrics, rows=kept_rows, sinks=sinks)
     if cfg.snapshot_every and not resumed:
         save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
     result = trainer.run()

@@ -56,9 +56,10 @@ def truncate_metrics(path: str | Path, inner_steps: int, rows: int | None = None
 class MetricsWriter:
     """Per-step metrics as JSON lines (one object per line; flushed, so a killed run keeps what it logged)."""
 
-    def __init__(self, path: str | Path | None, rows: int = 0):
+    def __init__(self, path: str | Path | None, rows: int = 0, sinks: list[Callable[[dict], None]] | None = None):
         self._f = None
         self.rows = rows                 # rows in the file (checkpoints record it: resume truncates to it)
+        self.sinks = list(sinks or [])   # more receivers of every row (TensorBoard)
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +70,18 @@ class MetricsWriter:
             self._f.write(json.dumps(row) + "\n")
             self._f.flush()
             self.rows += 1
+        for sink in self.sinks:
+            sink(row)
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+        self.sinks = []
 
 
 _MISSING = "(not set)"
