@@ -39,9 +39,15 @@ def test_registry_by_name_and_by_path(data_root, tmp_path):
 
 
 def test_registry_errors_say_what_to_place_where(tmp_path):
-    with pytest.raises(DataError, match=r"dataset 'cifar100': no data found; place the python pickles train, test "
-                                        r"and meta in .*cifar-100-python"):
+    with pytest.raises(DataError, match=r"dataset 'cifar100': no data found \(looked for the folders "
+                                        r"cifar-100-python, cifar100 in .*\); run `trajshift download cifar100` "
+                                        r"\(fetches cifar-100-python.tar.gz into .*\), or place the python pickles "
+                                        r"train, test and meta in .*cifar-100-python") as err:
         load_dataset("cifar100", tmp_path)
+    assert "\n" not in str(err.value)
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(DataError, match=r"looked for the folders .* in nowhere \(no data folder exists yet\)"):
+        load_dataset("cifar100", missing)
     with pytest.raises(DataError, match=r"dataset 'imagenet-21k': neither a registered dataset \(aircraft, "):
         load_dataset("imagenet-21k", tmp_path)
 

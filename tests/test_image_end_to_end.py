@@ -152,17 +152,34 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "20", "--finetune-steps", "5", "--seeds", "2",
                  "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
     rep = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert "digits" in rep["data"] and set(rep["results"]) == {"cts", "scratch"}
+    assert "digits" in rep["data"] and set(rep["results"]) == {"cts", "scratch", "gain"}
     assert (tmp_path / "demo" / "meta-train" / "init.pt").exists()
+    r = rep["results"]
+    diffs = [a - b for a, b in zip(r["cts"]["accs"], r["scratch"]["accs"])]
+    assert r["gain"]["mean"] == pytest.approx(sum(diffs) / 2) and rep["images_per_class"] == 5
+    assert rep["conclusion"].startswith("The ") and rep["conclusion"].count(".") >= 1
 
 
-@pytest.mark.parametrize("name", ["cpu-study.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["cpu-study.yaml", "paper.yaml", "image-study.yaml", "offline-digits.yaml"])
 def test_shipped_configs_validate(name):
     from pathlib import Path
 
     from trajshift.experiment import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
-    assert cfg.meta.method == "cts" and len(cfg.tasks) >= 5
+    assert cfg.meta.method == "cts" and len(cfg.tasks) >= 2
+
+
+def test_the_offline_config_runs_as_shipped(tmp_path, monkeypatch):
+    """configs/offline-digits.yaml needs nothing downloaded: a short meta-train and its validation score."""
+    from pathlib import Path
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "offline-digits.yaml"
+    monkeypatch.setenv("TRAJSHIFT_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "digits"
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet", "--set", "meta.inner_steps=3",
+                 "--set", "meta.trajectories=2", "--set", "snapshot_every=3"]) == 0
+    assert (run / "init.pt").exists()
+    assert main(["validate", str(run), "--quiet"]) == 0
+    assert 0 <= json.loads((run / "validation.json").read_text())["score"] <= 1
 
 
 def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, datasets, capsys):

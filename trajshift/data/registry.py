@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -61,10 +61,17 @@ def find_dataset_folder(spec: DatasetSpec, data_root: str | Path | None = None) 
         for folder in spec.folders:
             if (root / folder).is_dir():
                 return root / folder
-    where = " or ".join(str(Path(r) / spec.folders[0]) for r in roots[:2])
-    hint = "".join(f"\n  download: {u}" + (f" (sha256 {h})" if h else "") for u, h in spec.downloads)
-    raise DataError(f"dataset {spec.name!r}: no data found; place {spec.expected} in {where} "
-                    f"(folder names tried: {', '.join(spec.folders)}; set data_root or $TRAJSHIFT_DATA)" + hint)
+    existing = [r for r in roots if Path(r).is_dir()]
+    looked = ", ".join(str(r) for r in existing) if existing else "nowhere (no data folder exists yet)"
+    files = [PurePosixPath(u.split("?")[0]).name.replace("<category>", "CATEGORY") for u, _ in spec.downloads]
+    target = Path(data_root) if data_root else Path("data")
+    if files:
+        get = (f"run `trajshift download {spec.name}` (fetches {', '.join(files)} into {target}/), "
+               f"or place {spec.expected} in {target / spec.folders[0]}")
+    else:
+        get = f"no download is known for it: place {spec.expected} in {target / spec.folders[0]}"
+    raise DataError(f"dataset {spec.name!r}: no data found (looked for the folders {', '.join(spec.folders)} in "
+                    f"{looked}); {get} (or point data_root / $TRAJSHIFT_DATA at a folder holding it)")
 
 
 def _need(folder: Path, *patterns: str) -> list[Path]:
