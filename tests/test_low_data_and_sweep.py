@@ -216,10 +216,10 @@ def test_report_pairs_gains_with_the_common_initialization(tmp_path, folders):
 
 
 @pytest.mark.parametrize("gain,ci,start", [(0.05, 0.02, "The CTS initialization beat training from scratch by 5.0"),
-                                           (-0.05, 0.02, "The CTS initialization did worse than training from "
-                                                         "scratch by 5.0"),
-                                           (0.01, 0.02, "The difference, +1.0 points (95% CI -1.0 to 3.0), includes "
-                                                        "zero")])
+                                           (-0.05, 0.02, ("The CTS initialization did worse than training from "
+                                                         "scratch by 5.0")),
+                                           (0.01, 0.02, ("The difference, +1.0 points (95% CI -1.0 to 3.0), includes "
+                                                        "zero"))])
 def test_the_demo_says_what_its_interval_shows(gain, ci, start):
     from trajshift.demo import conclusion
     assert conclusion(gain, ci).startswith(start)
