@@ -191,6 +191,6 @@ def test_per_task_clipping_equals_clip_grad_norm_on_each_model():
 def test_non_finite_parameters_stop_the_run():
     learners = ts.FunctionLearners(lambda th, s, sp: (th * th).sum(1), torch.tensor([1.0]), 2)
     cfg = ts.MetaConfig(method="reptile", inner_steps=3, trajectories=1, inner_optimizer={"name": "sgd",
-                                                                                            "lr": float("inf")})
+                                                                                            "lr": 3e38})  # 1 - 6e38 overflows float32
     with pytest.raises(ts.DivergenceError, match=r"task 0: parameters became non-finite at data step 0"):
         ts.MetaTrainer(learners, cfg).run()

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "same random weights CTS started from), 5 seeds; prints both accuracies with 95%% "
                                     "CIs and what their paired difference shows. A few minutes on 2 CPU cores.")
     dm.add_argument("--out", required=True, help="output folder: demo.json and the meta-train run folder")
-    dm.add_argument("--steps", type=int, default=200, help="meta-training inner steps per task (default 200)")
+    dm.add_argument("--steps", type=int, default=1000, help="meta-training inner steps per task (default 1000)")
     dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
     dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
     dm.add_argument("--images-per-class", type=int, default=5, help="target training images per class "

@@ -50,6 +50,9 @@ class MetaConfig:
     log_every: int = 1
     clip_grad_norm: float | None = None   # per-task gradient-norm clipping of the inner steps (None: off)
     progress: bool | None = None       # None: a progress bar only when stderr is a terminal
+    # Steps between host read-backs of losses, ||Delta|| and the finiteness checks (one transfer each time; rows
+    # and results are the same for every value). None: 1 on CPU, 50 on an accelerator.
+    sync_every: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> MetaConfig:
@@ -77,6 +80,8 @@ class MetaConfig:
         _int_at_least("inner_steps", self.inner_steps, 1, "K")
         _int_at_least("trajectories", self.trajectories, 1, "M")
         _int_at_least("log_every", self.log_every, 1)
+        if self.sync_every is not None:
+            _int_at_least("sync_every", self.sync_every, 1)
         _int_at_least("seed", self.seed, 0)
         if isinstance(self.meta_lr, bool) or not isinstance(self.meta_lr, (int, float)) or \
                 not 0 <= self.meta_lr < float("inf"):

@@ -36,6 +36,12 @@ class Population:
         self._local_task = learners.local_task_index() if learners.local is not None else None
         self.grad_hooks: list[GradHook] = []   # run after backward, before the optimizer step
         self.last_losses: torch.Tensor | None = None
+        # Finiteness is watched on the device, without a host read per step: per task, the first data step whose
+        # loss (or the parameters after whose update) was not finite, -1 while all is well, and that loss.
+        # check_finite() reads them back (trajshift.trainer does it every sync_every steps and before checkpoints).
+        self.first_bad_loss_step = torch.full((T,), -1, dtype=torch.long, device=self.theta.device)
+        self.first_bad_loss = torch.zeros(T, dtype=dtype, device=self.theta.device)
+        self.first_bad_theta_step = torch.full((T,), -1, dtype=torch.long, device=self.theta.device)
 
     @property
     def num_tasks(self) -> int:
@@ -54,22 +60,50 @@ class Population:
         return self.last_losses
 
     def inner_step(self, step: int) -> torch.Tensor:
-        """One inner step for all T tasks (Algorithm 2, l.8-10); returns the per-task losses [T] before the step."""
+        """One inner step for all T tasks (Algorithm 2, l.8-10); returns the per-task losses [T] before the step.
+        Non-finite losses and parameters are recorded on the device (no host read here; see check_finite)."""
         losses = self.backward(step, "train")
-        if not torch.isfinite(losses).all():
-            bad = int((~torch.isfinite(losses)).nonzero()[0])
-            raise DivergenceError(f"task {bad}: inner loss is {losses[bad].item()} at data step {step}; "
-                                  f"lower the inner learning rate or the meta learning rate")
+        self._watch(self.first_bad_loss_step, ~torch.isfinite(losses.detach()), step, losses.detach())
         for hook in self.grad_hooks:
             hook(self)
         if self.clip_grad_norm is not None:
             self.clip_task_gradients(self.clip_grad_norm)
         self.optimizer.step()
-        if not bool(torch.isfinite(self.theta).all()):
-            bad = int((~torch.isfinite(self.theta)).any(1).nonzero()[0])
-            raise DivergenceError(f"task {bad}: parameters became non-finite at data step {step} (loss before the "
-                                  f"step: {losses[bad].item()}); lower the inner learning rate or clip gradients")
+        self._watch(self.first_bad_theta_step, ~torch.isfinite(self.theta.detach()).all(1), step)
         return losses
+
+    @torch.no_grad()
+    def _watch(self, first: torch.Tensor, bad: torch.Tensor, step: int, values: torch.Tensor | None = None) -> None:
+        new = bad & (first < 0)
+        first.copy_(torch.where(new, torch.full_like(first, step), first))
+        if values is not None:
+            self.first_bad_loss.copy_(torch.where(new, values.to(self.first_bad_loss.dtype), self.first_bad_loss))
+
+    def finiteness_flags(self) -> torch.Tensor:
+        """The device-side record as one tensor [3T] (loss step, loss value, theta step), for a single read-back."""
+        return torch.cat([self.first_bad_loss_step.to(self.first_bad_loss.dtype), self.first_bad_loss,
+                          self.first_bad_theta_step.to(self.first_bad_loss.dtype)])
+
+    def check_finite(self, flags: list[float] | None = None, task_ids: list[int] | None = None,
+                     since: int | None = None) -> None:
+        """Raise DivergenceError naming the task and the data step if any loss or parameter was not finite
+        (``flags``: finiteness_flags() already read back; else read now)."""
+        T = self.num_tasks
+        flags = self.finiteness_flags().tolist() if flags is None else flags
+        loss_step, loss, theta_step = flags[:T], flags[T:2 * T], flags[2 * T:]
+        ids = task_ids or list(range(T))
+        window = f" (checked after data step {since})" if since is not None else ""
+        # The first failure in time names the culprit (a NaN reaches every task through the next meta-update).
+        bad = [(loss_step[t], 0, t) for t in range(T) if loss_step[t] >= 0] + \
+              [(theta_step[t], 1, t) for t in range(T) if theta_step[t] >= 0]
+        if not bad:
+            return
+        step, kind, t = min(bad)
+        if kind == 0:
+            raise DivergenceError(f"task {ids[t]}: inner loss is {loss[t]} at data step {int(step)}{window}; lower "
+                                  f"the inner learning rate or the meta learning rate")
+        raise DivergenceError(f"task {ids[t]}: parameters became non-finite at data step {int(step)}{window}; lower "
+                              f"the inner learning rate or clip gradients")
 
     @torch.no_grad()
     def clip_task_gradients(self, max_norm: float) -> torch.Tensor:

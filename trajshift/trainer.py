@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import finite
 from .comm import LocalComm
 from .config import MetaConfig
 from .errors import ConfigError, DivergenceError, Interrupted
@@ -140,7 +141,11 @@ class MetaTrainer:
         self.trajectory_callbacks = list(trajectory_callbacks or [])   # after each trajectory's end (and its update)
         self.meta_updates = 0
         self.inner_steps = 0
-        self.last_delta_norm = 0.0
+        self._delta_norm = torch.zeros((), dtype=self.phi.dtype, device=self.phi.device)   # ||Delta||, on device
+        self._first_bad_meta = torch.full((), -1, dtype=torch.long, device=self.phi.device)
+        self._pending: list[tuple] = []          # metrics rows waiting for the next read-back (device values)
+        self._synced = {"loss_mean": math.nan, "delta_norm": 0.0}
+        self.sync_every = cfg.sync_every or (1 if self.phi.device.type == "cpu" else 50)
         self.history: list[dict] = []
         self.position = {"m": 0, "k": 0}        # the last completed inner step (k = 0: none yet in trajectory m)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -181,9 +186,10 @@ class MetaTrainer:
     def meta_update(self, metagrad: torch.Tensor, shift: str = "none") -> torch.Tensor:
         """phi <- phi + Delta with Delta = -beta * metagrad (or the meta optimizer's step); then the shift
         theta^(t) <- theta^(t) + Delta (Algorithm 2, l.12-13), none, or a random direction of the same norm."""
-        if not torch.isfinite(metagrad).all():
-            raise DivergenceError(f"meta-gradient is not finite at meta-update {self.meta_updates + 1}; "
-                                  f"lower meta_lr or the inner learning rate")
+        # Recorded on the device, raised at the next read-back (sync), before any checkpoint of the bad state.
+        bad = ~torch.isfinite(metagrad).all() & (self._first_bad_meta < 0)
+        self._first_bad_meta = torch.where(bad, torch.full_like(self._first_bad_meta, self.meta_updates + 1),
+                                           self._first_bad_meta)
         if self.meta_optimizer is None:
             delta = meta_delta(metagrad, self.cfg.meta_lr)
             self.phi.add_(delta)
@@ -197,13 +203,50 @@ class MetaTrainer:
         elif shift == "random":
             self.pop.theta.add_(random_direction_like(delta, self.generator))
         self.meta_updates += 1
-        self.last_delta_norm = float(delta.norm())
+        self._delta_norm = delta.norm()
         if self.record_phi:
             self.history.append({"phi": self.phi.clone(), "inner_steps": self.inner_steps,
                                  "meta_updates": self.meta_updates})
         for cb in self.callbacks:
             cb(self)
         return delta
+
+    @property
+    def last_delta_norm(self) -> float:
+        """||Delta|| of the last meta-update (a host read)."""
+        return float(self._delta_norm)
+
+    # ----- host read-backs -------------------------------------------------------------------------------------
+    def sync(self) -> dict:
+        """One device-to-host transfer: the finiteness record, the pending metrics rows' losses and ||Delta||, the
+        current ||Delta|| and whether phi is finite. Writes the pending rows, then raises DivergenceError if
+        anything was not finite (naming the task and the data step, or the meta-update)."""
+        T = self.pop.num_tasks
+        pending, self._pending = self._pending, []
+        parts = [self.pop.finiteness_flags(), self._first_bad_meta.reshape(1).to(self.phi.dtype),
+                 torch.isfinite(self.phi).all().reshape(1).to(self.phi.dtype), self._delta_norm.reshape(1)]
+        for row in pending:
+            parts += [row[4].detach().reshape(-1).to(self.phi.dtype), row[5].reshape(1).to(self.phi.dtype)]
+        values = torch.cat(parts).tolist()
+        flags, rest = values[:3 * T], values[3 * T:]
+        bad_meta, phi_ok, delta_now = rest[0], rest[1], rest[2]
+        at = 3
+        for m, k, inner, updates, losses, _ in pending:
+            per_task, norm = rest[at:at + len(losses)], rest[at + len(losses)]
+            at += len(losses) + 1
+            self.metrics.write(finite({"trajectory": m + 1, "step": k, "inner_steps": inner, "meta_updates": updates,
+                                       "delta_norm": norm,
+                                       "loss_mean": sum(per_task) / len(per_task) if per_task else math.nan,
+                                       "loss": per_task, "tasks": self.task_ids}))
+            self._synced = {"loss_mean": sum(per_task) / len(per_task) if per_task else math.nan, "delta_norm": norm}
+        self.pop.check_finite(flags, self.task_ids)
+        if bad_meta >= 0:
+            raise DivergenceError(f"meta-gradient is not finite at meta-update {int(bad_meta)}; lower meta_lr or "
+                                  f"the inner learning rate")
+        if not phi_ok:
+            raise DivergenceError(f"phi is not finite after meta-update {self.meta_updates}; lower meta_lr")
+        self._synced["delta_norm_now"] = delta_now
+        return self._synced
 
     # ----- the loop ----------------------------------------------------------------------------------------
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -215,7 +258,7 @@ class MetaTrainer:
             "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
             "method": self.method.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "inner_steps": self.inner_steps, "meta_updates": self.meta_updates,
-            "last_delta_norm": self.last_delta_norm, "config": self.cfg.to_dict(),
+            "last_delta_norm": self._delta_norm.clone(), "config": self.cfg.to_dict(),
             "world_size": self.comm.world_size, "rank": self.comm.rank, "task_ids": self.task_ids,
             "metrics_rows": self.metrics.rows, "identity": self.identity,
         }
@@ -232,7 +275,7 @@ class MetaTrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.inner_steps, self.meta_updates = int(state["inner_steps"]), int(state["meta_updates"])
-        self.last_delta_norm = float(state["last_delta_norm"])
+        self._delta_norm = torch.as_tensor(state["last_delta_norm"], dtype=self.phi.dtype).to(self.phi.device)
         self.position = dict(state["position"])
         self.resumed_metrics_rows = state.get("metrics_rows")
 
@@ -256,6 +299,7 @@ class MetaTrainer:
         """Write the state (this rank's shard) to the checkpoint folder."""
         if self.checkpoint_dir is None:
             return
+        self.sync()             # every row logged and every value checked finite before the state is kept
         from .checkpoint import save_checkpoint
         step = self.position["m"] * self.cfg.inner_steps + self.position["k"]
         save_checkpoint(self._checkpoint_folder(), step, self.state_dict(), keep=self.keep_checkpoints)
@@ -290,8 +334,9 @@ class MetaTrainer:
         if found is None:
             return False
         state, path = found
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k != "progress"}
-        theirs = {k: v for k, v in state["config"].items() if k != "progress"}
+        # progress and sync_every change neither the arithmetic nor the files: not compared.
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in ("progress", "sync_every")}
+        theirs = {k: v for k, v in state["config"].items() if k not in ("progress", "sync_every")}
         for ours, saved, prefix in ((mine, theirs, ""), (self.identity, state.get("identity", self.identity), "")):
             diff = first_difference(saved, ours, prefix)
             if diff is not None:
@@ -322,6 +367,8 @@ class MetaTrainer:
                 if k % cfg.log_every == 0 or k == K:
                     self._log(m, k, losses)
                 self.position = {"m": m, "k": k}
+                if (m * K + k) % self.sync_every == 0:
+                    self.sync()
                 for cb in self.step_callbacks:
                     cb(self)
                 if self.checkpoint_every and (m * K + k) % self.checkpoint_every == 0:
@@ -331,10 +378,9 @@ class MetaTrainer:
                 yield m, k, losses
             self.method.end_trajectory(self, m)
             self.position = {"m": m + 1, "k": 0}
-            if not torch.isfinite(self.phi).all():
-                raise DivergenceError(f"phi is not finite after trajectory {m + 1}; lower meta_lr")
+            synced = self.sync()          # once per trajectory: its rows, its checks, ||Delta|| after its end
             self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,
-                                "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm})
+                                "meta_updates": self.meta_updates, "delta_norm": synced["delta_norm_now"]})
             for cb in self.trajectory_callbacks:
                 cb(self)
 
@@ -357,10 +403,11 @@ class MetaTrainer:
             for m, k, losses in self.steps():
                 if bar is not None:
                     bar.update(1)
-                    if k % 10 == 0:
-                        bar.set_postfix(loss=f"{float(losses.mean()):.4g}", meta=self.meta_updates)
+                    if k % 10 == 0:       # the last read-back's values: the bar forces no host sync
+                        bar.set_postfix(loss=f"{self._synced['loss_mean']:.4g}", meta=self.meta_updates)
                 if stop["signal"] is not None:
                     self._stop(stop["signal"])
+            self.sync()
             if self.checkpoint_every:
                 self.save_checkpoint()           # at exit, whatever the period
         finally:
@@ -396,8 +443,5 @@ class MetaTrainer:
                           f"(checkpoint_every: 0), so running it again starts over")
 
     def _log(self, m: int, k: int, losses: torch.Tensor) -> None:
-        per_task = [float(x) for x in losses]
-        self.metrics.write({"trajectory": m + 1, "step": k, "inner_steps": self.inner_steps,
-                            "meta_updates": self.meta_updates, "delta_norm": self.last_delta_norm,
-                            "loss_mean": sum(per_task) / len(per_task) if per_task else math.nan,
-                            "loss": per_task, "tasks": self.task_ids})
+        """Queue a metrics row; its values are read back (with the others pending) at the next sync."""
+        self._pending.append((m, k, self.inner_steps, self.meta_updates, losses.detach(), self._delta_norm))

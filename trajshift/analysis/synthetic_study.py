@@ -9,7 +9,6 @@ The quality of an initialization ("meta-test loss") is the task-average loss aft
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -253,9 +252,8 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
     plots.horizon(out / "horizon.png", horizons)
     plots.cost(out / "cost.png", runs, curves, cfg)
     plots.meta_test_curves(out / "meta_test_vs_inner_steps.png", curves, cfg)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
+    from ..atomic import write_json
+    write_json(out / "results.json", results)        # atomic; a non-finite loss is written as null
     return results
 
 
