@@ -33,3 +33,17 @@ def test_throughput_benchmark_smoke(tmp_path):
     # cts meta-updates after every inner step, and a meta-update is exactly one all-reduce
     assert all(r["allreduce_calls_per_step"] == 1.0 for r in dist["ranks"])
     assert 0 < dist["allreduce_share_mean"] < 1
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_cpu(tmp_path):
+    """benchmarks/gpu.sh --cpu: the GPU script's three parts in seconds, so it never rots between GPU sessions."""
+    import os
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu"], capture_output=True, text=True,
+                          check=False, timeout=900, env={**os.environ, "PY": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads((ROOT / "benchmarks" / "out" / "gpu_meta_train.json").read_text())
+    assert res["exit_code"] in (0, 130) and res["inner_steps_done"] >= 1 and res["tasks"] == 8
+    assert res["snapshots"][0] == "step-00000000.pt"
+    p = res["projection"]
+    assert p["projected_full_run_hours"] == pytest.approx(8 * 200_000 / p["task_steps_per_s"] / 3600)

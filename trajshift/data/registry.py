@@ -246,4 +246,6 @@ def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolut
         raise DataError(f"dataset {name_or_path!r}: neither a registered dataset ({', '.join(DATASETS.names())}) "
                         f"nor an existing folder or archive")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.suffix == ".npz":                 # arrays x [N, H, W(, C)] uint8 and y [N] (optional class names)
+        return read_npz(path), None, files
     return read_image_tree(path, resolution=resolution or 32, manifest=manifest), None, files

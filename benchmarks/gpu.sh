@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything docs/PERFORMANCE.md's GPU section needs, on one GPU, in at most 8 minutes:
+#   1. the cuda tests (loop == batched, cts == plain at beta = 0, bf16 ~ float32, no host sync, exact resume);
+#   2. the throughput table: ResNet20, batch 128 per task, T = 1, 4, 8; plain, cts-loop, cts-batched, +compile,
+#      +bf16, +channels_last: ms per step, ratio to plain, peak memory (benchmarks/results/gpu_throughput.json);
+#   3. a 2-minute meta-train in the paper's configuration, cut short by SIGTERM, with snapshots, and the projected
+#      wall time of the paper's full run at the best throughput measured (benchmarks/results/gpu_meta_train.json).
+#
+#   bash benchmarks/gpu.sh            # on a CUDA machine; writes benchmarks/results/gpu_*.json
+#   bash benchmarks/gpu.sh --cpu      # a smoke run on CPU in seconds (CI runs it; writes benchmarks/out/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+if [[ ${1:-} == --cpu ]]; then
+  DEV=cpu OUT=benchmarks/out MODELS=conv4 TASKS=1,2 BATCH=4 REPEATS=1 SECONDS_TRAIN=8 IMAGES=64 MEM=--no-memory
+  VARIANTS=plain,cts-loop,cts-batched
+else
+  DEV=cuda OUT=benchmarks/results MODELS=resnet20 TASKS=1,4,8 BATCH=128 REPEATS=3 SECONDS_TRAIN=120 IMAGES=1024 MEM=
+  VARIANTS=plain,cts-loop,cts-batched,cts-batched-compile,cts-loop-bf16,cts-batched-bf16,cts-loop-channels_last
+fi
+mkdir -p "$OUT"
+echo "== 1. cuda tests"
+rc=0; $PY -m pytest -q -m cuda tests/test_cuda.py -o addopts="" -p no:cacheprovider || rc=$?
+[[ $rc == 0 || $rc == 5 ]] || { echo "cuda tests failed (exit $rc)"; exit $rc; }
+echo "== 2. throughput"
+$PY benchmarks/throughput.py --device $DEV --models $MODELS --tasks $TASKS --batch $BATCH --variants $VARIANTS \
+    --repeats $REPEATS $MEM --out $OUT/gpu_throughput.json
+echo "== 3. meta-train in the paper's configuration, then the projection"
+$PY benchmarks/gpu_meta_train.py --device $DEV --seconds $SECONDS_TRAIN --images $IMAGES --batch $BATCH \
+    --throughput $OUT/gpu_throughput.json --out $OUT/gpu_meta_train.json
