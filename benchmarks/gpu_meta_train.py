@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steppers import write_json  # noqa: E402
+from steppers import write_json
 
 FULL_RUN_TASK_STEPS = 8 * 200_000          # the paper: 8 tasks x M = 200 trajectories of K = 1000 steps
 
