@@ -78,3 +78,21 @@ def test_a_late_read_back_still_names_the_task_and_step_and_keeps_the_last_good_
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["ckpt-0000000002.pt"]
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert rows[2]["loss"][1] is None                    # the bad loss is logged as null, not NaN
+
+
+def test_image_batches_use_device_permutations_with_the_same_indices(tmp_path):
+    """ImageTask draws batches from epoch permutations kept on its device (one copy per epoch, none per step):
+    the indices are batch_indices', across epoch boundaries too."""
+    import numpy as np
+
+    from trajshift.data.cache import prepare
+    from trajshift.data.tasks import ImageTask, TaskSpec
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.integers(0, 256, (50, 8, 8), dtype=np.uint8), y=np.arange(50) % 5)
+    prepared = prepare(str(data), 8, cache_dir=tmp_path / "c")
+    task = ImageTask(TaskSpec.from_dict({"dataset": str(data), "resolution": 8}, "t"), prepared, 16, 3, 2)
+    n = len(task.y["train"])
+    seed = ts.learners.stream_seed(3, 1)
+    for step in range(12):                       # 16-image batches of 40 images: crossing epochs
+        assert torch.equal(task.indices("train", n, seed, step), ts.batch_indices(n, 16, step, seed, 2))

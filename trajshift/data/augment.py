@@ -22,8 +22,10 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
         return x
     B, C, H, W = x.shape
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
+    # Drawn on the generator's device (the task's): no host-to-device copy per batch.
+    where = generator.device if generator is not None else x.device
+    oy = torch.randint(0, 2 * padding + 1, (B,), generator=generator, device=where).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (B,), generator=generator, device=where).to(x.device)
     rows = (oy[:, None] + torch.arange(H, device=x.device))[:, None, :, None].expand(B, C, H, W + 2 * padding)
     out = padded.gather(2, rows)
     cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, None, :].expand(B, C, H, W)
@@ -31,7 +33,8 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    where = generator.device if generator is not None else x.device
+    flip = (torch.rand(x.shape[0], generator=generator, device=where) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..learners import batch_indices, stream_seed
+from ..learners import _epoch_permutation, stream_seed
 from .augment import default_padding, normalize, random_crop, random_flip, to_float
 from .cache import PreparedData, prepare
 from .formats import Split
@@ -185,13 +185,36 @@ class ImageTask:
         return normalize(x, self.mean, self.std)
 
     def batch(self, step: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """Mini-batch number ``step`` of ``split`` (train: augmented; val: not)."""
+        """Mini-batch number ``step`` of ``split`` (train: augmented; val: not), gathered and augmented on the
+        task's device: the indices come from epoch permutations moved to the device once per epoch, and the
+        augmentation draws from a generator on the device, so a step copies nothing from the host."""
         n = len(self.y[split])
         split_seed = stream_seed(self.seed, {"train": 1, "val": 2, "test": 3}[split])
-        idx = batch_indices(n, self.batch_size, step, split_seed, self.task_id).to(self.device)
-        gen = torch.Generator().manual_seed(stream_seed(self.seed, self.task_id, step, 0xA06))
+        idx = self.indices(split, n, split_seed, step)
+        gen = torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, self.task_id, step, 0xA06))
         augment = split == "train"
         return self.prepare_images(self.x[split][idx], augment, gen), self.y[split][idx]
+
+    def indices(self, split: str, n: int, split_seed: int, step: int) -> torch.Tensor:
+        """batch_indices(n, batch_size, step, split_seed, task_id), on the device (same values)."""
+        start, end = step * self.batch_size, (step + 1) * self.batch_size
+        out, pos = [], start
+        while pos < end:
+            epoch, offset = divmod(pos, n)
+            perm = self._device_permutation(split, n, split_seed, epoch)
+            take = min(n - offset, end - pos)
+            out.append(perm[offset:offset + take])
+            pos += take
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _device_permutation(self, split: str, n: int, split_seed: int, epoch: int) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_perms", {})
+        key = (split, n, split_seed, epoch)
+        if key not in cache:
+            if len(cache) >= 6:                     # the current and the next epoch of each split
+                cache.pop(next(iter(cache)))
+            cache[key] = _epoch_permutation(n, split_seed, self.task_id, epoch).to(self.device)
+        return cache[key]
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str = "test", batch_size: int = 512) -> float:
