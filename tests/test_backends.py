@@ -167,3 +167,19 @@ def test_bad_execution_options_are_named(execution, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         check_execution(execution)
     assert check_execution({})["backend"] == "auto"
+
+
+def test_batched_bf16_runs_the_convolutions_in_bf16():
+    """Under vmap, autocast alone left conv2d in float32: the batched backend casts convolution inputs and weights
+    explicitly (outputs back to float32 for BatchNorm), and the gradient still reaches the float32 theta."""
+    learners = ts.ModuleLearners(make_modules(dtype=torch.float32), make_batch_fn(dtype=torch.float32),
+                                 backend="batched", autocast="bf16")
+    pop = ts.Population(learners, {"name": "sgd", "lr": 0.1})
+    pop.backward(0)                     # builds the batched forward
+    seen = []
+    for mod in learners._batched.template.modules():
+        if isinstance(mod, nn.Conv2d):
+            mod.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
+    pop.backward(1)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert pop.theta_grad.dtype == torch.float32 and pop.theta_grad.abs().sum() > 0

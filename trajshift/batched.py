@@ -95,10 +95,22 @@ class BatchedForward:
 
         device_type = torch.device(device).type
 
+        # autocast entered outside vmap does not reach the per-task operators, so it is entered inside. Even so,
+        # in torch 2.13 vmap's convolution rule bypasses autocast (conv2d stayed float32; linear layers and matrix
+        # products do run in bf16). So the convolutions are cast by hand: their weights and inputs in the low
+        # precision, their outputs back to float32, so that BatchNorm (whose statistics are float32) and the rest
+        # see float32; the gradient reaches the float32 parameters through the casts.
+        conv_params = set()
+        if autocast_dtype is not None:
+            for name, mod in template.named_modules():
+                if isinstance(mod, nn.modules.conv._ConvNd):
+                    conv_params |= {f"{name}.{p}" for p, _ in mod.named_parameters(recurse=False)}
+                    mod.register_forward_pre_hook(lambda m, inp: (inp[0].to(autocast_dtype), *inp[1:]))
+                    mod.register_forward_hook(lambda m, inp, out: out.float())
+
         def one_task(p, b, xt, yt, *mask):
-            # autocast entered outside vmap does not reach the per-task operators, so it is entered inside. Even
-            # so, in torch 2.13 vmap's convolution rule bypasses autocast (conv2d stays float32; linear layers and
-            # matrix products do run in bf16), so bf16 gains little on this backend (docs/PERFORMANCE.md).
+            if conv_params:
+                p = {k: v.to(autocast_dtype) if k in conv_params else v for k, v in p.items()}
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out = torch.func.functional_call(template, {**p, **b}, (xt,))
             if mask:
