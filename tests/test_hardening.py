@@ -391,3 +391,28 @@ def test_a_resumed_auto_run_logs_the_backend_it_chose(tmp_path, sources, monkeyp
     assert main(["meta-train", str(cfg), "--out", str(run)]) == 0
     again = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
     assert again == [f"backend: {chosen} (chosen at the run's start; resumed)"]
+
+
+def test_meta_test_shows_progress_over_every_finetuning_step(tmp_path, sources, monkeypatch):
+    """The bar's total is settings x targets x seeds x steps, and it advances once per finetuning step."""
+    from trajshift import progress
+
+    class Recorder:
+        disable = True
+
+        def __init__(self, total, desc, unit="step"):
+            self.total, self.n = total, 0
+            made.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            pass
+    made = []
+    monkeypatch.setattr(progress, "bar", Recorder)
+    assert main(["meta-test", "--from", "scratch", "--model", "conv4", "--set", "model.width=4", "--targets",
+                 f"{sources[0]},{sources[1]}", "--images-per-class", "1,2", "--seeds", "2", "--steps", "3",
+                 "--resolution", "12", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    assert [(b.total, b.n) for b in made] == [(2 * 2 * 2 * 3, 24)]
