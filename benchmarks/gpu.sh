@@ -12,10 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 if [[ ${1:-} == --cpu ]]; then
-  DEV=cpu OUT=benchmarks/out MODELS=conv4 TASKS=1,2 BATCH=4 REPEATS=1 SECONDS_TRAIN=8 IMAGES=64 MEM=--no-memory
+  DEV=cpu OUT=benchmarks/out MODELS=conv4 TASKS=1,2 BATCH=4 REPEATS=1 IMAGES=64 MEM=--no-memory
+  LIMIT="--max-steps 2"
   VARIANTS=plain,cts-loop,cts-batched
 else
-  DEV=cuda OUT=benchmarks/results MODELS=resnet20 TASKS=1,4,8 BATCH=128 REPEATS=3 SECONDS_TRAIN=120 IMAGES=1024 MEM=
+  DEV=cuda OUT=benchmarks/results MODELS=resnet20 TASKS=1,4,8 BATCH=128 REPEATS=3 IMAGES=1024 MEM=
+  LIMIT="--seconds 120"
   VARIANTS=plain,cts-loop,cts-batched,cts-batched-compile,cts-loop-bf16,cts-batched-bf16,cts-loop-channels_last
 fi
 mkdir -p "$OUT"
@@ -26,5 +28,5 @@ echo "== 2. throughput"
 $PY benchmarks/throughput.py --device $DEV --models $MODELS --tasks $TASKS --batch $BATCH --variants $VARIANTS \
     --repeats $REPEATS $MEM --out $OUT/gpu_throughput.json
 echo "== 3. meta-train in the paper's configuration, then the projection"
-$PY benchmarks/gpu_meta_train.py --device $DEV --seconds $SECONDS_TRAIN --images $IMAGES --batch $BATCH \
+$PY benchmarks/gpu_meta_train.py --device $DEV $LIMIT --images $IMAGES --batch $BATCH \
     --throughput $OUT/gpu_throughput.json --out $OUT/gpu_meta_train.json

@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1024, help="stand-in images per task")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many inner steps instead (a smoke "
+                    "run that does not depend on the machine's speed)")
     ap.add_argument("--throughput", default=None, help="gpu_throughput JSON for the projection")
     ap.add_argument("--out", default="benchmarks/out/gpu_meta_train.json")
     ap.add_argument("--work", default="benchmarks/out/gpu-meta-train", help="run folder (replaced)")
@@ -65,6 +67,8 @@ def main() -> int:
     classes_of = {"tiny-imagenet": 100, "cifar100": 100, "stanford-dogs": 120, "aircraft": 100, "cub": 200,
                   "fashion-mnist": 10, "svhn": 10}
     cfg["tasks"] = stand_in_data(ROOT / "benchmarks" / "out" / "gpu-data", cfg["tasks"], args.images, classes_of)
+    if args.max_steps:
+        cfg["meta"].update({"inner_steps": args.max_steps, "trajectories": 1})
     cfg.update({"device": args.device, "batch_size": args.batch, "snapshot_every": 200, "checkpoint_every": 500,
                 "cache_dir": str(ROOT / "benchmarks" / "out" / "gpu-cache"), "execution": {"backend": args.backend}})
     work = ROOT / args.work
@@ -76,7 +80,7 @@ def main() -> int:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
-        proc.wait(timeout=args.seconds)
+        proc.wait(timeout=None if args.max_steps else args.seconds)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)          # trajshift finishes its step, checkpoints it and exits (130)
         proc.wait(timeout=120)
