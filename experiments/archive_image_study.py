@@ -1,0 +1,89 @@
+"""Keep the image study's run state in the repository between sessions, and put it back.
+
+    python experiments/archive_image_study.py save     # runs/image-study -> docs/image-study/runs (compact)
+    python experiments/archive_image_study.py restore  # docs/image-study/runs -> runs/image-study
+
+A run folder keeps what the study needs from it: config.yaml, summary.json, validation.json, failed.json, its
+report-cache (meta-test results), init.pt (a finished run is then skipped by the sweep), its snapshots (for the
+report's Fig. 7) and metrics.jsonl (gzip; Fig. 6a); an unfinished run also keeps its newest checkpoint, so the
+sweep resumes it where it stopped. Sweep folders keep sweep.json and sweep.png.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+from pathlib import Path
+
+KEEP = ("config.yaml", "summary.json", "validation.json", "failed.json", "init.pt", "init.json")
+
+
+def _best_runs(runs: Path) -> set[Path]:
+    """Per method folder, the run with the best validation score so far (only its snapshots can still be needed by
+    the report), and every run not scored yet (it may become the best)."""
+    import json
+    keep, best = set(), {}
+    for run in {p.parent for p in runs.rglob("config.yaml")}:
+        val = run / "validation.json"
+        if not val.exists():
+            keep.add(run)
+            continue
+        score = json.loads(val.read_text())["score"]
+        if run.parent not in best or score > best[run.parent][0]:
+            best[run.parent] = (score, run)
+    return keep | {run for _, run in best.values()}
+
+
+def save(runs: Path, archive: Path) -> None:
+    needed = _best_runs(runs)
+    for f in runs.rglob("*"):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(runs)
+        parts = rel.parts
+        target = archive / rel
+        in_needed_run = any(f.is_relative_to(r) for r in needed)
+        keep = (f.name in KEEP or f.name in ("sweep.json", "sweep.png", "scratch-validation.json")
+                or "report-cache" in parts or ("snapshots" in parts and in_needed_run))
+        if f.name == "metrics.jsonl":
+            target = target.with_name("metrics.jsonl.gz")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(f, "rb") as src, open(target, "wb") as raw, \
+                    gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
+            continue
+        if "checkpoints" in parts:
+            run = f.parent.parent
+            newest = sorted(p for p in f.parent.glob("ckpt-*.pt"))[-1:]
+            unfinished = not (run / "summary.json").exists()
+            keep = unfinished and newest and (f == newest[0] or f.name == newest[0].name + ".sha256")
+        if keep:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+    print(f"saved {runs} into {archive}")
+
+
+def restore(archive: Path, runs: Path) -> None:
+    for f in archive.rglob("*"):
+        if not f.is_file():
+            continue
+        target = runs / f.relative_to(archive)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.name == "metrics.jsonl.gz":
+            with gzip.open(f, "rb") as src, open(target.with_name("metrics.jsonl"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        elif not target.exists():
+            shutil.copy2(f, target)
+    print(f"restored {archive} into {runs}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["save", "restore"])
+    ap.add_argument("--runs", default="runs/image-study")
+    ap.add_argument("--archive", default="docs/image-study/runs")
+    args = ap.parse_args()
+    if args.action == "save":
+        save(Path(args.runs), Path(args.archive))
+    else:
+        restore(Path(args.archive), Path(args.runs))
