@@ -3,7 +3,8 @@
 # validation and meta-test results), so run it again after an interruption. Needs ../shared/data.
 #   bash experiments/image_study.sh            # everything; or one stage: bash experiments/image_study.sh sweep
 # The study ran on fixed code while the library changed: a git worktree of one commit, imported first, e.g.
-#   git worktree add /tmp/study <commit>; PYTHONPATH=/tmp/study OUT=$PWD/runs/image-study bash experiments/image_study.sh
+#   git worktree add /tmp/study <commit>; PYTHONPATH=/tmp/study PY=$PWD/.venv/bin/python OUT=$PWD/runs/image-study \
+#     bash /tmp/study/experiments/image_study.sh STAGE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
