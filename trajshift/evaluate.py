@@ -205,11 +205,10 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
 
 
 def _above(progress, log):
-    """``log`` printing above an active progress bar."""
-    if progress.disable or log is print:
-        from .progress import log_line
-        return log_line if log is print else log
-    return lambda *parts: progress.write(" ".join(str(p) for p in parts))
+    """``log`` printing above an active progress bar: print becomes tqdm.write; any other function (the CLI's
+    log_line, which is tqdm.write, or a silent one for --quiet) is kept as it is."""
+    from .progress import log_line
+    return log_line if log is print else log
 
 
 def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int, per_class: int | None,

@@ -79,6 +79,12 @@ def expand_runs(paths: list[str]) -> list[Path]:
     return out
 
 
+def _last_error(proc: subprocess.CompletedProcess) -> str:
+    """The last line a failed trajshift subprocess printed that is not a warning (its one-line error)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning" not in line]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
 def _run_point(config: str, run: Path, method: str, values: dict, overrides: list[str], threads: int,
                lock: threading.Lock, log) -> dict:
     """Meta-train one grid point (a subprocess: a crash or divergence stays in it), then score it."""
@@ -98,8 +104,7 @@ def _run_point(config: str, run: Path, method: str, values: dict, overrides: lis
             log(f"{method} {point_name(values)}: meta-training in {run}")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning" not in line]
-            reason = lines[-1] if lines else f"exit status {proc.returncode}"
+            reason = _last_error(proc)
             with lock:
                 log(f"{method} {point_name(values)}: failed: {reason}")
             point = {"values": values, "run": str(run), "status": "failed", "reason": reason, "score": None}
@@ -109,8 +114,7 @@ def _run_point(config: str, run: Path, method: str, values: dict, overrides: lis
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning" not in line]
-        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        reason = _last_error(proc)
         return {"values": values, "run": str(run), "status": "failed", "reason": f"validation: {reason}",
                 "score": None}
     result = json.loads((run / "validation.json").read_text())
