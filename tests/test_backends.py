@@ -8,7 +8,7 @@ from torch import nn
 
 import trajshift as ts
 from trajshift.errors import ConfigError
-from trajshift.experiment import check_execution
+from trajshift.run_config import check_execution
 
 CLASSES = [3, 5, 2]
 

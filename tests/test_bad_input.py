@@ -11,17 +11,17 @@ from trajshift.cli import main
     ({"method": "maml"}, "method: unknown method 'maml'; allowed values: cts, cts-accurate"),
     ({"inner_optimizer": {"name": "sgdd", "lr": 0.1}}, "inner_optimizer.name: unknown optimizer 'sgdd'; allowed"),
     ({"meta_optimizer": {"name": "lbfgs"}}, "meta_optimizer.name: unknown optimizer 'lbfgs'"),
-    ({"inner_steps": 0}, "inner_steps (K): expected an integer >= 1, got 0"),
-    ({"trajectories": 0}, "trajectories (M): expected an integer >= 1, got 0"),
-    ({"meta_lr": -0.1}, "meta_lr (beta): expected a finite number >= 0, got -0.1"),
-    ({"meta_lr": float("inf")}, "meta_lr (beta): expected a finite number >= 0, got inf"),
+    ({"inner_steps": 0}, "inner_steps: expected an integer >= 1, got 0"),
+    ({"trajectories": 0}, "trajectories: expected an integer >= 1, got 0"),
+    ({"meta_lr": -0.1}, "meta_lr: expected a finite number >= 0, got -0.1"),
+    ({"meta_lr": float("inf")}, "meta_lr: expected a finite number >= 0, got inf"),
     ({"inner_optimizer": {"name": "sgd", "lr": float("nan")}}, "inner_optimizer.lr: expected a finite number >= 0"),
-    ({"inner_steps": 2.5}, "inner_steps (K): expected an integer"),
+    ({"inner_steps": 2.5}, "inner_steps: expected an integer >= 1, got 2.5"),
     ({"options": {"shift": "sideways"}}, "options[cts].shift: unknown value 'sideways'; allowed values: cts, none, random"),
     ({"options": {"meta_every": 0}}, "options[cts].meta_every: expected an integer >= 1"),
-    ({"options": {"lam": 1.0}}, "options[cts].lam: unknown option; allowed options: meta_every, shift, metagrad"),
+    ({"options": {"lam": 1.0}}, "options[cts].lam: unknown key; allowed keys: meta_every, shift, metagrad"),
     ({"inner_optimizer": {"name": "sgd", "lr": 0.1, "betas": (0.9, 0.9)}}, "inner_optimizer.betas: not an option of SGD"),
-    ({"dtype": "float16"}, "dtype: unknown dtype 'float16'; allowed values: float32, float64"),
+    ({"dtype": "float16"}, "dtype: unknown value 'float16'; did you mean 'float64'? allowed values: float32, float64"),
 ])
 def test_config_errors_name_the_option(changes, needle):
     with pytest.raises(ts.ConfigError) as err:
@@ -31,7 +31,7 @@ def test_config_errors_name_the_option(changes, needle):
 
 
 def test_unknown_config_key():
-    with pytest.raises(ts.ConfigError, match="unknown key 'inner_step'; allowed keys: .*inner_steps"):
+    with pytest.raises(ts.ConfigError, match="inner_step: unknown key; did you mean 'inner_steps'\\? allowed keys: .*inner_steps"):
         ts.MetaConfig.from_dict({"inner_step": 10})
 
 

@@ -1,8 +1,8 @@
 """Checkpoints: exact resume, corruption fallback, lock."""
-import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,9 +92,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
     from trajshift.cli import main
     cfg = _image_config(tmp_path, method)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
-    run = [sys.executable, "-m", "trajshift", "meta-train", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
-    env = {**os.environ, "TRAJSHIFT_FAULT_KILL_AT_STEP": "11"}      # checkpoints at 4 and 8; killed after 11
-    proc = subprocess.run(run, env=env, capture_output=True, check=False, text=True, timeout=300)
+    args = ["meta-train", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
+    killed = [sys.executable, str(Path(__file__).parent / "fault_run.py"), "11", "0", "-", "--", *args]
+    proc = subprocess.run(killed, capture_output=True, check=False, text=True, timeout=300)   # checkpoints 4, 8
+    run = [sys.executable, "-m", "trajshift", *args]
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "killed" / "init.pt").exists()
     proc = subprocess.run(run, capture_output=True, check=False, text=True, timeout=300)          # automatic resume

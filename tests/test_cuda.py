@@ -1,7 +1,6 @@
 """The CUDA path (marked cuda; skipped without a GPU; benchmarks/gpu.sh runs them on one): the same mathematics as on
 CPU, without host synchronisations in the inner step, and exact resume of a meta-train run on the device."""
 import json
-import os
 import signal
 
 import numpy as np
@@ -87,7 +86,7 @@ def test_inner_step_has_no_host_sync_on_cuda():
 
 
 def test_meta_train_on_cuda_resumes_bit_identically(tmp_path, monkeypatch):
-    from trajshift import trainer as trainer_module
+    import faults
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"
     np.savez(data, x=rng.integers(0, 256, (60, 12, 12, 3), dtype=np.uint8), y=np.arange(60) % 3)
@@ -99,11 +98,9 @@ def test_meta_train_on_cuda_resumes_bit_identically(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["meta-train", str(path), "--out", str(tmp_path / "full"), "--quiet"]) == 0
-    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(),
-                                                                                          signal.SIGINT))
-    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "7")
+    faults.install(monkeypatch, 7, faults.send(signal.SIGINT))
     assert main(["meta-train", str(path), "--out", str(tmp_path / "cut"), "--quiet"]) == 130
-    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    faults.uninstall(monkeypatch)
     assert main(["meta-train", str(path), "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     a = torch.load(tmp_path / "full" / "init.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "init.pt", weights_only=True)

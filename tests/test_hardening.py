@@ -2,15 +2,14 @@
 every kill point, refused checkpoints of other runs, a refused run that touches nothing, a full disk, Ctrl-C."""
 import errno
 import json
-import os
 import signal
 
+import faults
 import pytest
 import torch
 import yaml
 from test_image_end_to_end import make_dataset
 
-from trajshift import trainer as trainer_module
 from trajshift.checkpoint import list_checkpoints, load_latest
 from trajshift.cli import main
 
@@ -54,15 +53,14 @@ def test_resume_after_a_kill_at_every_step_gives_the_uninterrupted_files(tmp_pat
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
     full = _run_files(tmp_path / "full")
 
-    def kill(self):
+    def kill():
         raise _Killed
-    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", kill)
     for step in range(1, 21):       # every loop step; checkpoints every 3 steps, trajectories of 5
         run = tmp_path / f"killed-{step}"
-        monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", str(step))
+        faults.install(monkeypatch, step, kill)
         with pytest.raises(_Killed):
             main(["meta-train", str(cfg), "--out", str(run), "--quiet"])
-        monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+        faults.uninstall(monkeypatch)
         assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
         got = _run_files(run)
         assert got["metrics"] == full["metrics"], f"metrics.jsonl differs after a kill at step {step}"
@@ -131,8 +129,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(tmp_path, so
     cfg = _config(tmp_path, sources, checkpoint_every=100)     # no periodic checkpoint before the interrupt
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
     full = _run_files(tmp_path / "full")
-    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(), sig))
-    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "7")
+    faults.install(monkeypatch, 7, faults.send(sig))
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 130
@@ -141,7 +138,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(tmp_path, so
                    f"to resume from step 7")
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt-0000000007.pt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler           # handlers restored
-    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    faults.uninstall(monkeypatch)
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
     got = _run_files(run)
     assert got["metrics"] == full["metrics"] and _same_state_dicts(got["init"], full["init"])
@@ -149,15 +146,13 @@ def test_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(tmp_path, so
 
 def test_a_rerun_without_a_checkpoint_keeps_the_old_metrics(tmp_path, sources, monkeypatch, capsys):
     cfg = _config(tmp_path, sources, checkpoint_every=0)
-    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(),
-                                                                                          signal.SIGINT))
-    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "4")
+    faults.install(monkeypatch, 4, faults.send(signal.SIGINT))
     run = tmp_path / "run"
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 130
     assert "this run keeps no checkpoints (checkpoint_every: 0), so running it again starts over" in \
         capsys.readouterr().err
     old = (run / "metrics.jsonl").read_text()
-    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    faults.uninstall(monkeypatch)
     with pytest.warns(UserWarning, match="kept as metrics.jsonl.1"):
         assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
     assert (run / "metrics.jsonl.1").read_text() == old
@@ -267,13 +262,13 @@ def test_config_values_are_checked_before_any_work(tmp_path, sources, capsys):
     # YAML 1.2 numbers: 1e-2 is a number, not the string "1e-2".
     text = ok.read_text().replace("meta_lr: 0.3", "meta_lr: 1e-2").replace("lr: 0.05", "lr: 5e-2")
     ok.write_text(text)
-    from trajshift.experiment import load_config
+    from trajshift.meta_train import load_config
     cfg = load_config(ok)
     assert cfg.meta.meta_lr == 0.01 and cfg.meta.inner_optimizer["lr"] == 0.05
     out = tmp_path / "never"
     for change, needle in (({"model": {"name": "conv4", "width": 0}}, "width=0: expected > 0"),
                            ({"batch_size": 500}, "batch_size: 500 is more than the"),
-                           ({"meta": {**data["meta"], "meta_lr": float("inf")}}, "meta_lr (beta): expected a finite"),
+                           ({"meta": {**data["meta"], "meta_lr": float("inf")}}, "meta.meta_lr: expected a finite number >= 0, got inf"),
                            ({"meta": {**data["meta"], "inner_optimizer": {"name": "sgd", "lr": float("nan")}}},
                             "inner_optimizer.lr: expected a finite number")):
         bad = tmp_path / "bad.yaml"
@@ -380,14 +375,12 @@ def test_tensorboard_logs_the_metrics_rows(tmp_path, sources, capsys):
 
 def test_a_resumed_auto_run_logs_the_backend_it_chose(tmp_path, sources, monkeypatch, capsys):
     cfg = _config(tmp_path, sources, execution={"backend": "auto"}, checkpoint_every=2)
-    monkeypatch.setattr(trainer_module.MetaTrainer, "_inject_fault", lambda self: os.kill(os.getpid(),
-                                                                                          signal.SIGINT))
-    monkeypatch.setenv("TRAJSHIFT_FAULT_KILL_AT_STEP", "3")
+    faults.install(monkeypatch, 3, faults.send(signal.SIGINT))
     run = tmp_path / "run"
     assert main(["meta-train", str(cfg), "--out", str(run)]) == 130
     first = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
     chosen = first[0].split()[1]
-    monkeypatch.delenv("TRAJSHIFT_FAULT_KILL_AT_STEP")
+    faults.uninstall(monkeypatch)
     assert main(["meta-train", str(cfg), "--out", str(run)]) == 0
     again = [x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:")]
     assert again == [f"backend: {chosen} (chosen at the run's start; resumed)"]

@@ -45,5 +45,25 @@ def test_confidence_interval_against_hand_values():
     mean, half = mean_ci95([1.0, 3.0])            # s = sqrt(2), t(1) = 12.706 -> 12.706
     assert half == pytest.approx(12.706, abs=1e-9)
     assert math.isnan(mean_ci95([0.3])[1])
-    assert t975(30) == 2.042 and t975(60) == pytest.approx(2.000, abs=1e-3) and t975(120) == pytest.approx(1.980,
-                                                                                                        abs=1e-3)
+    # Against quantiles computed here independently: closed forms for 1 and 2 degrees of freedom, and a numerical
+    # inversion of Student's t distribution function (Simpson's rule on the density) for the others.
+    assert t975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-3)
+    assert t975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-3)
+    for df in (5, 12, 30, 31, 60, 120):
+        assert t975(df) == pytest.approx(_t_quantile_975(df), abs=1.5e-3), df
+
+
+def _t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t: bisection on the CDF, the density integrated by Simpson's rule."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t, n=2000):
+        h = t / n
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+    return (lo + hi) / 2

@@ -93,6 +93,6 @@ def test_image_batches_use_device_permutations_with_the_same_indices(tmp_path):
     prepared = prepare(str(data), 8, cache_dir=tmp_path / "c")
     task = ImageTask(TaskSpec.from_dict({"dataset": str(data), "resolution": 8}, "t"), prepared, 16, 3, 2)
     n = len(task.y["train"])
-    seed = ts.learners.stream_seed(3, 1)
+    seed = ts.sampling.stream_seed(3, 1)
     for step in range(12):                       # 16-image batches of 40 images: crossing epochs
         assert torch.equal(task.indices("train", n, seed, step), ts.batch_indices(n, 16, step, seed, 2))

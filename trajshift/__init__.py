@@ -3,10 +3,12 @@
 from .config import MetaConfig
 from .errors import ConfigError, DivergenceError, TrajshiftError
 from .flat import FlatSpec
-from .learners import FunctionLearners, ModuleLearners, batch_indices
+from .learners import FunctionLearners
+from .loop import MetaTrainer, TrainResult
 from .methods import METHODS
+from .module_learners import ModuleLearners
 from .population import Population
-from .trainer import MetaTrainer, TrainResult
+from .sampling import batch_indices
 
 __version__ = "0.1.0"
 

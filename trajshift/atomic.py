@@ -66,6 +66,11 @@ def write_json(path: str | Path, obj) -> None:
     write_bytes(path, (json.dumps(finite(obj), indent=1) + "\n").encode())
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """A text file (tables, YAML), written atomically like everything else."""
+    write_bytes(path, text.encode())
+
+
 def finite(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .atomic import write_bytes
-from .errors import ConfigError
+from .errors import ConfigError, unsafe_or_unreadable
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -84,7 +84,6 @@ def load_latest(folder: str | Path, max_step: int | None = None) -> tuple[dict, 
             try:
                 return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
             except Exception as err:  # noqa: BLE001  a checksum-valid file that is not a checkpoint: any failure
-                from .evaluate import unsafe_or_unreadable
                 problem = unsafe_or_unreadable("it", err).split(": ", 1)[1]
         warnings.warn(f"{path}: skipping this checkpoint: {problem}; trying the previous one", stacklevel=2)
     return None

@@ -18,6 +18,17 @@ class LocalComm:
         """(sum over all tasks of a per-task quantity) / (number of tasks); ``local_sum`` has any shape."""
         return local_sum / local_count
 
+    def mean_over_tasks(self, per_task: torch.Tensor) -> torch.Tensor:
+        """The mean over all tasks of a per-task quantity [T_local, ...]: one all-reduce under torch.distributed."""
+        return self.task_mean(per_task.sum(0), per_task.shape[0])
+
+    def all_min(self, value: float) -> float:
+        """The minimum of a number over all processes."""
+        return value
+
+    def all_max(self, value: float) -> float:
+        return value
+
     def is_main(self) -> bool:
         return True
 
@@ -38,6 +49,18 @@ class DistributedComm(LocalComm):
         buf = torch.cat([local_sum.reshape(-1), local_sum.new_tensor([float(local_count)])])
         self._dist.all_reduce(buf)
         return (buf[:-1] / buf[-1]).view_as(local_sum)
+
+    def _reduce(self, value: float, op) -> float:
+        device = "cuda" if self._dist.get_backend() == "nccl" else "cpu"
+        buf = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        self._dist.all_reduce(buf, op=op)
+        return buf.item()
+
+    def all_min(self, value):
+        return self._reduce(value, self._dist.ReduceOp.MIN)
+
+    def all_max(self, value):
+        return self._reduce(value, self._dist.ReduceOp.MAX)
 
     def is_main(self):
         return self.rank == 0

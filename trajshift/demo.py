@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import write_json, write_text
 from .data.errors import DataError
 from .data.registry import DATASETS, find_dataset_folder
 
@@ -45,8 +46,8 @@ def run_demo(out: str | Path, steps: int = 1000, finetune_steps: int = 100, seed
     class (the low-data regime, where an initialization can matter), from the CTS initialization and from scratch:
     the random weights CTS started from (snapshot 0). Seed s fixes the target subsample, the head and the batch order
     for both, so their difference is paired by seed."""
-    from .evaluate import MetaTestConfig, meta_test
-    from .experiment import ExperimentConfig, meta_train
+    from .meta_test import MetaTestConfig, meta_test
+    from .meta_train import ExperimentConfig, meta_train
     from .stats import mean_ci95
     out = Path(out)
     sources, target, note = choose_datasets(data_root)
@@ -74,9 +75,8 @@ def run_demo(out: str | Path, steps: int = 1000, finetune_steps: int = 100, seed
     report = {"data": note, "meta_train": summary, "target": target.get("name") or target["dataset"],
               "target_spec": target, "images_per_class": images_per_class, "finetune_steps": finetune_steps,
               "protocol": "table1", "seeds": seeds, "results": results, "conclusion": conclusion(gain, gain_ci)}
-    from .evaluate import write_json
     write_json(out / "demo.json", report)
-    (out / "demo-config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(out / "demo-config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return report
 
 

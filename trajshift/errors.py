@@ -16,3 +16,14 @@ class DivergenceError(TrajshiftError, FloatingPointError):
 
 class Interrupted(TrajshiftError):
     """The user stopped a run (Ctrl-C or SIGTERM); the message says how to resume."""
+
+
+def unsafe_or_unreadable(path, err: Exception) -> str:
+    """Our one-line reason for a file torch.load(weights_only=True) refused. torch's own message advises
+    weights_only=False, which would run the file's code: never repeat that advice."""
+    import re
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return (f"{path}: refused ({found.group(1)} inside): the file holds Python objects, not only tensors, and loading it would run code "
+                f"from it; trajshift loads weights only (a state_dict saved with torch.save(model.state_dict(), ...))")
+    return f"{path}: not a readable state_dict file ({type(err).__name__}); is it a torch.save file?"

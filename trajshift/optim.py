@@ -11,7 +11,6 @@ that couple elements (LBFGS's line search, Adafactor's factored moments, Muon) a
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from .errors import ConfigError
 from .registry import Registry
+from .schema import Rule, check_value
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "optimizer name")
 
@@ -49,9 +49,8 @@ def check_optimizer_spec(spec: Any, option: str) -> dict:
             continue
         if key not in allowed:
             raise ConfigError(f"{option}.{key}: not an option of {cls.__name__}; allowed: {', '.join(allowed)}")
-        if key in ("lr", "momentum", "weight_decay", "dampening", "eps") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf):
-            raise ConfigError(f"{option}.{key}: expected a finite number >= 0, got {value!r}")
+        if key in ("lr", "momentum", "weight_decay", "dampening", "eps"):
+            check_value(value, float, Rule(low=0), f"{option}.{key}")
     return spec
 
 

@@ -36,6 +36,7 @@ class Population:
         self._local_task = learners.local_task_index() if learners.local is not None else None
         self.grad_hooks: list[GradHook] = []   # run after backward, before the optimizer step
         self.last_losses: torch.Tensor | None = None
+        self.steps_taken = 0                   # inner steps per task so far (replays of cts-accurate included)
         # Finiteness is watched on the device, without a host read per step: per task, the first data step whose
         # loss (or the parameters after whose update) was not finite, -1 while all is well, and that loss.
         # check_finite() reads them back (trajshift.trainer does it every sync_every steps and before checkpoints).
@@ -46,6 +47,15 @@ class Population:
     @property
     def num_tasks(self) -> int:
         return self.theta.shape[0]
+
+    def add_grad_hook(self, hook: GradHook) -> None:
+        """``hook(population)`` runs after every inner step's backward, before its optimizer step (a method's way
+        to change the inner gradient: iMAML's proximal term, MTL's task mean) or to record it (Leap)."""
+        self.grad_hooks.append(hook)
+
+    def losses_at(self, theta: torch.Tensor, step: int, split: str = "train") -> torch.Tensor:
+        """Per-task losses [T] as a differentiable function of a given theta [T, P]; no state changes."""
+        return self.learners.losses_at(theta, step, split)
 
     def zero_grad(self) -> None:
         # In place, never set_to_none: the modules' .grad are views into these buffers.
@@ -70,6 +80,7 @@ class Population:
             self.clip_task_gradients(self.clip_grad_norm)
         self.optimizer.step()
         self._watch(self.first_bad_theta_step, ~torch.isfinite(self.theta.detach()).all(1), step)
+        self.steps_taken += 1
         return losses
 
     @torch.no_grad()
@@ -84,15 +95,13 @@ class Population:
         return torch.cat([self.first_bad_loss_step.to(self.first_bad_loss.dtype), self.first_bad_loss,
                           self.first_bad_theta_step.to(self.first_bad_loss.dtype)])
 
-    def check_finite(self, flags: list[float] | None = None, task_ids: list[int] | None = None,
-                     since: int | None = None) -> None:
+    def check_finite(self, flags: list[float] | None = None, task_ids: list[int] | None = None) -> None:
         """Raise DivergenceError naming the task and the data step if any loss or parameter was not finite
         (``flags``: finiteness_flags() already read back; else read now)."""
         T = self.num_tasks
         flags = self.finiteness_flags().tolist() if flags is None else flags
         loss_step, loss, theta_step = flags[:T], flags[T:2 * T], flags[2 * T:]
         ids = task_ids or list(range(T))
-        window = f" (checked after data step {since})" if since is not None else ""
         # The first failure in time names the culprit (a NaN reaches every task through the next meta-update).
         bad = [(loss_step[t], 0, t) for t in range(T) if loss_step[t] >= 0] + \
               [(theta_step[t], 1, t) for t in range(T) if theta_step[t] >= 0]
@@ -100,9 +109,9 @@ class Population:
             return
         step, kind, t = min(bad)
         if kind == 0:
-            raise DivergenceError(f"task {ids[t]}: inner loss is {loss[t]} at data step {int(step)}{window}; lower "
+            raise DivergenceError(f"task {ids[t]}: inner loss is {loss[t]} at data step {int(step)}; lower "
                                   f"the inner learning rate or the meta learning rate")
-        raise DivergenceError(f"task {ids[t]}: parameters became non-finite at data step {int(step)}{window}; lower "
+        raise DivergenceError(f"task {ids[t]}: parameters became non-finite at data step {int(step)}; lower "
                               f"the inner learning rate or clip gradients")
 
     @torch.no_grad()

@@ -24,12 +24,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .atomic import write_json
 from .errors import ConfigError
+from .schema import Rule, check_value
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """["meta.meta_lr=0.001,0.01", ...] -> {"meta.meta_lr": [0.001, 0.01]} (values parsed as YAML 1.2 numbers)."""
-    from .cli import _parse_value
+    from .yamlio import load as _parse_value
     grid: dict[str, list] = {}
     for item in items:
         if "=" not in item:
@@ -108,7 +110,7 @@ def _run_point(config: str, run: Path, method: str, values: dict, overrides: lis
             with lock:
                 log(f"{method} {point_name(values)}: failed: {reason}")
             point = {"values": values, "run": str(run), "status": "failed", "reason": reason, "score": None}
-            failed.write_text(json.dumps(point, indent=1))
+            write_json(failed, point)
             return point
     cmd = [sys.executable, "-m", "trajshift", "validate", str(run), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -132,11 +134,10 @@ def choose(points: list[dict]) -> dict | None:
 
 def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], methods: list[str] | None = None,
               jobs: int = 1, overrides: list[str] | None = None, log=print) -> dict:
-    from .cli import _overrides
-    from .evaluate import write_json
-    from .experiment import load_config
+    from .meta_train import load_config
     from .methods import METHODS
     from .validation import check_held_out
+    from .yamlio import parse_overrides as _overrides
     overrides = list(overrides or [])
     cfg = load_config(config, _overrides(overrides))      # every key checked before any work
     if cfg.validation is None:
@@ -150,8 +151,7 @@ def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], method
         load_config(config, {**_overrides(overrides), **dict(zip(grid, values))})
     from .validation import ValidationConfig
     check_held_out(cfg.tasks, ValidationConfig.from_dict(cfg.validation), cfg.data_root, cfg.cache_dir)
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs: expected an integer >= 1, got {jobs!r}")
+    check_value(jobs, int, Rule(low=1), "--jobs")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)

@@ -26,49 +26,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .data.tasks import AUGMENTATIONS
 from .errors import ConfigError
+from .schema import opt, parse
+
+
+def _tasks(value, path):
+    from .data.tasks import TaskSpec
+    if not value:
+        raise ConfigError(f"{path}: expected a non-empty list of task specs of held-out source classes, e.g. "
+                          f"[{{dataset: tiny-imagenet, classes: '180:200'}}]")
+    for i, t in enumerate(value):
+        TaskSpec.from_dict(t, f"{path}[{i}]")
+    return value
+
+
+def _protocol(name, path):
+    from .meta_test import PROTOCOLS
+    PROTOCOLS.get(name)
+    return name
 
 
 @dataclass
 class ValidationConfig:
-    tasks: list
-    images_per_class: int | None = 10
-    steps: int = 100
-    seeds: int = 5
-    protocol: str = "paper"
-    batch_size: int | None = 64
-    augment: str = "crop"
+    tasks: list = opt(check=_tasks)
+    images_per_class: int | None = opt(10, low=1)
+    steps: int = opt(100, low=1)
+    seeds: int = opt(5, low=2)
+    protocol: str = opt("paper", check=_protocol)
+    batch_size: int | None = opt(64, low=1)
+    augment: str = opt("crop", choices=tuple(AUGMENTATIONS))
 
     @staticmethod
     def from_dict(d, where: str = "validation") -> ValidationConfig:
-        from .data.tasks import AUGMENTATIONS, TaskSpec
-        from .evaluate import PROTOCOLS
-        if not isinstance(d, dict) or "tasks" not in d:
-            raise ConfigError(f"{where}: expected a mapping with a 'tasks' list of held-out source classes, e.g. "
-                              f"{{tasks: [{{dataset: tiny-imagenet, classes: '180:200'}}]}}")
-        known = {f.name for f in fields(ValidationConfig)}
-        unknown = sorted(set(d) - known, key=str)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(known))}")
-        cfg = ValidationConfig(**d)
-        if not isinstance(cfg.tasks, list) or not cfg.tasks:
-            raise ConfigError(f"{where}.tasks: expected a non-empty list of task specs")
-        for i, t in enumerate(cfg.tasks):
-            TaskSpec.from_dict(t, f"{where}.tasks[{i}]")
-        for key, low, optional in (("images_per_class", 1, True), ("steps", 1, False), ("seeds", 2, False),
-                                   ("batch_size", 1, True)):
-            v = getattr(cfg, key)
-            if (v is None and optional):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"{where}.{key}: expected an integer >= {low}, got {v!r}")
-        PROTOCOLS.get(cfg.protocol)
-        if cfg.augment not in AUGMENTATIONS:
-            raise ConfigError(f"{where}.augment: expected one of {', '.join(AUGMENTATIONS)}, got {cfg.augment!r}")
-        return cfg
+        return parse(ValidationConfig, d, where)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +101,7 @@ def score_run(run: str | Path, data_root=None, cache_dir=None, log=print) -> dic
     validation settings and the init file)."""
     import yaml
 
-    from .evaluate import MetaTestConfig, meta_test, write_json
+    from .meta_test import MetaTestConfig, meta_test, write_json
     run = Path(run)
     raw = yaml.safe_load((run / "config.yaml").read_text())
     if not raw.get("validation"):

@@ -20,3 +20,16 @@ Loader.add_implicit_resolver(
 
 def load(text: str):
     return yaml.load(text, Loader=Loader)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` items as {dotted key: YAML 1.2 value}; merged into the config before it is checked, so
+    they follow the same rules as the file."""
+    from .errors import ConfigError
+    overrides = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected KEY=VALUE (e.g. meta.inner_steps=100), got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = load(value)
+    return overrides

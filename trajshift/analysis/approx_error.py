@@ -11,63 +11,71 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from ..atomic import write_json
-from ..learners import ModuleLearners
-from ..methods.rules import meta_delta, reptile_metagrad
-from ..population import Population
+from ..module_learners import ModuleLearners
+from ..schema import Rule, opt, parse
 from ..stats import mean_ci95
 
 
 @dataclass
 class ApproxErrorConfig:
-    datasets: list[str] = field(default_factory=lambda: ["quickdraw", "omniglot"])
-    resolution: int = 28
-    model: dict = field(default_factory=lambda: {"name": "conv4", "width": 32})
-    batch_size: int = 32
-    momentum: float = 0.9
-    alpha: float = 0.01          # the base point of every sweep
-    beta: float = 0.01
-    k: int = 50
-    alphas: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
-    betas: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50, 100])
-    activations: list[str] = field(default_factory=lambda: ["relu", "softplus"])
-    draws: int = 10
-    data_root: str | None = None
-    cache_dir: str | None = None
+    datasets: list[str] = opt(factory=lambda: ["quickdraw", "omniglot"])
+    resolution: int = opt(28, low=4)
+    model: dict = opt(factory=lambda: {"name": "conv4", "width": 32})
+    batch_size: int = opt(32, low=1)
+    momentum: float = opt(0.9, low=0)
+    alpha: float = opt(0.01, low=0, open_low=True, doc="the base point of every sweep")
+    beta: float = opt(0.01, low=0)
+    k: int = opt(50, low=1)
+    alphas: list[float] = opt(factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1], items=Rule(low=0, open_low=True))
+    betas: list[float] = opt(factory=lambda: [0.001, 0.01, 0.1, 1.0], items=Rule(low=0))
+    ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 100], items=Rule(low=1))
+    activations: list[str] = opt(factory=lambda: ["relu", "softplus"])
+    draws: int = opt(10, low=2, doc="a confidence interval needs 2")
+    data_root: str | None = opt(None)
+    cache_dir: str | None = opt(None)
+
+    def validate(self, flags: bool = False) -> ApproxErrorConfig:
+        self.__dict__.update(parse(ApproxErrorConfig, self, "", flags=flags).__dict__)
+        return self
 
 
 def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: int, momentum: float,
                         seed: int) -> float:
-    """||eps|| for one draw: mean over tasks of the per-task norm (float64 learners)."""
-    from ..experiment import build_models
+    """||eps|| for one draw: mean over tasks of the per-task norm (float64 learners).
+
+    The CTS side runs the library's own loop (trajshift.loop.MetaTrainer with method cts) for k - 1 inner steps,
+    each followed by its meta-update and shift, then takes the k-th inner step; the exact side restores the state
+    at the start and takes k inner steps from the final phi = phi + Delta_1 + ... + Delta_{k-1}."""
+    from ..config import MetaConfig
+    from ..loop import MetaTrainer
+    from ..meta_train import build_models
     models = build_models(model_spec, [t.num_classes for t in tasks], seed)
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step + 7919 * seed, split))
-    pop = Population(learners, {"name": "sgd", "lr": alpha, "momentum": momentum}, dtype=torch.float64)
+    cfg = MetaConfig(method="cts", inner_steps=k, trajectories=1, meta_lr=beta, dtype="float64", progress=False,
+                     inner_optimizer={"name": "sgd", "lr": alpha, "momentum": momentum})
+    trainer = MetaTrainer(learners, cfg)
+    pop = trainer.pop
     start = pop.snapshot()
-    for j in range(1, k + 1):                       # continual trajectory shifting (Algorithm 2, l.8-13)
-        pop.inner_step(j - 1)
-        if j < k:
-            with torch.no_grad():
-                delta = meta_delta(reptile_metagrad(pop.phi, pop.theta.mean(0)), beta)
-                pop.phi.add_(delta)
-                pop.theta.add_(delta)
+    if k > 1:
+        for _, step, _ in trainer.steps():      # Algorithm 2, l.8-13, k - 1 times
+            if step == k - 1:
+                break
+    pop.inner_step(k - 1)                       # the k-th inner step, before its meta-update
     approx = pop.theta.detach().clone()
-    pop.restore(start)                              # the exact U_k from phi + Delta_1 + ... + Delta_{k-1}
-    with torch.no_grad():
-        pop.theta.copy_(pop.phi.expand_as(pop.theta))
-    for j in range(1, k + 1):
-        pop.inner_step(j - 1)
+    pop.restore(start)                          # the exact U_k from phi + Delta_1 + ... + Delta_{k-1}
+    pop.reset()
+    for j in range(k):
+        pop.inner_step(j)
     return float((pop.theta.detach() - approx).norm(dim=1).mean())
 
 
 def run_study(out: str | Path, cfg: ApproxErrorConfig, log=print) -> dict:
     from ..data.tasks import build_tasks
+    cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = build_tasks([{"dataset": d, "resolution": cfg.resolution} for d in cfg.datasets], cfg.batch_size, 0,

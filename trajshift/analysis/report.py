@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluate import MetaTestConfig, meta_test, write_json
+from ..atomic import write_json, write_text
+from ..meta_test import MetaTestConfig, meta_test
 from ..stats import mean_ci95
 
 
@@ -118,7 +119,7 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
     _add_scratch_and_gains(report)
     _plots(out, report)
     write_json(out / "report.json", report)
-    (out / "table.md").write_text(_table(report))
+    write_text(out / "table.md", _table(report))
     return report
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,34 +19,47 @@ import torch
 from ..config import MetaConfig
 from ..errors import ConfigError, DivergenceError
 from ..learners import FunctionLearners
+from ..loop import MetaTrainer
 from ..methods import METHODS
+from ..schema import Rule, opt, parse
 from ..stats import mean_ci95
-from ..tasks.synthetic import HimmelblauTasks, adapt, meta_test_loss
-from ..trainer import MetaTrainer
+from ..tasks.synthetic import TEMPLATES, HimmelblauTasks, adapt, meta_test_loss
 
 BOX = (-5.0, 15.0)
 
 
+def _non_empty(value, path):
+    if not value:
+        raise ConfigError(f"{path}: give at least one value")
+    return value
+
+
+def _points(value, path):
+    if not value or any(len(p) != 2 for p in value):
+        raise ConfigError(f"{path}: expected points x,y; got {value!r}")
+    return value
+
+
 @dataclass
 class SyntheticStudyConfig:
-    methods: list[str] = field(default_factory=lambda: ["cts", "cts-accurate", "reptile"])
-    grid: int = 3                       # N: starting points on an N x N grid over [-5, 15]^2
-    starts: list[list[float]] | None = None   # explicit starting points [[x, y], ...]; replace the grid
-    task_seeds: list[int] = field(default_factory=lambda: [0])
-    num_tasks: int = 8
-    template: str = "scaled"
-    inner_steps: int = 100              # K
-    trajectories: int = 3               # M (for CTS; other methods get the same number of meta-updates)
-    alpha: float = 0.05
-    beta: float = 0.1
-    momentum: float = 0.9
-    reset_optimizer_state: bool = True  # U_k(phi) starts from a fresh optimizer, as in the paper's notation
-    map_resolution: int = 100           # quality map: R x R grid (Fig. 5c-d background)
-    fixed_point_ks: list[int] = field(default_factory=lambda: [10, 100])
-    fixed_point_grid: int = 41
-    fixed_point_iters: int = 1000
-    horizon_ks: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50, 75, 100])
-    optimizer: str = "sgd"              # inner optimizer; momentum applies to sgd only
+    methods: list[str] = opt(factory=lambda: ["cts", "cts-accurate", "reptile"], check=_non_empty)
+    grid: int = opt(3, low=1, doc="N: starting points on an N x N grid over [-5, 15]^2")
+    starts: list[list] | None = opt(None, check=_points, doc="explicit starting points [[x, y], ...]; replace grid")
+    task_seeds: list[int] = opt(factory=lambda: [0], check=_non_empty)
+    num_tasks: int = opt(8, low=1)
+    template: str = opt("scaled", choices=tuple(TEMPLATES))
+    inner_steps: int = opt(100, low=1, doc="K")
+    trajectories: int = opt(3, low=1, doc="M (for CTS; other methods get the same number of meta-updates)")
+    alpha: float = opt(0.05, low=0)
+    beta: float = opt(0.1, low=0)
+    momentum: float = opt(0.9, low=0)
+    reset_optimizer_state: bool = opt(True, doc="U_k(phi) starts from a fresh optimizer, as in the paper's notation")
+    map_resolution: int = opt(100, low=1, doc="quality map: R x R grid (Fig. 5c-d background)")
+    fixed_point_ks: list[int] = opt(factory=lambda: [10, 100], items=Rule(low=1))
+    fixed_point_grid: int = opt(41, low=1)
+    fixed_point_iters: int = opt(1000, low=1)
+    horizon_ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 75, 100], items=Rule(low=1))
+    optimizer: str = opt("sgd", doc="inner optimizer; momentum applies to sgd only")
 
     def inner_optimizer(self) -> dict:
         spec = {"name": self.optimizer, "lr": self.alpha}
@@ -54,27 +67,14 @@ class SyntheticStudyConfig:
             spec["momentum"] = self.momentum
         return spec
 
-    def validate(self) -> SyntheticStudyConfig:
-        """Every check before any work: each method's full MetaConfig, the grid sizes and the template."""
-        from ..tasks.synthetic import TEMPLATES
-        if not self.methods:
-            raise ConfigError("methods: give at least one method name")
+    def validate_fields(self, where):
+        """Each method's full MetaConfig is checked too, before any work."""
         for m in self.methods:
             MetaConfig(method=m, inner_steps=self.inner_steps, trajectories=self.trajectories, meta_lr=self.beta,
                        inner_optimizer=self.inner_optimizer()).validate()
-        for key in ("grid", "map_resolution", "fixed_point_grid", "num_tasks"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key}: expected an integer >= 1, got {value!r}")
-        if self.template not in TEMPLATES:
-            raise ConfigError(f"template: unknown template {self.template!r}; allowed values: {', '.join(TEMPLATES)}")
-        if self.starts is not None and (not self.starts or any(len(s) != 2 for s in self.starts)):
-            raise ConfigError(f"starts: expected points x,y; got {self.starts!r}")
-        if not self.task_seeds:
-            raise ConfigError("task_seeds: give at least one seed")
-        for k in list(self.fixed_point_ks) + list(self.horizon_ks):
-            if k < 1:
-                raise ConfigError(f"fixed_point_ks / horizon_ks: expected integers >= 1, got {k}")
+
+    def validate(self) -> SyntheticStudyConfig:
+        self.__dict__.update(parse(SyntheticStudyConfig, self, "").__dict__)
         return self
 
 

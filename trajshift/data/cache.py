@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import DiskFullError
+from ..atomic import DiskFullError, write_json
 from .errors import DataError
 from .formats import ImageData, Split, file_signature
 from .registry import load_dataset
@@ -173,7 +173,7 @@ def prepare(name: str, resolution: int, data_root: str | Path | None = None, cac
         meta = {"version": CACHE_VERSION, "name": prepared.name, "resolution": resolution,
                 "classes": prepared.classes, "train": len(prepared.train.labels), "test": len(prepared.test.labels),
                 "mean": prepared.mean, "std": prepared.std, "sha256": digests}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_json(tmp / "meta.json", meta)
         try:
             os.replace(tmp, folder)
         except OSError:          # another process finished the same cache first: use theirs

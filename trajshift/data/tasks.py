@@ -17,67 +17,55 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..learners import _epoch_permutation, stream_seed
+from ..sampling import _epoch_permutation, stream_seed
+from ..schema import opt, parse
 from .augment import default_padding, normalize, random_crop, random_flip, to_float
 from .cache import PreparedData, prepare
 from .formats import Split
-
-TASK_KEYS = {"dataset", "resolution", "classes", "train_images", "images_per_class", "val_fraction", "name",
-             "augment", "manifest"}
-
 
 # Training-batch augmentations: random crop with zero padding and horizontal flip (the paper's convention) or a part
 # of it. Flips are wrong for digits, characters and signs, so the choice is the task's.
 AUGMENTATIONS = {"crop+flip": ("crop", "flip"), "crop": ("crop",), "flip": ("flip",), "none": ()}
 
 
+def _augment(value, path):
+    value = {True: "crop+flip", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    if value not in AUGMENTATIONS:
+        raise ConfigError(f"{path}: unknown value {value!r}; allowed values: {', '.join(AUGMENTATIONS)} (or "
+                          f"true/false)")
+    return value
+
+
+def _manifest(value, path):
+    from .errors import DataError
+    from .formats import manifest_options
+    try:
+        manifest_options(value)
+    except DataError as err:
+        raise ConfigError(f"{path.rsplit('.', 1)[0]}.{err}") from None
+    return value
+
+
 @dataclass
 class TaskSpec:
-    dataset: str
-    resolution: int = 32
-    classes: str | list | None = None
-    train_images: int | None = None
-    images_per_class: int | None = None
-    val_fraction: float = 0.0
-    name: str | None = None
-    augment: bool | str = True       # crop+flip (true), crop, flip or none (false): training batches only
-    manifest: str | dict | None = None   # a path dataset's CSV manifest: its file name, or {file, delimiter, ...}
+    dataset: str = opt(doc="a registry name or a path")
+    resolution: int = opt(32, low=4)
+    classes: str | list | None = opt(None, doc='"0:100" (a slice of the class list) or [names]')
+    train_images: int | None = opt(None, low=1)
+    images_per_class: int | None = opt(None, low=1)
+    val_fraction: float = opt(0.0, low=0, high=1, open_high=True)
+    name: str | None = opt(None)
+    augment: bool | str = opt(True, check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
+    manifest: str | dict | None = opt(None, check=_manifest, doc="a path dataset's CSV manifest")
+
+    def validate_fields(self, where):
+        if self.train_images is not None and self.images_per_class is not None:
+            raise ConfigError(f"{where}: give train_images or images_per_class, not both")
+        self.augment = _augment(self.augment, f"{where}.augment")
 
     @staticmethod
     def from_dict(d: dict, where: str) -> TaskSpec:
-        if isinstance(d, str):
-            d = {"dataset": d}
-        if not isinstance(d, dict) or "dataset" not in d:
-            raise ConfigError(f"{where}: expected a mapping with a 'dataset' key, got {d!r}")
-        unknown = sorted(set(d) - TASK_KEYS, key=str)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(TASK_KEYS))}")
-        spec = TaskSpec(**d)
-        if not isinstance(spec.resolution, int) or isinstance(spec.resolution, bool) or spec.resolution < 4:
-            raise ConfigError(f"{where}.resolution: expected an integer >= 4, got {spec.resolution!r}")
-        for key in ("train_images", "images_per_class"):
-            v = getattr(spec, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{where}.{key}: expected an integer >= 1, got {v!r}")
-        if spec.train_images is not None and spec.images_per_class is not None:
-            raise ConfigError(f"{where}: give train_images or images_per_class, not both")
-        if spec.augment is True:
-            spec.augment = "crop+flip"
-        elif spec.augment is False:
-            spec.augment = "none"
-        if spec.augment not in AUGMENTATIONS:
-            raise ConfigError(f"{where}.augment: expected one of {', '.join(AUGMENTATIONS)} (or true/false), got "
-                              f"{spec.augment!r}")
-        if spec.manifest is not None:
-            from .errors import DataError
-            from .formats import manifest_options
-            try:
-                manifest_options(spec.manifest)
-            except DataError as err:
-                raise ConfigError(f"{where}.{err}") from None
-        if not isinstance(spec.val_fraction, (int, float)) or not 0 <= spec.val_fraction < 1:
-            raise ConfigError(f"{where}.val_fraction: expected a number in [0, 1), got {spec.val_fraction!r}")
-        return spec
+        return parse(TaskSpec, {"dataset": d} if isinstance(d, str) else d, where)
 
     @property
     def label(self) -> str:

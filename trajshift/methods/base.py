@@ -1,13 +1,20 @@
-"""What a method is: option parsing plus four hooks the trainer calls (Algorithm 1 and 2 share the loop).
+"""What a method is: its options, and what to do at a step and at a trajectory's end.
 
-    for m in 1..M:                       # trajectories
-        theta <- phi                     # trainer: Population.reset
+The loop (trajshift/loop.py) is Algorithms 1 and 2 at once; a method answers it through four hooks:
+
+    for m in 1..M:                                   # trajectories
+        theta <- phi                                 # Population.reset (Algorithm 2, l.6)
         method.start_trajectory(m)
         for k in 1..K:
-            method.step(m, k)            # default: one inner step for all tasks
-        method.end_trajectory(m)         # Algorithm 1 methods meta-update here
+            losses, g = method.step(m, k)            # default: one inner step for all tasks (l.8-10), g = None
+            if g is not None: meta-update with g     # CTS (Algorithm 2, l.11-12)
+        g = method.end_trajectory(m)                 # Algorithm 1 methods (Reptile, Leap, ...) return g here
+        if g is not None: meta-update with g
+    after each meta-update: method.after_meta_update(Delta)    # CTS's shift (Algorithm 2, l.13)
 
-The meta-gradient math itself lives in pure functions (methods/rules.py).
+A method receives only what it uses, at ``setup``: the population's public operations (theta, phi, inner steps,
+per-task gradients and losses, gradient hooks), the comm (means over tasks, across processes) and its options. It
+imports nothing of the loop. The meta-gradient math lives in pure functions (methods/rules.py).
 """
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..config import parse_dataclass_options
+from ..sampling import data_step
+from ..schema import parse
 
 if TYPE_CHECKING:
-    from ..trainer import MetaTrainer
+    from ..comm import LocalComm
+    from ..population import Population
 
 
 @dataclass
@@ -37,25 +46,46 @@ class Method:
 
     @classmethod
     def parse_options(cls, options: dict):
-        return parse_dataclass_options(cls.Options, {**cls.defaults, **options}, f"options[{cls.name}]")
+        return parse(cls.Options, {**cls.defaults, **options}, f"options[{cls.name}]")
 
     @classmethod
     def updates_per_trajectory(cls, inner_steps: int, options: dict | None = None) -> int:
         """Meta-updates one trajectory of K inner steps makes (Algorithm 1: one)."""
         return 1
 
-    def setup(self, tr: MetaTrainer) -> None:
-        """Called once before training (register gradient hooks, allocate buffers)."""
+    def setup(self, pop: Population, comm: LocalComm, inner_steps: int, seed: int) -> None:
+        """Called once before training. Subclasses extend it (gradient hooks, buffers) and call super()."""
+        self.pop, self.comm, self.inner_steps, self.seed = pop, comm, inner_steps, seed
 
-    def start_trajectory(self, tr: MetaTrainer, m: int) -> None:
+    # ----- the operations methods build on -------------------------------------------------------------------
+    def data_step(self, m: int, k: int) -> int:
+        return data_step(m, k, self.inner_steps)
+
+    def inner_step(self, m: int, k: int) -> torch.Tensor:
+        """Inner step k of trajectory m for every task (Algorithm 2, l.8-10); the per-task losses [T]."""
+        return self.pop.inner_step(self.data_step(m, k))
+
+    def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
+        """The mean over all tasks (all processes) of a per-task quantity [T_local, ...]."""
+        return self.comm.mean_over_tasks(per_task)
+
+    def theta_mean(self) -> torch.Tensor:
+        return self.task_mean(self.pop.theta.detach())
+
+    # ----- hooks ---------------------------------------------------------------------------------------------
+    def start_trajectory(self, m: int) -> None:
         pass
 
-    def step(self, tr: MetaTrainer, m: int, k: int) -> torch.Tensor:
-        """Inner step k (1-based) of trajectory m for every task; returns the per-task losses [T]."""
-        return tr.inner_step(m, k)
+    def step(self, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inner step k (1-based) of trajectory m: (the per-task losses [T], a meta-gradient [P] or None)."""
+        return self.inner_step(m, k), None
 
-    def end_trajectory(self, tr: MetaTrainer, m: int) -> None:
-        pass
+    def end_trajectory(self, m: int) -> torch.Tensor | None:
+        """A meta-gradient [P] to apply at the trajectory's end, or None."""
+        return None
+
+    def after_meta_update(self, delta: torch.Tensor) -> None:
+        """Called with Delta = phi_new - phi_old after every meta-update."""
 
     def state_dict(self) -> dict:
         """What the method carries between steps of a trajectory (accumulators), for checkpoints."""

@@ -18,38 +18,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..errors import ConfigError
+import torch
+
+from ..sampling import stream_seed
+from ..schema import opt
 from .base import Method
-from .rules import reptile_metagrad
+from .rules import random_direction_like, reptile_metagrad
 
 SHIFTS = ("cts", "none", "random")
 METAGRADS = ("reptile", "gradient")
 
 
-def _check_choice(where: str, key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}.{key}: unknown value {value!r}; allowed values: {', '.join(allowed)}")
-
-
 @dataclass
 class CTSOptions:
-    meta_every: int = 1
-    shift: str = "cts"
-    metagrad: str = "reptile"
-
-    def check(self, where):
-        if self.meta_every < 1:
-            raise ConfigError(f"{where}.meta_every: expected an integer >= 1, got {self.meta_every}")
-        _check_choice(where, "shift", self.shift, SHIFTS)
-        _check_choice(where, "metagrad", self.metagrad, METAGRADS)
+    meta_every: int = opt(1, low=1, doc="a meta-update every n inner steps")
+    shift: str = opt("cts", choices=SHIFTS, doc="l.13: the shift, none, or a random direction of norm ||Delta||")
+    metagrad: str = opt("reptile", choices=METAGRADS, doc="phi - theta_k, or the task gradient at theta_k")
 
 
-def cts_metagrad(tr, m: int, k: int, kind: str):
+def cts_metagrad(method: Method, m: int, k: int, kind: str) -> torch.Tensor:
     """Task-mean MetaGrad(phi; theta_k) of Algorithm 2, l.11."""
     if kind == "reptile":
-        return reptile_metagrad(tr.phi, tr.theta_mean())
-    grads, _ = tr.pop.task_gradients(tr.data_step(m, k), "train")
-    return tr.task_mean(grads)
+        return reptile_metagrad(method.pop.phi, method.theta_mean())
+    grads, _ = method.pop.task_gradients(method.data_step(m, k), "train")
+    return method.task_mean(grads)
 
 
 class CTS(Method):
@@ -60,11 +52,31 @@ class CTS(Method):
     def updates_per_trajectory(cls, inner_steps, options=None):
         return inner_steps // cls.parse_options(options or {}).meta_every
 
-    def step(self, tr, m, k):
-        losses = tr.inner_step(m, k)
+    def setup(self, pop, comm, inner_steps, seed):
+        super().setup(pop, comm, inner_steps, seed)
+        # The same seed on every process: the random-shift direction must be identical everywhere.
+        self.generator = torch.Generator().manual_seed(stream_seed(seed, 0xC75))
+
+    def step(self, m, k):
+        losses = self.inner_step(m, k)                                           # l.8-10
         if k % self.opts.meta_every == 0:
-            tr.meta_update(cts_metagrad(tr, m, k, self.opts.metagrad), shift=self.opts.shift)
-        return losses
+            return losses, cts_metagrad(self, m, k, self.opts.metagrad)          # l.11 (the loop does l.12)
+        return losses, None
+
+    @torch.no_grad()
+    def after_meta_update(self, delta):
+        """Algorithm 2, l.13: theta_k^(t) <- theta_k^(t) + Delta_k for every task t (or the ablations)."""
+        if self.opts.shift == "cts":
+            self.pop.theta.add_(delta)
+        elif self.opts.shift == "random":
+            self.pop.theta.add_(random_direction_like(delta, self.generator))
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 class CTSNoShift(CTS):
@@ -79,10 +91,7 @@ class CTSRandomShift(CTS):
 
 @dataclass
 class AccurateOptions:
-    metagrad: str = "reptile"
-
-    def check(self, where):
-        _check_choice(where, "metagrad", self.metagrad, METAGRADS)
+    metagrad: str = opt("reptile", choices=METAGRADS)
 
 
 class CTSAccurate(Method):
@@ -93,8 +102,8 @@ class CTSAccurate(Method):
     def updates_per_trajectory(cls, inner_steps, options=None):
         return inner_steps
 
-    def start_trajectory(self, tr, m):
-        self._start = tr.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset
+    def start_trajectory(self, m):
+        self._start = self.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset
 
     def state_dict(self):
         return {"start": self._start}
@@ -102,10 +111,9 @@ class CTSAccurate(Method):
     def load_state_dict(self, state):
         self._start = state["start"]
 
-    def step(self, tr, m, k):
-        tr.pop.restore(self._start)
-        tr.pop.theta.data.copy_(tr.phi.expand_as(tr.pop.theta))   # U_k(.) starts from the *current* phi
+    def step(self, m, k):
+        self.pop.restore(self._start)
+        self.pop.reset()                     # U_k(.) starts from the *current* phi
         for j in range(1, k + 1):
-            losses = tr.inner_step(m, j)
-        tr.meta_update(cts_metagrad(tr, m, k, self.opts.metagrad), shift="none")
-        return losses
+            losses = self.inner_step(m, j)
+        return losses, cts_metagrad(self, m, k, self.opts.metagrad)

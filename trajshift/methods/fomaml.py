@@ -13,24 +13,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..schema import opt
 from .base import Method
 
 
 @dataclass
 class FOMAMLOptions:
-    val_batches: int = 1
-
-    def check(self, where):
-        if self.val_batches < 1:
-            raise ConfigError(f"{where}.val_batches: expected an integer >= 1, got {self.val_batches}")
+    val_batches: int = opt(1, low=1, doc="held-out batches averaged into the meta-gradient")
 
 
-def val_gradient(tr, m: int, k: int, batches: int) -> torch.Tensor:
+def val_gradient(method: Method, m: int, k: int, batches: int) -> torch.Tensor:
     """Per-task gradient [T, P] of the validation loss at the current theta, averaged over ``batches`` batches."""
     total = None
     for j in range(batches):
-        grads, _ = tr.pop.task_gradients(tr.data_step(m, k) * batches + j, "val")
+        grads, _ = method.pop.task_gradients(method.data_step(m, k) * batches + j, "val")
         total = grads if total is None else total.add_(grads)
     return total / batches
 
@@ -39,36 +35,30 @@ class FOMAML(Method):
     name = "fomaml"
     Options = FOMAMLOptions
 
-    def end_trajectory(self, tr, m):
-        K = tr.cfg.inner_steps
-        tr.meta_update(tr.task_mean(val_gradient(tr, m, K, self.opts.val_batches)), shift="none")
+    def end_trajectory(self, m):
+        return self.task_mean(val_gradient(self, m, self.inner_steps, self.opts.val_batches))
 
 
 @dataclass
 class FOMAMLPlusOptions:
-    every: int = 10
-    val_batches: int = 1
-
-    def check(self, where):
-        for key in ("every", "val_batches"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: expected an integer >= 1, got {getattr(self, key)}")
+    every: int = opt(10, low=1, doc="a validation gradient every n inner steps (and at K)")
+    val_batches: int = opt(1, low=1)
 
 
 class FOMAMLPlusPlus(Method):
     name = "fomaml++"
     Options = FOMAMLPlusOptions
 
-    def start_trajectory(self, tr, m):
-        self._sum = torch.zeros_like(tr.pop.theta_grad)
+    def start_trajectory(self, m):
+        self._sum = torch.zeros_like(self.pop.theta_grad)
         self._count = 0
 
-    def step(self, tr, m, k):
-        losses = tr.inner_step(m, k)
-        if k % self.opts.every == 0 or k == tr.cfg.inner_steps:
-            self._sum += val_gradient(tr, m, k, self.opts.val_batches)
+    def step(self, m, k):
+        losses = self.inner_step(m, k)
+        if k % self.opts.every == 0 or k == self.inner_steps:
+            self._sum += val_gradient(self, m, k, self.opts.val_batches)
             self._count += 1
-        return losses
+        return losses, None
 
     def state_dict(self):
         return {"sum": self._sum, "count": self._count}
@@ -76,5 +66,5 @@ class FOMAMLPlusPlus(Method):
     def load_state_dict(self, state):
         self._sum, self._count = state["sum"].clone(), int(state["count"])
 
-    def end_trajectory(self, tr, m):
-        tr.meta_update(tr.task_mean(self._sum / self._count), shift="none")
+    def end_trajectory(self, m):
+        return self.task_mean(self._sum / self._count)

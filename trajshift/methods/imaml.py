@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..schema import opt
 from .base import Method
 from .fomaml import val_gradient
 from .rules import imaml_metagrad
@@ -20,40 +20,33 @@ from .rules import imaml_metagrad
 
 @dataclass
 class IMAMLOptions:
-    lam: float = 0.5
-    cg_iters: int = 10
-    val_batches: int = 1
-    proximal: bool = True
-
-    def check(self, where):
-        if not self.lam > 0:
-            raise ConfigError(f"{where}.lam: expected a number > 0, got {self.lam}")
-        for key in ("cg_iters", "val_batches"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: expected an integer >= 1, got {getattr(self, key)}")
+    lam: float = opt(0.5, low=0, open_low=True, doc="lambda, the proximal regularisation strength")
+    cg_iters: int = opt(10, low=1)
+    val_batches: int = opt(1, low=1)
+    proximal: bool = opt(True, doc="add lambda/2 ||theta - phi||^2 to the inner loss (the paper's method)")
 
 
 class IMAML(Method):
     name = "imaml"
     Options = IMAMLOptions
 
-    def setup(self, tr):
+    def setup(self, pop, comm, inner_steps, seed):
+        super().setup(pop, comm, inner_steps, seed)
         if self.opts.proximal:
-            tr.pop.grad_hooks.append(self._proximal_grad)
+            pop.add_grad_hook(self._proximal_grad)
 
     def _proximal_grad(self, pop):
         pop.theta_grad.add_(pop.theta.detach() - pop.phi, alpha=self.opts.lam)
 
-    def end_trajectory(self, tr, m):
-        K = tr.cfg.inner_steps
-        g_val = val_gradient(tr, m, K, self.opts.val_batches)
-        theta = tr.pop.theta.detach().clone().requires_grad_(True)
-        losses = tr.pop.learners.losses_at(theta, tr.data_step(m, K), "train")
+    def end_trajectory(self, m):
+        K = self.inner_steps
+        g_val = val_gradient(self, m, K, self.opts.val_batches)
+        theta = self.pop.theta.detach().clone().requires_grad_(True)
+        losses = self.pop.losses_at(theta, self.data_step(m, K), "train")
         (grad,) = torch.autograd.grad(losses.sum(), theta, create_graph=True)
 
         def hvp(v):
             (hv,) = torch.autograd.grad(grad, theta, grad_outputs=v, retain_graph=True)
             return hv.detach()
 
-        x = imaml_metagrad(hvp, g_val, self.opts.lam, self.opts.cg_iters)
-        tr.meta_update(tr.task_mean(x), shift="none")
+        return self.task_mean(imaml_metagrad(hvp, g_val, self.opts.lam, self.opts.cg_iters))

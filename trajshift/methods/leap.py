@@ -12,26 +12,28 @@ from dataclasses import dataclass
 
 import torch
 
+from ..schema import opt
 from .base import Method
 from .rules import leap_increment
 
 
 @dataclass
 class LeapOptions:
-    norm: bool = True        # path length (d_1); False: energy (d_2)
-    loss: bool = True        # include the loss coordinate of the task manifold
-    stabilizer: bool = True  # dL -> -|dL|
+    norm: bool = opt(True, doc="path length (d_1); false: energy (d_2)")
+    loss: bool = opt(True, doc="include the loss coordinate of the task manifold")
+    stabilizer: bool = opt(True, doc="dL -> -|dL| (the reference Leap code's mu)")
 
 
 class Leap(Method):
     name = "leap"
     Options = LeapOptions
 
-    def setup(self, tr):
-        tr.pop.grad_hooks.append(self._record)
+    def setup(self, pop, comm, inner_steps, seed):
+        super().setup(pop, comm, inner_steps, seed)
+        pop.add_grad_hook(self._record)
 
-    def start_trajectory(self, tr, m):
-        self._acc = torch.zeros_like(tr.pop.theta_grad)
+    def start_trajectory(self, m):
+        self._acc = torch.zeros_like(self.pop.theta_grad)
         self._prev = None
 
     def _increment(self, theta, loss):
@@ -53,8 +55,8 @@ class Leap(Method):
         self._acc = state["acc"].clone()
         self._prev = tuple(t.clone() for t in state["prev"]) if state["prev"] is not None else None
 
-    def end_trajectory(self, tr, m):
+    def end_trajectory(self, m):
         with torch.no_grad():
-            final = tr.pop.learners.losses_at(tr.pop.theta.detach(), tr.data_step(m, tr.cfg.inner_steps), "train")
-        self._increment(tr.pop.theta.detach().clone(), final.detach())
-        tr.meta_update(tr.task_mean(self._acc), shift="none")
+            final = self.pop.losses_at(self.pop.theta.detach(), self.data_step(m, self.inner_steps), "train")
+        self._increment(self.pop.theta.detach().clone(), final.detach())
+        return self.task_mean(self._acc)

@@ -19,25 +19,25 @@ from .base import Method
 class MTL(Method):
     name = "mtl"
 
-    def setup(self, tr):
-        self._tr = tr
-        tr.pop.grad_hooks.append(self._average_gradients)
+    def setup(self, pop, comm, inner_steps, seed):
+        super().setup(pop, comm, inner_steps, seed)
+        pop.add_grad_hook(self._average_gradients)
 
     def _average_gradients(self, pop):
-        pop.theta_grad.copy_(self._tr.task_mean(pop.theta_grad).expand_as(pop.theta_grad))
+        pop.theta_grad.copy_(self.task_mean(pop.theta_grad).expand_as(pop.theta_grad))
 
-    def step(self, tr, m, k):
-        losses = tr.inner_step(m, k)
+    def step(self, m, k):
+        losses = self.inner_step(m, k)
         with torch.no_grad():
-            tr.phi.copy_(tr.pop.theta[0])
-        return losses
+            self.pop.phi.copy_(self.pop.theta[0])       # phi follows the shared body
+        return losses, None
 
 
 class Pretrain(MTL):
     name = "pretrain"
 
-    def setup(self, tr):
-        if tr.pop.num_tasks * tr.comm.world_size != 1:
+    def setup(self, pop, comm, inner_steps, seed):
+        if pop.num_tasks * comm.world_size != 1:
             raise ConfigError(f"method pretrain: trains on exactly one task; the config has "
-                              f"{tr.pop.num_tasks * tr.comm.world_size} (use mtl for several)")
-        super().setup(tr)
+                              f"{pop.num_tasks * comm.world_size} (use mtl for several)")
+        super().setup(pop, comm, inner_steps, seed)

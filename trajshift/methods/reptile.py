@@ -9,5 +9,5 @@ from .rules import reptile_metagrad
 class Reptile(Method):
     name = "reptile"
 
-    def end_trajectory(self, tr, m):
-        tr.meta_update(reptile_metagrad(tr.phi, tr.theta_mean()), shift="none")
+    def end_trajectory(self, m):
+        return reptile_metagrad(self.pop.phi, self.theta_mean())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..schema import Rule, check_value
 
 TEMPLATES = {"scaled": (1.0 / 3.0, 0.738, 0.995), "paper": (1.0, 1.0 / 3.0, 1.0 / 3.0)}
 
@@ -35,10 +35,8 @@ class HimmelblauTasks:
     @staticmethod
     def make(num_tasks: int = 8, seed: int = 0, template: str = "scaled", radius: float = 7.0,
              center: tuple[float, float] = (5.0, 5.0), dtype: torch.dtype = torch.float64) -> HimmelblauTasks:
-        if template not in TEMPLATES:
-            raise ConfigError(f"template: unknown template {template!r}; allowed values: {', '.join(TEMPLATES)}")
-        if num_tasks < 1:
-            raise ConfigError(f"num_tasks: expected an integer >= 1, got {num_tasks}")
+        check_value(template, str, Rule(choices=tuple(TEMPLATES)), "template")
+        check_value(num_tasks, int, Rule(low=1), "num_tasks")
         positions = 2 * math.pi * np.arange(num_tasks) / num_tasks
         centers = np.stack([center[0] + radius * np.cos(positions), center[1] + radius * np.sin(positions)], 1)
         angles = np.random.default_rng(seed).uniform(0.0, 2 * math.pi, size=num_tasks)

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .atomic import write_json
-from .errors import ConfigError
-from .learners import stream_seed
+from .atomic import write_json, write_text
+from .data.tasks import AUGMENTATIONS
+from .errors import ConfigError, unsafe_or_unreadable
+from .learners import head_names
 from .models import build_model
 from .optim import build_optimizer
 from .registry import Registry
+from .sampling import stream_seed
+from .schema import Rule, opt, parse
 from .stats import mean_ci95
 
 
@@ -51,6 +54,17 @@ for _p in (
     PROTOCOLS.register(_p.name, _p)
 
 
+def meta_params_beside(init: str | Path) -> dict | None:
+    """The meta_params (head split) recorded in the init.json beside an init file, if any."""
+    import json
+    side = Path(init).with_suffix(".json")
+    try:
+        mp = json.loads(side.read_text()).get("meta_params") if side.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return mp if isinstance(mp, dict) else None
+
+
 def load_init(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict file, loaded with weights_only=True (no code runs)."""
     from .data.errors import DataError
@@ -67,23 +81,15 @@ def load_init(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def unsafe_or_unreadable(path, err: Exception) -> str:
-    """Our one-line reason for a file torch.load(weights_only=True) refused. torch's own message advises
-    weights_only=False, which would run the file's code: never repeat that advice."""
-    import re
-    found = re.search(r"GLOBAL ([\w.]+)", str(err))
-    if found:
-        return (f"{path}: refused ({found.group(1)} inside): the file holds Python objects, not only tensors, and loading it would run code "
-                f"from it; trajshift loads weights only (a state_dict saved with torch.save(model.state_dict(), ...))")
-    return f"{path}: not a readable state_dict file ({type(err).__name__}); is it a torch.save file?"
-
-
-def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
-    """Load everything but the head; any other mismatch is an error that names the keys."""
-    body = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
+              meta_params: dict | None = None) -> None:
+    """Load everything but the head (the parameters ``meta_params`` does not select; default fc.*, head.*,
+    classifier.*); any other mismatch is an error that names the keys."""
+    head = set(head_names(model, meta_params))
+    body = {k: v for k, v in sd.items() if k not in head}
     _check_shapes(model, body, where)
     result = model.load_state_dict(body, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    missing = [k for k in result.missing_keys if k not in head]
     if missing or result.unexpected_keys:
         raise ConfigError(f"{where}: the initialization does not fit the model: missing {missing[:4]}, "
                           f"unexpected {result.unexpected_keys[:4]}; check --model")
@@ -98,12 +104,12 @@ def _check_shapes(model, body, where) -> None:
 
 
 def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, steps: int, seed: int,
-             device="cpu", where: str = "init", on_step=None) -> float:
+             device="cpu", where: str = "init", on_step=None, meta_params: dict | None = None) -> float:
     """Train a fresh-headed model on ``task`` for ``steps`` steps; returns its test accuracy."""
     torch.manual_seed(stream_seed(seed, 0xF17E))
     model = build_model(model_spec, task.num_classes).to(device)
     if init is not None:
-        load_body(model, init, where)
+        load_body(model, init, where, meta_params)
     opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
     milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
     base = [g["lr"] for g in opt.param_groups]
@@ -125,42 +131,50 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
     return task.evaluate(model)
 
 
+def _protocol(name, path):
+    PROTOCOLS.get(name)
+    return name
+
+
+def _model(spec, path):
+    from .models import MODELS
+    MODELS.get(spec.get("name"))
+    return spec
+
+
+def _targets(value, path):
+    if not value:
+        raise ConfigError(f"{path}: give at least one dataset name or path")
+    return value
+
+
 @dataclass
 class MetaTestConfig:
-    targets: list            # dataset names or paths, or task specs {dataset, classes, resolution}
-    init: str | None = None            # None: from scratch
-    model: dict = field(default_factory=lambda: {"name": "resnet20"})
-    protocol: str = "paper"
-    steps: int | None = None
-    seeds: int = 5
-    resolution: int | None = None      # default: the dataset's registered resolution (32 for paths)
-    train_images: int | None = None    # default: the protocol's
-    images_per_class: list[int] | None = None   # low-data regime: one meta-test per value (class-wise subsample)
-    augment: str = "crop+flip"         # finetuning batches: crop+flip (the paper's), crop, flip or none
-    batch_size: int | None = None
-    data_root: str | None = None
-    cache_dir: str | None = None
-    device: str = "cpu"
+    targets: list = opt(check=_targets, doc="dataset names or paths, or task specs {dataset, classes, resolution}")
+    init: str | None = opt(None, doc="None: from scratch")
+    model: dict = opt(factory=lambda: {"name": "resnet20"}, check=_model)
+    protocol: str = opt("paper", check=_protocol)
+    steps: int | None = opt(None, low=1)
+    seeds: int = opt(5, low=1)
+    resolution: int | None = opt(None, low=4, doc="default: the dataset's registered resolution (32 for paths)")
+    train_images: int | None = opt(None, low=1, doc="default: the protocol's")
+    images_per_class: list[int] | None = opt(None, items=Rule(low=1), doc="low-data regime: one meta-test each")
+    augment: str = opt("crop+flip", choices=tuple(AUGMENTATIONS), doc="finetuning batches (the paper's crop+flip)")
+    batch_size: int | None = opt(None, low=1)
+    data_root: str | None = opt(None)
+    cache_dir: str | None = opt(None)
+    device: str = opt("cpu")
+    meta_params: dict | None = opt(None, doc="the head split of the init (default: init.json beside it, else fc.*)")
 
-    def validate(self) -> MetaTestConfig:
-        from .data.tasks import AUGMENTATIONS
-        PROTOCOLS.get(self.protocol)
-        if not self.targets:
-            raise ConfigError("--targets: give at least one dataset name or path")
-        for key in ("seeds", "steps", "resolution", "train_images", "batch_size"):
-            v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= 1, got {v!r}")
+    def validate_fields(self, where):
         if self.images_per_class is not None:
-            if not self.images_per_class or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                                for v in self.images_per_class):
-                raise ConfigError(f"--images-per-class: expected integers >= 1, got {self.images_per_class!r}")
+            if not self.images_per_class:
+                raise ConfigError("--images-per-class: give at least one number")
             if self.train_images is not None:
                 raise ConfigError("--images-per-class and --train-images: give one of them")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"--augment: expected one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        from .models import MODELS
-        MODELS.get(self.model.get("name"))
+
+    def validate(self) -> MetaTestConfig:
+        self.__dict__.update(parse(MetaTestConfig, self, "", flags=True).__dict__)
         return self
 
 
@@ -200,7 +214,7 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", report)
-        (out / "results.md").write_text(markdown_table(report))
+        write_text(out / "results.md", markdown_table(report))
     return report
 
 
@@ -218,6 +232,7 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
     from .data.tasks import ImageTask, TaskSpec
     results: dict = {}
     per_seed: dict[int, list[float]] = {}
+    meta_params = cfg.meta_params or (meta_params_beside(cfg.init) if cfg.init else None)
     for target in cfg.targets:
         # A target is a dataset name or path, or a task spec {dataset, classes, resolution, ...} (held-out classes).
         base = dict(target) if isinstance(target, dict) else {"dataset": target}
@@ -235,7 +250,7 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
             # A batch never holds an image twice: with a few images per class it is the whole training set.
             task.batch_size = min(task.batch_size, len(task.y["train"]))
             accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
-                                 on_step=lambda: progress.update(1)))
+                                 on_step=lambda: progress.update(1), meta_params=meta_params))
             per_seed.setdefault(seed, []).append(accs[-1])
             log(f"{name}{f' ({per_class} per class)' if per_class else ''} seed {seed}: test accuracy "
                 f"{100 * accs[-1]:.2f}%")

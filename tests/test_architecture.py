@@ -1,0 +1,158 @@
+"""The structure docs/design.md promises, checked on the source: layers without module-level import cycles, methods
+that never see the loop, small files, one place for range messages."""
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "trajshift"
+READERS = {"data/formats.py"}          # the format readers: one function per format, allowed to be long
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, top_level_only: bool) -> set[str]:
+    """trajshift modules imported by ``name`` (at module level only, or anywhere)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.If) and top_level_only:          # `if TYPE_CHECKING:` imports never run
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("trajshift")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("trajshift"):
+                continue
+            found.add(mod)
+            for a in node.names:                     # `from . import run_state` imports a module
+                found.add(f"{mod}.{a.name}")
+    return found
+
+
+def _graph(top_level_only=True) -> dict[str, set[str]]:
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        targets = set()
+        for imp in _imports(name, path, top_level_only):
+            # importing a.b.c runs a/__init__, a/b/__init__ and a/b/c
+            parts = imp.split(".")
+            targets |= {".".join(parts[:i]) for i in range(2, len(parts) + 1) if ".".join(parts[:i]) in mods}
+        graph[name] = targets - {name}
+    return graph
+
+
+def _cycle(graph):
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_module_level_import_cycle():
+    graph = _graph()
+    # The check can fail: a graph with a cycle is found.
+    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    # A package's __init__ importing its own submodules is how packages work, not a cycle of layers.
+    layered = {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
+    assert _cycle(layered) is None
+
+
+def test_no_method_module_imports_the_loop():
+    graph = _graph(top_level_only=False)
+    for name, deps in graph.items():
+        if name.startswith("trajshift.methods"):
+            assert not {"trajshift.loop", "trajshift.run_state", "trajshift.meta_train"} & deps, (name, deps)
+
+
+def test_files_are_small_and_the_loop_is_one_short_file():
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        lines = len(path.read_text().splitlines())
+        if rel not in READERS:
+            assert lines <= 350, f"{rel}: {lines} lines"
+    assert len((PACKAGE / "loop.py").read_text().splitlines()) <= 150
+
+
+def test_range_messages_are_written_in_one_place():
+    pattern = re.compile(r"expected (an integer|a number|a finite number|integers) *(>|<|in )")
+    hand_written = [(p.relative_to(PACKAGE).as_posix(), i + 1)
+                    for p in PACKAGE.rglob("*.py") if p.name != "schema.py"
+                    for i, line in enumerate(p.read_text().splitlines()) if pattern.search(line)]
+    assert len(hand_written) <= 2, hand_written
+
+
+LAYERS = [
+    ("foundations", {"errors", "schema", "sampling", "atomic", "flat", "registry", "stats", "yamlio"}),
+    ("math", {"methods.rules"}),
+    ("engine", {"learners", "module_learners", "batched", "optim", "population", "comm", "models"}),
+    ("methods", {"methods"}),
+    ("loop", {"config", "loop", "readback", "metrics", "run_state", "checkpoint", "stopping", "progress",
+              "tensorboard"}),
+    ("data", {"data", "tasks"}),
+    ("commands", {"run_config", "meta_train", "meta_test", "validation", "sweep", "demo", "analysis", "cli",
+                  "cli_parser", "__main__", ""}),
+]
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("trajshift").removeprefix(".")
+    for i, (_, members) in enumerate(LAYERS):
+        if any(name == m or name.startswith(m + ".") for m in members if m) or (name == "" and "" in members):
+            return i
+    raise AssertionError(f"{module}: in no layer of docs/design.md")
+
+
+def test_each_layer_imports_only_the_layers_above_it():
+    """docs/design.md's table of layers, for every import, at module level or inside a function."""
+    wrong = []
+    for name, deps in _graph(top_level_only=False).items():
+        if name == "trajshift":           # the package's __init__ re-exports the public API of every layer
+            continue
+        for dep in deps:
+            if dep != "trajshift" and _layer(dep) > _layer(name) and not name.startswith(dep + "."):
+                wrong.append(f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})")
+    assert not wrong, wrong
+
+
+def test_design_md_cites_the_lines_that_hold_the_code():
+    text = (PACKAGE.parent / "docs" / "design.md").read_text()
+    rows = re.findall(r"\| (trajshift/[\w/]+\.py):(\d+) \| `([^`]+)` \|", text)
+    assert len(rows) >= 8
+    for path, line, code in rows:
+        assert (PACKAGE.parent / path).read_text().splitlines()[int(line) - 1].strip().startswith(code.strip()), \
+            (path, line, code)

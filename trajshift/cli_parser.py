@@ -1,0 +1,176 @@
+"""The ``trajshift`` command line: every command, option and help text (the handlers are in trajshift/cli.py)."""
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser(handlers: dict) -> argparse.ArgumentParser:
+    """The command line; ``handlers`` maps each command to its function (trajshift.cli)."""
+    p = argparse.ArgumentParser(prog="trajshift", description=(
+        "Large-scale meta-learning of shared initializations with continual trajectory shifting "
+        "(Shin et al., ICML 2021)."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("synthetic", help="the paper's synthetic 2-D study (Section 4.1, Figs. 4-5)",
+                       description="Meta-train each method on the 8 Himmelblau-template tasks from a grid of starting "
+                                   "points; write DIR/results.json and the figures (PNG) in DIR.")
+    s.add_argument("--out", required=True, help="output folder (created)")
+    s.add_argument("--methods", default="cts,cts-accurate,reptile", help="comma-separated method names "
+                   "(see `trajshift list`); default: %(default)s")
+    s.add_argument("--grid", type=int, default=3, help="N: starting points on an N x N grid over [-5, 15]^2 "
+                   "(default 3: {-5, 5, 15}^2)")
+    s.add_argument("--start", action="append", metavar="X,Y", help="a starting point (repeatable); replaces "
+                   "the grid")
+    s.add_argument("--task-seeds", default="0", help="comma-separated seeds of the tasks' random rotations")
+    s.add_argument("--template", default="scaled", help="scaled (reference code, default) or paper")
+    s.add_argument("--K", type=int, default=100, help="inner steps per trajectory (default 100)")
+    s.add_argument("--M", type=int, default=3, help="trajectories for CTS (default 3); every method gets M*K "
+                   "meta-updates")
+    s.add_argument("--alpha", type=float, default=0.05, help="inner learning rate (default 0.05)")
+    s.add_argument("--beta", type=float, default=0.1, help="meta learning rate (default 0.1)")
+    s.add_argument("--momentum", type=float, default=0.9, help="inner SGD momentum (default 0.9)")
+    s.add_argument("--optimizer", default="sgd", help="inner optimizer name (default sgd)")
+    s.add_argument("--carry-optimizer-state", action="store_true",
+                   help="keep the inner optimizer state across resets (default: fresh state each trajectory)")
+    s.add_argument("--map-resolution", type=int, default=100, help="quality-map grid (default 100 x 100)")
+    s.add_argument("--fixed-point-ks", default="10,100", help="Reptile inner lengths for Fig. 5a-b")
+    s.add_argument("--fixed-point-grid", type=int, default=41, help="starting grid for Fig. 5a-b (default 41)")
+    s.add_argument("--fixed-point-iters", type=int, default=1000, help="max Reptile iterations for Fig. 5a-b")
+    s.add_argument("--horizon-ks", default="1,5,10,25,50,75,100", help="meta-training horizons for Fig. 4c")
+    s.add_argument("--quiet", action="store_true", help="no per-run lines")
+    s.set_defaults(func=handlers["synthetic"])
+    mt = sub.add_parser("meta-train", help="meta-train an initialization on image tasks from a YAML config",
+                        description="Writes DIR/init.pt (a plain state_dict without the head), DIR/config.yaml "
+                                    "(the resolved config), DIR/metrics.jsonl and DIR/snapshots/.")
+    mt.add_argument("config", help="YAML config (see configs/)")
+    mt.add_argument("--out", required=True, help="output folder")
+    mt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set meta.method=reptile --set meta.inner_steps=100")
+    mt.add_argument("--resume", action="store_true", help="require a checkpoint in DIR/checkpoints to resume from "
+                    "(a run folder holding checkpoints is resumed automatically anyway)")
+    mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
+                    help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
+                         "of the two measured at start-up (auto, the default); same results either way")
+    mt.add_argument("--log", default=None, metavar="tensorboard",
+                    help="also log the metrics to TensorBoard (RUN/tensorboard/; needs pip install tensorboard)")
+    mt.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    mt.set_defaults(func=handlers["meta_train"])
+    te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
+                        description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
+                                    "DIR/results.md.")
+    te.add_argument("--init", help="state_dict file (a run's init.pt or snapshots/step-N.pt), a run folder, or a "
+                    "method folder of a sweep (its chosen run)")
+    te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
+    te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
+                    "archives (class folders or manifest.csv)")
+    te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")
+    te.add_argument("--model", default=None, help="model name (default: the model of the run's config.yaml next "
+                    "to --init, else resnet20)")
+    te.add_argument("--activation", default=None, help="relu or softplus (default: the run's, else relu)")
+    te.add_argument("--set", action="append", metavar="model.KEY=VALUE",
+                    help="a model option, e.g. --set model.width=32 (default: the run's config.yaml)")
+    te.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
+    te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
+    te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
+    te.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
+    te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
+    te.add_argument("--images-per-class", default=None, metavar="N[,N...]",
+                    help="low-data regime: subsample each target's training split to exactly N images per class "
+                         "(seeded by the seed: the same subsample for every initialization; the test split stays "
+                         "whole); several values give one meta-test each, e.g. 5,20,100")
+    te.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
+                    help="finetuning batch augmentation (default crop+flip, the paper's; flips are wrong for digits "
+                         "and characters)")
+    te.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
+                    "more than the training set)")
+    te.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    te.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
+    te.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    te.set_defaults(func=handlers["meta_test"])
+    ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
+                        "(Section 3.3, Fig. 3)", description="Writes DIR/results.json and DIR/approx_error.png.")
+    ae.add_argument("--out", required=True, help="output folder for results.json and approx_error.png")
+    ae.add_argument("--datasets", default="quickdraw,omniglot", help="source tasks (default quickdraw,omniglot)")
+    ae.add_argument("--resolution", type=int, default=28, help="image side in pixels (default 28)")
+    ae.add_argument("--draws", type=int, default=10, help="draws per point (default 10)")
+    ae.add_argument("--alpha", type=float, default=0.01, help="base inner learning rate (default 0.01)")
+    ae.add_argument("--beta", type=float, default=0.01, help="base meta learning rate (default 0.01)")
+    ae.add_argument("--k", type=int, default=50, help="base trajectory length (default 50)")
+    ae.add_argument("--width", type=int, default=32, help="Conv4 width (default 32)")
+    ae.add_argument("--alphas", default=None, help="alpha sweep, comma-separated (default 0.001,...,0.1)")
+    ae.add_argument("--betas", default=None, help="beta sweep (default 0.001,0.01,0.1,1)")
+    ae.add_argument("--ks", default=None, help="k sweep (default 1,5,10,25,50,100)")
+    ae.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    ae.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
+    ae.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    ae.set_defaults(func=handlers["approx_error"])
+    sw = sub.add_parser("sweep", help="choose a hyperparameter (e.g. meta.meta_lr) per method on meta-validation "
+                        "(held-out source classes), never on meta-test targets",
+                        description="Each (method, value) is a meta-train run folder DIR/METHOD/KEY=VALUE (an "
+                                    "interrupted sweep resumes); each is scored on the config's validation block. "
+                                    "Writes DIR/sweep.json and DIR/sweep.png.")
+    sw.add_argument("config", help="meta-train YAML config with a validation block")
+    sw.add_argument("--out", required=True, help="sweep folder")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                    help="values to try, e.g. meta.meta_lr=0.001,0.01,0.1,1,10 (repeatable: the product)")
+    sw.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); each gets cores/jobs threads")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    sw.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    sw.set_defaults(func=handlers["sweep"])
+    va = sub.add_parser("validate", help="meta-validation score of a finished run (held-out source classes of its "
+                        "config's validation block); cached in RUN/validation.json")
+    va.add_argument("run", help="meta-train run folder")
+    va.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    va.set_defaults(func=handlers["validate"])
+    rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
+                        "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
+    rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method), sweep folders "
+                    "(every method's chosen run) or a sweep's method folders (its chosen run)")
+    rp.add_argument("--targets", required=True, help="comma-separated meta-test datasets (names or paths)")
+    rp.add_argument("--out", required=True, help="report folder: report.json, table.md and the figures")
+    rp.add_argument("--seeds", type=int, default=5, help="finetuning runs per target (default 5)")
+    rp.add_argument("--steps", type=int, default=None, help="finetuning steps per meta-test (default: the "
+                    "protocol's 1000)")
+    rp.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
+    rp.add_argument("--images-per-class", default=None, metavar="N[,N...]",
+                    help="low-data regime: meta-test the final inits at each N images per class of the targets' "
+                         "training splits (Fig. 9: gain over scratch against N)")
+    rp.add_argument("--curve-images-per-class", type=int, default=None, metavar="N",
+                    help="the setting of the snapshot curves and bar charts (default: the first of "
+                         "--images-per-class)")
+    rp.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; "
+                    "never more than the training set)")
+    rp.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
+                    help="finetuning batch augmentation (default crop+flip)")
+    rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
+    rp.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
+    rp.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    rp.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    rp.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    rp.set_defaults(func=handlers["report"])
+    dm = sub.add_parser("demo", help="a small image meta-train + meta-test that works offline (real images: the "
+                        "data folder's datasets, else scikit-learn's digits)",
+                        description="Meta-trains CTS on the source datasets, then finetunes on the target with a few "
+                                    "training images per class, from the CTS initialization and from scratch (the "
+                                    "same random weights CTS started from), 5 seeds; prints both accuracies with 95%% "
+                                    "CIs and what their paired difference shows. A few minutes on 2 CPU cores.")
+    dm.add_argument("--out", required=True, help="output folder: demo.json and the meta-train run folder")
+    dm.add_argument("--steps", type=int, default=1000, help="meta-training inner steps per task (default 1000)")
+    dm.add_argument("--finetune-steps", type=int, default=100, help="meta-test finetuning steps (default 100)")
+    dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
+    dm.add_argument("--images-per-class", type=int, default=5, help="target training images per class "
+                    "(default 5: the low-data regime where an initialization can matter)")
+    dm.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    dm.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    dm.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    dm.set_defaults(func=handlers["demo"])
+    dl = sub.add_parser("download", help="fetch registered datasets from their canonical addresses (sha256 checked "
+                        "where known)")
+    dl.add_argument("names", help="comma-separated dataset names")
+    dl.add_argument("--data-root", default="data", help="where to put them (default ./data)")
+    dl.set_defaults(func=handlers["download"])
+    ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
+    ls.set_defaults(func=handlers["list"])
+    return p

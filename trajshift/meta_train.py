@@ -1,0 +1,213 @@
+"""Image meta-training from a YAML config (``trajshift meta-train CONFIG.yaml --out DIR``).
+
+Writes DIR/config.yaml (resolved), DIR/metrics.jsonl, DIR/snapshots/step-XXXXXXXX.pt and DIR/init.pt: the learned
+initialization as a plain state_dict of the model without its head (the parameters meta_params does not select;
+``model.load_state_dict(sd, strict=False)`` reports only those missing), with init.json beside it (the model spec and
+meta_params). BatchNorm running statistics in it are the mean over the source tasks. The config: trajshift/run_config.py.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+
+from .atomic import save_torch, write_bytes, write_json
+from .errors import ConfigError
+from .learners import head_names
+from .models import build_model
+from .module_learners import ModuleLearners
+from .run_config import ExperimentConfig, load_config, run_identity  # noqa: F401  (the command's API)
+from .sampling import stream_seed
+
+
+def build_models(model_spec: dict, num_classes: list[int], seed: int, task_ids: list[int] | None = None,
+                 meta_params: dict | None = None) -> list[torch.nn.Module]:
+    """One model per task: the same initial body (seeded), a head sized for each task and seeded by the task's
+    global index (so a task gets the same head whichever process builds it). The head is what ``meta_params`` does
+    not select (default: fc.*)."""
+    torch.manual_seed(stream_seed(seed, 0xB0D7))
+    template = build_model(model_spec, 2)
+    head = set(head_names(template, meta_params))
+    body = {k: v for k, v in template.state_dict().items() if k not in head}
+    models = []
+    for t, c in zip(task_ids if task_ids is not None else range(len(num_classes)), num_classes):
+        torch.manual_seed(stream_seed(seed, t, 0x4EAD))
+        m = build_model(model_spec, c)
+        m.load_state_dict(body, strict=False)
+        models.append(m)
+    return models
+
+
+def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> dict[str, torch.Tensor]:
+    """The learned initialization as a head-less plain state_dict: phi for the meta-learned parameters and the mean
+    over all tasks (all ranks: a collective) of the buffers (BatchNorm statistics; num_batches_tracked rounded)."""
+    from .comm import LocalComm
+    comm = comm or LocalComm()
+    head = set(learners.local_specs[0].names)
+    sd = {k: v for k, v in learners.task_state_dict(0, phi.detach().to(torch.float32)).items() if k not in head}
+    for name in [n for n, _ in learners.modules[0].named_buffers()]:
+        values = torch.stack([dict(m.named_buffers())[name].detach().double() for m in learners.modules])
+        mean = comm.task_mean(values.sum(0, keepdim=True), len(learners.modules))[0]
+        sd[name] = mean.float() if sd[name].is_floating_point() else mean.round().to(sd[name].dtype)
+    return {k: v.clone().contiguous() for k, v in sd.items()}
+
+
+# Methods whose meta-gradient uses validation batches (FOMAML's last-step gradient, iMAML's g_val).
+HELD_OUT_METHODS = ("fomaml", "fomaml++", "imaml")
+
+
+def tr_inner(path: Path) -> int | None:
+    """The cumulative inner steps of a snapshot file (step-N.pt), None for init.pt."""
+    return int(path.stem.split("-")[1]) if path.stem.startswith("step-") else None
+
+
+def model_spec_beside(init: Path) -> dict | None:
+    """The model spec saved beside an init file (init.json for init.pt, step-N.json for a snapshot), if any."""
+    side = Path(init).with_suffix(".json")
+    if side.is_file():
+        import json
+        try:
+            spec = json.loads(side.read_text()).get("model")
+        except (ValueError, AttributeError):
+            return None
+        return dict(spec) if isinstance(spec, dict) and "name" in spec else None
+    return None
+
+
+def _free_name(path: Path) -> Path:
+    """path.1, path.2, ...: the first that does not exist."""
+    i = 1
+    while path.with_name(f"{path.name}.{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}.{i}")
+
+
+LOGGERS = ("tensorboard",)
+
+
+def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, loggers: tuple[str, ...] = ()) -> dict:
+    """Meta-train, holding the run folder's lock (a second run on the same folder is refused). ``loggers``: more
+    places for the metrics rows than metrics.jsonl ("tensorboard": RUN/tensorboard/)."""
+    from .checkpoint import RunLock
+    from .comm import init_from_env
+    for name in loggers:
+        if name not in LOGGERS:
+            raise ConfigError(f"--log: unknown logger {name!r}; allowed: {', '.join(LOGGERS)}")
+    comm = comm or init_from_env(cfg.device)
+    if not comm.is_main():
+        return _meta_train(cfg, out, log, comm, ())
+    with RunLock(out):
+        return _meta_train(cfg, out, log, comm, loggers)
+
+
+def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -> dict:
+    """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
+    sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
+    init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
+    metrics.rank<R>.jsonl on the others)."""
+    from .comm import shard
+    from .data.tasks import TaskSpec, build_tasks
+    from .loop import MetaTrainer
+    if comm.world_size > len(cfg.tasks):
+        raise ConfigError(f"{comm.world_size} processes for {len(cfg.tasks)} tasks: every process needs at least one "
+                          f"task; launch at most {len(cfg.tasks)} processes")
+    mine = list(shard(len(cfg.tasks), comm.world_size, comm.rank))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    local = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
+                        cfg.device, task_ids=mine)
+    for task, gid in zip(local, mine):
+        val = (f"{len(task.y['val'])} val" if task.spec.val_fraction > 0 else
+               "no val (val = train: val_fraction is 0)")
+        log(f"task {gid}: {task.spec.label}: {task.num_classes} classes, {len(task.y['train'])} train / {val} / "
+            f"{len(task.y['test'])} test images at {task.spec.resolution}px"
+            + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+    no_val = [f"tasks[{gid}]" for task, gid in zip(local, mine) if task.spec.val_fraction == 0]
+    if cfg.meta.method in HELD_OUT_METHODS and no_val:
+        warnings.warn(f"{cfg.meta.method} computes its meta-gradient on a held-out batch, but {', '.join(no_val)} "
+                      f"hold nothing out (val_fraction: 0), so that batch is training data; set val_fraction "
+                      f"(e.g. 0.2) on these tasks", stacklevel=2)
+    tasks = local
+    models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine,
+                                                     cfg.meta_params)]
+    learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
+                              include=cfg.meta_params["include"], exclude=cfg.meta_params["exclude"],
+                              **cfg.execution)
+    snapshots = out / "snapshots"
+    if comm.is_main():
+        snapshots.mkdir(exist_ok=True)
+    state = {"next": cfg.snapshot_every, "backend_logged": False}
+
+    def report_backend(tr):
+        if not state["backend_logged"]:
+            state["backend_logged"] = True
+            timing = ", ".join(f"{k} {v:.1f} ms" for k, v in learners.backend_timings.items())
+            how = ""
+            if state.get("resumed") and cfg.execution["backend"] == "auto":
+                how = " (chosen at the run's start; resumed)"      # the checkpoint's choice, not measured again
+            elif timing:
+                how = f" (measured per step of all local tasks: {timing})"
+            log(f"backend: {learners.backend}{how}" + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+
+    def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
+        sd = init_state_dict(learners, tr_phi, comm)
+        if comm.is_main():
+            save_torch(sd, path)
+            # Its model spec beside it, so the file can be meta-tested (or shared) on its own.
+            write_json(path.with_suffix(".json"), {"model": cfg.model, "meta_params": cfg.meta_params,
+                                                   "head": f"not included ({', '.join(cfg.head_patterns)})",
+                                                   "method": cfg.meta.method, "inner_steps": tr_inner(path)})
+
+    def snapshot(tr):
+        # At a trajectory's last step, wait for its end: Algorithm 1's meta-update happens there, so a snapshot at a
+        # trajectory boundary holds every method's phi after the same work.
+        if tr.position["k"] == cfg.meta.inner_steps:
+            return
+        if cfg.snapshot_every and tr.inner_steps >= state["next"]:
+            save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.pt")
+            state["next"] = (tr.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every
+
+    from .metrics import MetricsWriter, truncate_metrics
+    metrics = out / ("metrics.jsonl" if comm.is_main() else f"metrics.rank{comm.rank}.jsonl")
+    checkpointing = cfg.checkpoint_every > 0
+    trainer = MetaTrainer(learners, cfg.meta, metrics_path=None, step_callbacks=[report_backend, snapshot], comm=comm,
+                          trajectory_callbacks=[snapshot],
+                          task_ids=mine, checkpoint_dir=out / "checkpoints" if checkpointing else None,
+                          checkpoint_every=cfg.checkpoint_every if checkpointing else 0,
+                          keep_checkpoints=cfg.keep_checkpoints, identity=run_identity(cfg))
+    resumed = checkpointing and trainer.resume()        # automatic resume from the newest valid checkpoint
+    # Only now, with the checkpoint accepted (or none), is the folder this run's: a refused run changes nothing.
+    if comm.is_main():
+        write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    state["resumed"] = bool(resumed)
+    if resumed:
+        truncate_metrics(metrics, trainer.inner_steps, trainer.resumed_metrics_rows)
+        if cfg.snapshot_every:
+            # A checkpoint at a trajectory's last step precedes that trajectory's end, and its snapshot.
+            done = trainer.inner_steps - (trainer.position["k"] == cfg.meta.inner_steps)
+            state["next"] = (done // cfg.snapshot_every + 1) * cfg.snapshot_every
+        log(f"resumed from the checkpoint at inner step {trainer.inner_steps} (trajectory "
+            f"{trainer.position['m'] + 1}, step {trainer.position['k']})")
+    elif metrics.exists():
+        kept = _free_name(metrics)
+        metrics.rename(kept)
+        warnings.warn(f"{out}: a run without a checkpoint to resume from left {metrics.name}; kept as {kept.name}, "
+                      f"and this run starts over", stacklevel=2)
+    kept_rows = len(metrics.read_text().splitlines()) if resumed and metrics.exists() else 0
+    sinks = []
+    if "tensorboard" in loggers:
+        from .tensorboard import TensorBoardSink
+        sinks.append(TensorBoardSink(out / "tensorboard"))
+    trainer.metrics = MetricsWriter(metrics, rows=kept_rows, sinks=sinks)
+    if cfg.snapshot_every and not resumed:
+        save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
+    result = trainer.run()
+    save_init(result.phi, out / "init.pt")
+    summary = {"method": cfg.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
+               "wall_time": result.wall_time, "world_size": comm.world_size,
+               "tasks": [TaskSpec.from_dict(t, "").label for t in cfg.tasks]}
+    if comm.is_main():
+        write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,312 @@
+"""``ModuleLearners``: T ``nn.Module`` task learners bound to the rows of theta by shared storage (see
+trajshift/learners.py for the interface, and docs/design.md for why storage-sharing views and not functional_call).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .batched import BatchedForward, batched_unsupported_reason
+from .errors import ConfigError
+from .flat import FlatSpec
+from .learners import (
+    AUTOCAST_DTYPES,
+    BACKENDS,
+    DEFAULT_HEAD_PATTERNS,
+    Learners,
+    select_meta_names,
+)
+
+log = logging.getLogger(__name__)
+
+
+BatchFn = Callable[[int, int, str], tuple[torch.Tensor, torch.Tensor]]
+
+
+class ModuleLearners(Learners):
+    """T nn.Module task learners.
+
+    ``modules``: one module per task (e.g. a body with a head sized for that task's classes), or one module that
+    is deep-copied T times. ``batch_fn(task, step, split) -> (inputs, targets)``. ``loss``: a callable
+    ``(outputs, targets) -> scalar`` (default cross-entropy). Meta-learned parameters are chosen by
+    ``include``/``exclude`` name globs and must have the same names and shapes in every replica.
+
+    Execution options (none changes the mathematics; docs/PERFORMANCE.md measures each):
+
+    * ``backend``: "loop" runs the replicas one after another; "batched" runs all tasks in one vmapped forward and
+      backward (trajshift/batched.py; needs equal input shapes); "auto" times both on the first step's batches
+      (``auto_rounds`` rounds each, BatchNorm statistics and gradients restored afterwards) and keeps the faster,
+      falling back to "loop" when batching is impossible. The choice is kept in checkpoints, so a resumed run
+      continues on the same backend.
+    * ``backward`` (loop backend): "per-task" (forward+backward one task at a time) or "summed".
+    * ``channels_last`` (loop backend): inputs in NHWC memory format.
+    * ``autocast``: None, "bf16" or "fp16": forward under ``torch.autocast``; parameters, gradients and optimizer
+      state stay in the engine's dtype.
+    * ``compile`` (batched backend): ``torch.compile`` the vmapped forward (one graph for all T tasks).
+    """
+
+    def __init__(self, modules: nn.Module | Sequence[nn.Module], batch_fn: BatchFn, num_tasks: int | None = None,
+                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 include: Sequence[str] = ("*",), exclude: Sequence[str] = DEFAULT_HEAD_PATTERNS,
+                 backward: str = "per-task", backend: str = "loop", channels_last: bool = False,
+                 autocast: str | None = None, compile: bool = False, auto_rounds: int = 3):
+        if isinstance(modules, nn.Module):
+            if num_tasks is None:
+                raise ConfigError("num_tasks: required when a single module is given to be replicated")
+            modules = [copy.deepcopy(modules) for _ in range(num_tasks)]
+        if backward not in ("per-task", "summed"):
+            raise ConfigError(f"backward: unknown value {backward!r}; allowed values: per-task, summed")
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend: unknown value {backend!r}; allowed values: {', '.join(BACKENDS)}")
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(f"autocast: unknown value {autocast!r}; allowed values: none, "
+                              f"{', '.join(AUTOCAST_DTYPES)}")
+        if compile and backend == "loop":
+            raise ConfigError("compile: torch.compile is applied to the batched backend's single function; "
+                              "set backend: batched (or auto), or compile: false")
+        self.backward_mode = backward
+        self.backend = backend
+        self.backend_timings: dict[str, float] = {}       # ms per backward, when backend "auto" measured them
+        self.channels_last = bool(channels_last)
+        self.autocast = autocast
+        self.compile = bool(compile)
+        self.auto_rounds = int(auto_rounds)
+        self._batched: BatchedForward | None = None
+        self.modules = list(modules)
+        self.num_tasks = len(self.modules)
+        self.batch_fn = batch_fn
+        self.loss = loss or nn.functional.cross_entropy
+        names0 = [n for n, _ in self.modules[0].named_parameters()]
+        meta = select_meta_names(names0, include, exclude)
+        self.spec = FlatSpec.from_tensors([(n, p) for n, p in self.modules[0].named_parameters() if n in meta])
+        for t, m in enumerate(self.modules):
+            params = dict(m.named_parameters())
+            for n, shape in zip(self.spec.names, self.spec.shapes):
+                if n not in params or tuple(params[n].shape) != shape:
+                    raise ConfigError(f"task {t}: meta-learned parameter {n!r} is missing or has shape "
+                                      f"{tuple(params[n].shape) if n in params else None}, expected {shape}")
+        self.local_specs = [FlatSpec.from_tensors([(n, p) for n, p in m.named_parameters() if n not in self.spec.names])
+                            for m in self.modules]
+        self._initial_local = [self._local_params(m) for m in self.modules]
+        self._initial_buffers = [copy.deepcopy(dict(m.named_buffers())) for m in self.modules]
+        self._phi0 = self.spec.flatten({n: p.detach() for n, p in self.modules[0].named_parameters()}).clone()
+        self._device = self._phi0.device
+        local_sizes = [s.numel for s in self.local_specs]
+        self.local_offsets = [sum(local_sizes[:t]) for t in range(self.num_tasks)]
+        self.local_numel = sum(local_sizes)
+        self.batched_unsupported = batched_unsupported_reason(self.modules, self.spec.names)
+        if backend == "batched" and self.batched_unsupported:
+            raise ConfigError(f"backend: batched cannot run these task learners: {self.batched_unsupported}; "
+                              f"use backend: loop or auto")
+
+    def local_task_index(self) -> torch.Tensor:
+        return torch.cat([torch.full((s.numel,), t, dtype=torch.long) for t, s in enumerate(self.local_specs)])
+
+    def _local_params(self, m: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in m.named_parameters() if n not in self.spec.names}
+
+    def initial_phi(self):
+        if self._phi0 is None:
+            raise ConfigError("these ModuleLearners are already bound to a Population (their modules' parameters "
+                              "are now rows of its theta); build new ModuleLearners for another run")
+        return self._phi0.clone()
+
+    @property
+    def device(self):
+        return self._device
+
+    def bind(self, theta, theta_grad):
+        dtype = self.dtype = theta.dtype
+        device = theta.device
+        for m in self.modules:
+            m.to(dtype=dtype, device=device)
+        self.local = (torch.zeros(self.local_numel, dtype=dtype, device=device, requires_grad=True)
+                      if self.local_numel else None)
+        self.local_grad = torch.zeros(self.local_numel, dtype=dtype, device=device) if self.local_numel else None
+        if self.local is not None:
+            self.local.grad = self.local_grad
+        for t, m in enumerate(self.modules):
+            params = dict(m.named_parameters())
+            meta_values = self.spec.views(theta.data[t])
+            meta_grads = self.spec.views(theta_grad[t])
+            for n in self.spec.names:
+                params[n].data = meta_values[n]
+                params[n].grad = meta_grads[n]
+            if self.local is not None:
+                lo = self.local_offsets[t]
+                spec = self.local_specs[t]
+                values = spec.views(self.local.data[lo:lo + spec.numel])
+                grads = spec.views(self.local_grad[lo:lo + spec.numel])
+                for n in spec.names:
+                    values[n].copy_(self._initial_local[t][n])
+                    params[n].data = values[n]
+                    params[n].grad = grads[n]
+        theta.grad = theta_grad
+        self.theta = theta
+        # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
+        self._phi0 = None
+        if self.backend != "loop" and not self.batched_unsupported:
+            self._batched = BatchedForward(self.modules, self.spec, self.local_specs, self.local_offsets, self.loss,
+                                           compile=self.compile, autocast_dtype=AUTOCAST_DTYPES.get(self.autocast),
+                                           device=device)
+            self._batched.bind_buffers(self.modules)
+        elif self.backend == "auto":
+            self.backend = "loop"
+            log.info("backend auto: loop (batching impossible: %s)", self.batched_unsupported)
+
+    def _autocast(self, device: torch.device):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.autocast])
+
+    def _batch(self, t, step, split):
+        x, y = self.batch_fn(t, step, split)
+        x = x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _stacked_batches(self, step, split):
+        """Every task's batch stacked: x [T, B, ...], y [T, B]; None (with the reason) when shapes differ."""
+        xs, ys = zip(*(self.batch_fn(t, step, split) for t in range(self.num_tasks)))
+        for t in range(1, self.num_tasks):
+            if xs[t].shape != xs[0].shape or ys[t].shape != ys[0].shape:
+                return None, (f"task {t}'s batch has inputs {tuple(xs[t].shape)} / targets {tuple(ys[t].shape)}, "
+                              f"task 0's {tuple(xs[0].shape)} / {tuple(ys[0].shape)}")
+        x = torch.stack(xs)
+        return (x.to(self.dtype) if x.is_floating_point() else x, torch.stack(ys)), None
+
+    def _batched_losses(self, step, split):
+        batch, reason = self._stacked_batches(step, split)
+        if batch is None:
+            raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
+                              f"use backend: loop (or auto)")
+        x, y = batch
+        return self._batched.losses(self.modules, self.theta, self.local, x, y, split == "train")
+
+    def _loop_losses(self, step, split):
+        out = []
+        for t, m in enumerate(self.modules):
+            m.train(split == "train")
+            x, y = self._batch(t, step, split)
+            with self._autocast(x.device):
+                out.append(self.loss(m(x), y))
+        return torch.stack(out)
+
+    def _loop_backward(self, step, split):
+        # Default: forward and backward one task at a time, so each task's activations are freed before the next
+        # task's forward. "summed" (one backward over the sum of all T graphs) keeps every task's activations alive
+        # at once (T x the activation memory); on CPU it measured 1.08x slower with 1 thread, 0.95x with 2
+        # (docs/PERFORMANCE.md).
+        if self.backward_mode == "summed":
+            losses = self._loop_losses(step, split)
+            losses.sum().backward()
+            return losses.detach()
+        out = torch.empty(self.num_tasks, dtype=self.dtype, device=self.theta.device)
+        for t, m in enumerate(self.modules):
+            m.train(split == "train")
+            x, y = self._batch(t, step, split)
+            with self._autocast(x.device):
+                loss = self.loss(m(x), y)
+            loss.backward()
+            out[t] = loss.detach()
+        return out
+
+    def _batched_backward(self, step, split):
+        losses = self._batched_losses(step, split)
+        losses.sum().backward()
+        return losses.detach().to(self.dtype)
+
+    def _choose_backend(self, step, split) -> None:
+        """backend "auto": time both backends on this step's batches, keep the faster, undo every side effect."""
+        batch, reason = self._stacked_batches(step, split)
+        if batch is None:
+            self.backend = "loop"
+            log.info("backend auto: loop (batching impossible: %s)", reason)
+            return
+        saved = copy.deepcopy(self.state_dict())
+        sync = torch.cuda.synchronize if self.theta.is_cuda else (lambda: None)
+        runs = {"loop": self._loop_backward, "batched": self._batched_backward}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(self.auto_rounds + 1):            # round 0 warms up (and compiles, with compile: true)
+            for name, run in runs.items():
+                sync()
+                t0 = time.perf_counter()
+                run(step, split)
+                sync()
+                if r:
+                    times[name].append(1e3 * (time.perf_counter() - t0))
+        self.load_state_dict(saved)
+        with torch.no_grad():
+            self.theta.grad.zero_()
+            if self.local_grad is not None:
+                self.local_grad.zero_()
+        self.backend_timings = {k: statistics.median(v) for k, v in times.items()}
+        self.backend = min(self.backend_timings, key=self.backend_timings.get)
+        log.info("backend auto: %s (ms per backward of all tasks: %s)", self.backend,
+                 ", ".join(f"{k} {v:.1f}" for k, v in self.backend_timings.items()))
+
+    def losses(self, step, split="train"):
+        if self.backend == "batched":
+            return self._batched_losses(step, split)
+        return self._loop_losses(step, split)
+
+    def backward(self, step, split="train"):
+        if self.backend == "auto":
+            self._choose_backend(step, split)
+        if self.backend == "batched":
+            return self._batched_backward(step, split)
+        return self._loop_backward(step, split)
+
+    def losses_at(self, theta, step, split="train"):
+        out = []
+        for t, m in enumerate(self.modules):
+            m.train(split == "train")
+            x, y = self._batch(t, step, split)
+            state = {n: b.clone() for n, b in m.named_buffers()}    # leave the real BatchNorm statistics alone
+            state.update(self.spec.views(theta[t]))
+            out.append(self.loss(torch.func.functional_call(m, state, (x,)), y))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def reset_local(self, heads=True, batchnorm=True):
+        for t, m in enumerate(self.modules):
+            if heads:
+                params = dict(m.named_parameters())
+                for n, v in self._initial_local[t].items():
+                    params[n].copy_(v)
+            if batchnorm:
+                buffers = dict(m.named_buffers())
+                for n, v in self._initial_buffers[t].items():
+                    buffers[n].copy_(v)
+
+    def state_dict(self):
+        return {"buffers": [{n: b.detach().clone() for n, b in m.named_buffers()} for m in self.modules],
+                "local": None if self.local is None else self.local.detach().clone(),
+                "backend": self.backend}
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        # A run resumed with backend "auto" continues on the backend it chose (same floating-point path).
+        if self.backend == "auto" and state.get("backend") in ("loop", "batched"):
+            self.backend = state["backend"]
+        for m, bufs in zip(self.modules, state["buffers"]):
+            own = dict(m.named_buffers())
+            for n, v in bufs.items():
+                own[n].copy_(v)
+        if self.local is not None and state.get("local") is not None:
+            self.local.copy_(state["local"])
+
+    def task_state_dict(self, task: int, phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Task ``task``'s full module state_dict, with the meta-learned part taken from ``phi`` when given."""
+        sd = {k: v.detach().clone() for k, v in self.modules[task].state_dict().items()}
+        if phi is not None:
+            sd.update(self.spec.to_state_dict(phi))
+        return sd
