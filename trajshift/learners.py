@@ -1,4 +1,5 @@
-"""The T task learners as the engine sees them.
+"""How each task's loss is computed: the models (or loss functions) and their data, as the engine calls them.
+(The training state itself, theta and the inner optimizer, is the Population's: trajshift/population.py.)
 
 The engine owns theta [T, P] (meta-learned scalars, one row per task) and its gradient buffer of the same shape.
 A ``Learners`` object turns a step index into per-task losses [T] that are differentiable with respect to theta:

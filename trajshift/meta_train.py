@@ -116,20 +116,19 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
     mine = list(shard(len(cfg.tasks), comm.world_size, comm.rank))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    local = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
+    tasks = build_tasks([cfg.tasks[i] for i in mine], cfg.batch_size, cfg.seed, cfg.data_root, cfg.cache_dir,
                         cfg.device, task_ids=mine)
-    for task, gid in zip(local, mine):
+    for task, gid in zip(tasks, mine):
         val = (f"{len(task.y['val'])} val" if task.spec.val_fraction > 0 else
                "no val (val = train: val_fraction is 0)")
         log(f"task {gid}: {task.spec.label}: {task.num_classes} classes, {len(task.y['train'])} train / {val} / "
             f"{len(task.y['test'])} test images at {task.spec.resolution}px"
             + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
-    no_val = [f"tasks[{gid}]" for task, gid in zip(local, mine) if task.spec.val_fraction == 0]
+    no_val = [f"tasks[{gid}]" for task, gid in zip(tasks, mine) if task.spec.val_fraction == 0]
     if cfg.meta.method in HELD_OUT_METHODS and no_val:
         warnings.warn(f"{cfg.meta.method} computes its meta-gradient on a held-out batch, but {', '.join(no_val)} "
                       f"hold nothing out (val_fraction: 0), so that batch is training data; set val_fraction "
                       f"(e.g. 0.2) on these tasks", stacklevel=2)
-    tasks = local
     models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine,
                                                      cfg.meta_params)]
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
@@ -148,7 +147,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
             if state.get("resumed") and cfg.execution["backend"] == "auto":
                 how = " (chosen at the run's start; resumed)"      # the checkpoint's choice, not measured again
             elif timing:
-                how = f" (measured per step of all local tasks: {timing})"
+                how = f" (measured per step of all of this process's tasks: {timing})"
             log(f"backend: {learners.backend}{how}" + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
 
     def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)

@@ -9,6 +9,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,8 +24,23 @@ from .learners import (
     Learners,
     select_meta_names,
 )
+from .schema import opt, parse
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecutionConfig:
+    """How the T learners run (trajshift.learners.ModuleLearners); none of these changes the mathematics."""
+    backend: str = opt("auto", choices=BACKENDS)
+    channels_last: bool = opt(False)
+    autocast: str | None = opt(None, choices=tuple(AUTOCAST_DTYPES))
+    compile: bool = opt(False)
+
+    def validate_fields(self, where):
+        if self.compile and self.backend == "loop":
+            raise ConfigError(f"{where}.compile: torch.compile applies to the batched backend; set {where}.backend "
+                              f"to batched or auto, or compile to false")
 
 
 BatchFn = Callable[[int, int, str], tuple[torch.Tensor, torch.Tensor]]
@@ -63,14 +79,9 @@ class ModuleLearners(Learners):
             modules = [copy.deepcopy(modules) for _ in range(num_tasks)]
         if backward not in ("per-task", "summed"):
             raise ConfigError(f"backward: unknown value {backward!r}; allowed values: per-task, summed")
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend: unknown value {backend!r}; allowed values: {', '.join(BACKENDS)}")
-        if autocast is not None and autocast not in AUTOCAST_DTYPES:
-            raise ConfigError(f"autocast: unknown value {autocast!r}; allowed values: none, "
-                              f"{', '.join(AUTOCAST_DTYPES)}")
-        if compile and backend == "loop":
-            raise ConfigError("compile: torch.compile is applied to the batched backend's single function; "
-                              "set backend: batched (or auto), or compile: false")
+        # The same rules as the config's execution block (one schema; trajshift/schema.py).
+        parse(ExecutionConfig, {"backend": backend, "channels_last": bool(channels_last), "autocast": autocast,
+                                "compile": bool(compile)}, "execution")
         self.backward_mode = backward
         self.backend = backend
         self.backend_timings: dict[str, float] = {}       # ms per backward, when backend "auto" measured them

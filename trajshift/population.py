@@ -1,5 +1,6 @@
-"""The population of T task learners: theta [T, P], its gradient buffer, the per-task local parameters (heads)
-and ONE inner optimizer over all of them.
+"""The training state of the T tasks: theta [T, P], its gradient buffer, the per-task parameters that are not
+meta-learned (heads, in ``learners.local``) and ONE inner optimizer over all of them. How a task's loss is computed
+is the ``Learners``' job (trajshift/learners.py).
 
 Algorithm 2, l.8-10 (and Algorithm 1, l.6-10): every task takes one optimizer step,
 ``theta_k^(t) = theta_{k-1}^(t) - alpha * grad L_k^(t)(theta_{k-1}^(t))`` (or the momentum/Adam analogue), as one

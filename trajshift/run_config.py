@@ -31,23 +31,10 @@ import yaml
 
 from .config import MetaConfig
 from .errors import ConfigError
-from .learners import AUTOCAST_DTYPES, BACKENDS, DEFAULT_HEAD_PATTERNS
+from .learners import DEFAULT_HEAD_PATTERNS
 from .models import MODELS, build_model
+from .module_learners import ExecutionConfig
 from .schema import opt, parse
-
-
-@dataclass
-class ExecutionConfig:
-    """How the T learners run (trajshift.learners.ModuleLearners); none of these changes the mathematics."""
-    backend: str = opt("auto", choices=BACKENDS)
-    channels_last: bool = opt(False)
-    autocast: str | None = opt(None, choices=tuple(AUTOCAST_DTYPES))
-    compile: bool = opt(False)
-
-    def validate_fields(self, where):
-        if self.compile and self.backend == "loop":
-            raise ConfigError(f"{where}.compile: torch.compile applies to the batched backend; set {where}.backend "
-                              f"to batched or auto, or compile to false")
 
 
 @dataclass

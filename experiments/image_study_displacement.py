@@ -1,0 +1,78 @@
+"""A test of the image study's explanation for CTS = Reptile, on meta-training outputs only (no meta-test data).
+
+The explanation: with K inner steps, CTS's meta-updates of size beta after every step compound over a trajectory to
+a pull of 1 - (1 - beta)^K towards the tasks' solutions, which is what Reptile does once per trajectory with
+beta_R = 1 - (1 - beta)^K. CTS at beta then behaves like Reptile at beta_R; at the chosen values (CTS 0.01, K = 200:
+beta_R = 0.87; Reptile 1) the two should have moved phi about equally far from the common initialization, in similar
+directions, and score alike on meta-validation.
+
+For every run of the study's sweeps (the archive in docs/image-study/runs/), this prints and writes:
+||phi - phi_0|| over the meta-learned parameters, the cosine of phi - phi_0 with the chosen Reptile run's, the
+meta-validation score, and for CTS the Reptile meta learning rate the explanation maps it to.
+
+    python experiments/image_study_displacement.py [--runs docs/image-study/runs] [--out docs/image-study/displacement.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trajshift.atomic import write_json
+
+
+def flat(path: Path) -> torch.Tensor:
+    """The meta-learned parameters of an init file as one float64 vector (BatchNorm statistics left out)."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.cat([v.flatten().double() for k, v in sorted(sd.items())
+                      if "running_" not in k and "num_batches" not in k])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="docs/image-study/runs")
+    ap.add_argument("--out", default="docs/image-study/displacement.json")
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    scores = {}
+    for sweep in runs.glob("*/sweep.json"):
+        for method, entry in json.loads(sweep.read_text())["methods"].items():
+            for p in entry["points"]:
+                scores[(method, float(p["values"]["meta.meta_lr"]))] = p.get("score")
+    phi0 = flat(runs / "sweep" / "reptile" / "meta_lr=1" / "snapshots" / "step-00000000.pt")
+    reference = flat(runs / "sweep" / "reptile" / "meta_lr=1" / "init.pt") - phi0
+    rows = []
+    for init in sorted(runs.glob("*/*/meta_lr=*/init.pt")):
+        method, beta = init.parent.parent.name, float(init.parent.name.split("=")[1])
+        config = init.parent / "config.yaml"
+        k = None
+        if config.exists():
+            import yaml
+            k = yaml.safe_load(config.read_text())["meta"]["inner_steps"]
+        d = flat(init) - phi0
+        norm = float(d.norm())
+        cos = float(d @ reference / (d.norm() * reference.norm())) if norm > 0 and norm < 1e6 else None
+        rows.append({"method": method, "meta_lr": beta, "displacement": norm, "cos_with_reptile_1": cos,
+                     "validation": scores.get((method, beta)),
+                     "reptile_equivalent_meta_lr": 1 - (1 - beta) ** k if method.startswith("cts") and k and
+                     beta < 1 else None})
+    write_json(args.out, {"phi0": "the common random initialization (snapshot 0)", "reference": "reptile meta_lr=1",
+                          "rows": rows})
+    print("| method | meta_lr | Reptile-equivalent meta_lr 1-(1-b)^K | ||phi - phi_0|| | cos with Reptile 1 | "
+          "meta-validation % |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        eq = "" if r["reptile_equivalent_meta_lr"] is None else f"{r['reptile_equivalent_meta_lr']:.3f}"
+        cos = "" if r["cos_with_reptile_1"] is None else f"{r['cos_with_reptile_1']:.3f}"
+        val = "failed" if r["validation"] is None else f"{100 * r['validation']:.2f}"
+        disp = f"{r['displacement']:.3g}"
+        print(f"| {r['method']} | {r['meta_lr']:g} | {eq} | {disp} | {cos} | {val} |")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
