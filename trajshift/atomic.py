@@ -22,19 +22,26 @@ class DiskFullError(TrajshiftError, OSError):
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    write_with(path, lambda f: f.write(data), len(data))
+
+
+def write_with(path: str | Path, write, size: int | None = None) -> None:
+    """The writer: ``write(f)`` fills a temporary file beside ``path`` (streamed: large arrays need no copy in
+    memory), which is fsynced and renamed over ``path``; then the folder is fsynced. ``size``: bytes, for the
+    full-disk message."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             _sync(f)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"{path.parent}: no space left on the device writing {path.name} "
-                                f"({len(data) / 2**20:.1f} MiB needed); free space there and run the same command "
-                                f"again (files written before are intact)") from None
+            need = f" ({size / 2**20:.1f} MiB needed)" if size is not None else ""
+            raise DiskFullError(f"{path.parent}: no space left on the device writing {path.name}{need}; free space "
+                                f"there and run the same command again (files written before are intact)") from None
         raise
     fsync_dir(path.parent)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import DiskFullError, write_json
+from ..atomic import DiskFullError, write_json, write_with
 from .errors import DataError
 from .formats import ImageData, Split, file_signature
 from .registry import load_dataset
@@ -165,10 +165,7 @@ def prepare(name: str, resolution: int, data_root: str | Path | None = None, cac
         digests = {}
         for k, arr in (("train_x", prepared.train.images), ("train_y", prepared.train.labels),
                        ("test_x", prepared.test.images), ("test_y", prepared.test.labels)):
-            with open(tmp / f"{k}.npy", "wb") as f:
-                np.save(f, np.ascontiguousarray(arr))
-                f.flush()
-                os.fsync(f.fileno())
+            write_with(tmp / f"{k}.npy", lambda f, a=arr: np.save(f, np.ascontiguousarray(a)), arr.nbytes)
             digests[k] = _sha256(tmp / f"{k}.npy")
         meta = {"version": CACHE_VERSION, "name": prepared.name, "resolution": resolution,
                 "classes": prepared.classes, "train": len(prepared.train.labels), "test": len(prepared.test.labels),
