@@ -59,3 +59,27 @@ def test_divergence_names_task_and_step():
                         inner_optimizer={"name": "sgd", "lr": 0.1})
     with pytest.raises(ts.DivergenceError, match="task 1: inner loss is (inf|nan)"):
         ts.MetaTrainer(learners, cfg).run()
+
+
+def test_set_overrides_follow_the_same_rules_as_the_file(tmp_path, capsys):
+    """One schema: a value given with --set is checked like the same value in the YAML file, with the key path and a
+    'did you mean' for a misspelt key; nothing is written."""
+    from pathlib import Path
+
+    import yaml
+    shipped = str(Path(__file__).resolve().parent.parent / "configs" / "offline-digits.yaml")
+    data = yaml.safe_load(Path(shipped).read_text())
+    bad = dict(data, meta={**data["meta"], "inner_steps": 0})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    out = tmp_path / "never"
+    assert main(["meta-train", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+    from_file = capsys.readouterr().err.strip()
+    assert main(["meta-train", shipped, "--out", str(out), "--set", "meta.inner_steps=0"]) == 2
+    from_flag = capsys.readouterr().err.strip()
+    assert from_file == from_flag == "trajshift: error: meta.inner_steps: expected an integer >= 1, got 0"
+    assert main(["meta-train", shipped, "--out", str(out), "--set", "meta.inner_step=5"]) == 2
+    assert "meta.inner_step: unknown key; did you mean 'inner_steps'?" in capsys.readouterr().err
+    assert main(["meta-train", shipped, "--out", str(out), "--set", "meta.meta_lr=1e-3",
+                 "--set", "execution.backend=lop"]) == 2
+    assert "execution.backend: unknown value 'lop'; did you mean 'loop'?" in capsys.readouterr().err
+    assert not out.exists()
