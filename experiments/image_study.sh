@@ -41,6 +41,15 @@ PY
       --set 'tasks=[{dataset: tiny-imagenet, classes: "0:180", resolution: 32, val_fraction: 0.2}]'
 fi
 
+# 2b. Validation only: one more point where a choice fell on its grid's edge (the ablations chose 0.1, the top of
+#     their grid; the first-order methods 0.01, the bottom). A better point found here changes the chosen run.
+if [[ $stage == extend ]]; then
+  $TS sweep $CFG --out $OUT/sweep-ablations --grid meta.meta_lr=0.001,0.01,0.1,1 \
+      --methods cts-no-shift,cts-random-shift --jobs $JOBS
+  $TS sweep $CFG --out $OUT/sweep-first-order --grid meta.meta_lr=0.001,0.01,0.1,1 --methods fomaml,fomaml++,imaml \
+      --jobs $JOBS
+fi
+
 # 3. Meta-test (touched once, at the end): every chosen run, its snapshots (Fig. 7) and scratch (snapshot 0).
 if [[ $stage == all || $stage == report ]]; then
   $TS report $OUT/sweep $OUT/sweep-ablations $OUT/sweep-first-order $OUT/sweep-mtl $OUT/sweep-pretrain \
