@@ -197,6 +197,11 @@ def dist_child(args) -> None:
         print("DIST " + json.dumps(rows))
     comm._dist.barrier()
     comm._dist.destroy_process_group()
+    # Leave without interpreter finalization, where gloo's worker threads can abort the process ("terminate called
+    # without an active exception", a known PyTorch issue at exit); trajshift's command does the same.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(args) -> dict:
