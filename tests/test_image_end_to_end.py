@@ -194,4 +194,4 @@ def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, da
     for k, v in inits["loop"].items():
         torch.testing.assert_close(inits["batched"][k].double(), v.double(), rtol=0, atol=1e-5, msg=k)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "auto")]) == 0
-    assert "(measured per step of all local tasks: loop" in capsys.readouterr().out
+    assert "(measured per step of all of this process's tasks: loop" in capsys.readouterr().out
