@@ -4,6 +4,17 @@ from __future__ import annotations
 import argparse
 
 
+def _data_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--data-root", default=None,
+                     help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
+    sub.add_argument("--cache-dir", default=None,
+                     help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+
+
+def _quiet(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+
+
 def build_parser(handlers: dict) -> argparse.ArgumentParser:
     """The command line; ``handlers`` maps each command to its function (trajshift.cli)."""
     p = argparse.ArgumentParser(prog="trajshift", description=(
@@ -52,7 +63,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                          "of the two measured at start-up (auto, the default); same results either way")
     mt.add_argument("--log", default=None, metavar="tensorboard",
                     help="also log the metrics to TensorBoard (RUN/tensorboard/; needs pip install tensorboard)")
-    mt.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _quiet(mt)
     mt.set_defaults(func=handlers["meta_train"])
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
                         description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
@@ -82,10 +93,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                          "and characters)")
     te.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
                     "more than the training set)")
-    te.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
-    te.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    _data_options(te)
     te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
-    te.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _quiet(te)
     te.set_defaults(func=handlers["meta_test"])
     ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
                         "(Section 3.3, Fig. 3)", description="Writes DIR/results.json and DIR/approx_error.png.")
@@ -100,10 +110,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     ae.add_argument("--alphas", default=None, help="alpha sweep, comma-separated (default 0.001,...,0.1)")
     ae.add_argument("--betas", default=None, help="beta sweep (default 0.001,0.01,0.1,1)")
     ae.add_argument("--ks", default=None, help="k sweep (default 1,5,10,25,50,100)")
-    ae.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
-    ae.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    _data_options(ae)
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
-    ae.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _quiet(ae)
     ae.set_defaults(func=handlers["approx_error"])
     sw = sub.add_parser("sweep", help="choose a hyperparameter (e.g. meta.meta_lr) per method on meta-validation "
                         "(held-out source classes), never on meta-test targets",
@@ -117,12 +126,12 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     sw.add_argument("--methods", default=None, help="comma-separated methods (default: the config's)")
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); each gets cores/jobs threads")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    sw.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _quiet(sw)
     sw.set_defaults(func=handlers["sweep"])
     va = sub.add_parser("validate", help="meta-validation score of a finished run (held-out source classes of its "
                         "config's validation block); cached in RUN/validation.json")
     va.add_argument("run", help="meta-train run folder")
-    va.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _quiet(va)
     va.set_defaults(func=handlers["validate"])
     rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
                         "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
@@ -146,9 +155,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     help="finetuning batch augmentation (default crop+flip)")
     rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
     rp.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
-    rp.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
-    rp.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
-    rp.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _data_options(rp)
+    _quiet(rp)
     rp.set_defaults(func=handlers["report"])
     dm = sub.add_parser("demo", help="a small image meta-train + meta-test that works offline (real images: the "
                         "data folder's datasets, else scikit-learn's digits)",
@@ -162,9 +170,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     dm.add_argument("--seeds", type=int, default=5, help="finetuning runs per initialization (default 5)")
     dm.add_argument("--images-per-class", type=int, default=5, help="target training images per class "
                     "(default 5: the low-data regime where an initialization can matter)")
-    dm.add_argument("--data-root", default=None, help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
-    dm.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
-    dm.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
+    _data_options(dm)
+    _quiet(dm)
     dm.set_defaults(func=handlers["demo"])
     dl = sub.add_parser("download", help="fetch registered datasets from their canonical addresses (sha256 checked "
                         "where known)")

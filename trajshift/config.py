@@ -17,7 +17,7 @@ import torch
 
 from .methods import METHODS
 from .optim import check_optimizer_spec
-from .schema import opt, parse
+from .schema import opt, parse, revalidate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -68,8 +68,7 @@ class MetaConfig:
 
     def validate(self) -> MetaConfig:
         """Check every field (in place: normalised values, such as optimizer specs, are kept)."""
-        self.__dict__.update(parse(MetaConfig, self, "").__dict__)
-        return self
+        return revalidate(self)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -26,7 +26,7 @@ from .models import build_model
 from .optim import build_optimizer
 from .registry import Registry
 from .sampling import stream_seed
-from .schema import Rule, opt, parse
+from .schema import Rule, opt, revalidate
 from .stats import mean_ci95
 
 
@@ -131,8 +131,8 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
     return task.evaluate(model)
 
 
-def _protocol(name, path):
-    PROTOCOLS.get(name)
+def check_protocol(name: str, path: str) -> str:
+    PROTOCOLS.get(name)                  # an unknown name lists the registered protocols
     return name
 
 
@@ -153,7 +153,7 @@ class MetaTestConfig:
     targets: list = opt(check=_targets, doc="dataset names or paths, or task specs {dataset, classes, resolution}")
     init: str | None = opt(None, doc="None: from scratch")
     model: dict = opt(factory=lambda: {"name": "resnet20"}, check=_model)
-    protocol: str = opt("paper", check=_protocol)
+    protocol: str = opt("paper", check=check_protocol)
     steps: int | None = opt(None, low=1)
     seeds: int = opt(5, low=1)
     resolution: int | None = opt(None, low=4, doc="default: the dataset's registered resolution (32 for paths)")
@@ -174,8 +174,7 @@ class MetaTestConfig:
                 raise ConfigError("--images-per-class and --train-images: give one of them")
 
     def validate(self) -> MetaTestConfig:
-        self.__dict__.update(parse(MetaTestConfig, self, "", flags=True).__dict__)
-        return self
+        return revalidate(self, flags=True)
 
 
 def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> dict:

@@ -56,12 +56,8 @@ def _meta_params(value, path):
 
 
 def _tasks(value, path):
-    from .data.tasks import TaskSpec
-    if not value:
-        raise ConfigError(f"{path}: expected a non-empty list of tasks")
-    for i, t in enumerate(value):
-        TaskSpec.from_dict(t, f"{path}[{i}]")
-    return value
+    from .data.tasks import check_task_specs
+    return check_task_specs(value, path)
 
 
 def _validation(value, path):

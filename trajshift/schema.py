@@ -132,7 +132,7 @@ def fields_of(cls) -> dict[str, dataclasses.Field]:
 def parse(cls, data, where: str, flags: bool = False):
     """Build schema dataclass ``cls`` from a mapping: unknown keys refused ("did you mean"), missing required keys
     named, every value checked by its field's rule. ``flags``: name keys as command-line flags (--images-per-class).
-    A ``validate(self, where)`` method on ``cls`` then checks what involves several fields."""
+    A ``validate_fields(self, where)`` method on ``cls`` then checks what involves several fields."""
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         data = {f: getattr(data, f) for f in fields_of(cls)}
     if not isinstance(data, dict):
@@ -158,5 +158,7 @@ def parse(cls, data, where: str, flags: bool = False):
     return out
 
 
-def as_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+def revalidate(obj, flags: bool = False):
+    """Check an already-built schema dataclass in place (normalised values, such as optimizer specs, are kept)."""
+    obj.__dict__.update(parse(type(obj), obj, "", flags=flags).__dict__)
+    return obj

@@ -29,25 +29,15 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data.tasks import AUGMENTATIONS
+from .data.tasks import AUGMENTATIONS, check_task_specs
 from .errors import ConfigError
+from .meta_test import check_protocol
 from .schema import opt, parse
 
 
 def _tasks(value, path):
-    from .data.tasks import TaskSpec
-    if not value:
-        raise ConfigError(f"{path}: expected a non-empty list of task specs of held-out source classes, e.g. "
-                          f"[{{dataset: tiny-imagenet, classes: '180:200'}}]")
-    for i, t in enumerate(value):
-        TaskSpec.from_dict(t, f"{path}[{i}]")
-    return value
-
-
-def _protocol(name, path):
-    from .meta_test import PROTOCOLS
-    PROTOCOLS.get(name)
-    return name
+    return check_task_specs(value, path, " of held-out source classes, e.g. [{dataset: tiny-imagenet, classes: "
+                                         "'180:200'}]")
 
 
 @dataclass
@@ -56,7 +46,7 @@ class ValidationConfig:
     images_per_class: int | None = opt(10, low=1)
     steps: int = opt(100, low=1)
     seeds: int = opt(5, low=2)
-    protocol: str = opt("paper", check=_protocol)
+    protocol: str = opt("paper", check=check_protocol)
     batch_size: int | None = opt(64, low=1)
     augment: str = opt("crop", choices=tuple(AUGMENTATIONS))
 

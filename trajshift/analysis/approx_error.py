@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..module_learners import ModuleLearners
-from ..schema import Rule, opt, parse
+from ..schema import Rule, opt, revalidate
 from ..stats import mean_ci95
 
 
@@ -39,8 +39,7 @@ class ApproxErrorConfig:
     cache_dir: str | None = opt(None)
 
     def validate(self, flags: bool = False) -> ApproxErrorConfig:
-        self.__dict__.update(parse(ApproxErrorConfig, self, "", flags=flags).__dict__)
-        return self
+        return revalidate(self, flags=flags)
 
 
 def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: int, momentum: float,

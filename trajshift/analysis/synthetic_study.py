@@ -21,7 +21,7 @@ from ..errors import ConfigError, DivergenceError
 from ..learners import FunctionLearners
 from ..loop import MetaTrainer
 from ..methods import METHODS
-from ..schema import Rule, opt, parse
+from ..schema import Rule, opt, revalidate
 from ..stats import mean_ci95
 from ..tasks.synthetic import TEMPLATES, HimmelblauTasks, adapt, meta_test_loss
 
@@ -74,8 +74,7 @@ class SyntheticStudyConfig:
                        inner_optimizer=self.inner_optimizer()).validate()
 
     def validate(self) -> SyntheticStudyConfig:
-        self.__dict__.update(parse(SyntheticStudyConfig, self, "").__dict__)
-        return self
+        return revalidate(self)
 
 
 def grid_points(n: int, lo: float = BOX[0], hi: float = BOX[1], dtype=torch.float64) -> torch.Tensor:

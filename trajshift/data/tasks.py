@@ -46,6 +46,15 @@ def _manifest(value, path):
     return value
 
 
+def check_task_specs(value: list, path: str, hint: str = "") -> list:
+    """A non-empty list of task specs, each checked (a rule check of the configs that hold tasks)."""
+    if not value:
+        raise ConfigError(f"{path}: expected a non-empty list of task specs{hint}")
+    for i, t in enumerate(value):
+        TaskSpec.from_dict(t, f"{path}[{i}]")
+    return value
+
+
 @dataclass
 class TaskSpec:
     dataset: str = opt(doc="a registry name or a path")
@@ -55,13 +64,12 @@ class TaskSpec:
     images_per_class: int | None = opt(None, low=1)
     val_fraction: float = opt(0.0, low=0, high=1, open_high=True)
     name: str | None = opt(None)
-    augment: bool | str = opt(True, check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
+    augment: bool | str = opt("crop+flip", check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
     manifest: str | dict | None = opt(None, check=_manifest, doc="a path dataset's CSV manifest")
 
     def validate_fields(self, where):
         if self.train_images is not None and self.images_per_class is not None:
             raise ConfigError(f"{where}: give train_images or images_per_class, not both")
-        self.augment = _augment(self.augment, f"{where}.augment")
 
     @staticmethod
     def from_dict(d: dict, where: str) -> TaskSpec:
