@@ -156,3 +156,31 @@ def test_design_md_cites_the_lines_that_hold_the_code():
     for path, line, code in rows:
         assert (PACKAGE.parent / path).read_text().splitlines()[int(line) - 1].strip().startswith(code.strip()), \
             (path, line, code)
+
+
+def test_the_head_is_what_meta_params_leaves_out_everywhere():
+    """With meta_params excluding the last conv block too, that block is per task (seeded per task like a head), is
+    left out of init.pt, and is not loaded by the meta-test (the fresh model keeps its own weights there)."""
+    import torch
+
+    from trajshift.meta_test import load_body
+    from trajshift.meta_train import build_models, init_state_dict
+    from trajshift.models import build_model
+    from trajshift.module_learners import ModuleLearners
+    from trajshift.population import Population
+
+    spec, mp = {"name": "conv4", "width": 4}, {"include": ["*"], "exclude": ["fc.*", "body.12.*"]}
+    models = build_models(spec, [3, 4], seed=0, meta_params=mp)
+    assert torch.equal(models[0].body[0].weight, models[1].body[0].weight)         # the shared body
+    assert not torch.equal(models[0].body[12].weight, models[1].body[12].weight)   # per task, like the head
+    learners = ModuleLearners(models, lambda t, step, split: None, **mp)
+    sd = init_state_dict(learners, Population(learners, {"name": "sgd", "lr": 0.1}).phi)
+    assert not any(k.startswith(("fc.", "body.12.")) for k in sd) and "body.0.weight" in sd
+    assert "body.13.running_mean" in sd                       # buffers belong to the body
+    fresh = build_model(spec, 5)
+    before = fresh.body[12].weight.detach().clone()
+    shifted = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    shifted["body.12.weight"] = torch.zeros_like(before)       # a head entry in the file is never loaded
+    load_body(fresh, shifted, "test", mp)
+    assert torch.equal(fresh.body[12].weight, before)
+    assert torch.equal(fresh.body[0].weight, sd["body.0.weight"] + 1)
