@@ -96,7 +96,7 @@ def main() -> int:
               "device": args.device, "gpu": _gpu_name(), "exit_code": proc.returncode, "wall_s": wall,
               "inner_steps_done": inner, "tasks": len(cfg["tasks"]),
               "task_steps_per_s_including_startup": inner * len(cfg["tasks"]) / wall if wall else None,
-              "snapshots": sorted(p.name for p in (work / "snapshots").glob("*.pt")) if (work / "snapshots").exists()
+              "snapshots": sorted(p.name for p in (work / "snapshots").glob("*.safetensors")) if (work / "snapshots").exists()
               else [], "checkpoints": sorted(p.name for p in (work / "checkpoints").glob("ckpt-*.pt"))
               if (work / "checkpoints").exists() else [], "first_loss": steps[0]["loss_mean"] if steps else None,
               "last_loss": steps[-1]["loss_mean"] if steps else None}

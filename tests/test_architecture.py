@@ -122,10 +122,10 @@ LAYERS = [
     ("engine", {"learners", "module_learners", "batched", "optim", "population", "comm", "models"}),
     ("methods", {"methods"}),
     ("loop", {"config", "loop", "readback", "metrics", "run_state", "checkpoint", "stopping", "progress",
-              "tensorboard"}),
-    ("data", {"data", "tasks"}),
+              "tensorboard", "wandb_log"}),
+    ("data", {"data", "tasks", "init_file"}),
     ("commands", {"run_config", "meta_train", "meta_test", "validation", "sweep", "demo", "analysis", "cli",
-                  "cli_parser", "__main__", ""}),
+                  "cli_parser", "__main__", "", "api"}),
 ]
 
 

@@ -44,6 +44,6 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     res = json.loads((ROOT / "benchmarks" / "out" / "gpu_meta_train.json").read_text())
     assert res["exit_code"] in (0, 130) and res["inner_steps_done"] >= 1 and res["tasks"] == 8
-    assert res["snapshots"][0] == "step-00000000.pt"
+    assert res["snapshots"][0] == "step-00000000.safetensors"
     p = res["projection"]
     assert p["projected_full_run_hours"] == pytest.approx(8 * 200_000 / p["task_steps_per_s"] / 3600)

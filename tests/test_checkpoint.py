@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import trajshift as ts
 from trajshift.checkpoint import RunLock, list_checkpoints, load_latest, save_checkpoint
@@ -97,11 +98,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
     proc = subprocess.run(killed, capture_output=True, check=False, text=True, timeout=300)   # checkpoints 4, 8
     run = [sys.executable, "-m", "trajshift", *args]
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not (tmp_path / "killed" / "init.pt").exists()
+    assert not (tmp_path / "killed" / "init.safetensors").exists()
     proc = subprocess.run(run, capture_output=True, check=False, text=True, timeout=300)          # automatic resume
     assert proc.returncode == 0, proc.stderr[-2000:]
-    full = torch.load(tmp_path / "full" / "init.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "killed" / "init.pt", weights_only=True)
+    full = load_file(tmp_path / "full" / "init.safetensors")
+    resumed = load_file(tmp_path / "killed" / "init.safetensors")
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     import json

@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from test_backends import make_batch_fn, make_modules
 
@@ -102,8 +103,8 @@ def test_meta_train_on_cuda_resumes_bit_identically(tmp_path, monkeypatch):
     assert main(["meta-train", str(path), "--out", str(tmp_path / "cut"), "--quiet"]) == 130
     faults.uninstall(monkeypatch)
     assert main(["meta-train", str(path), "--out", str(tmp_path / "cut"), "--quiet"]) == 0
-    a = torch.load(tmp_path / "full" / "init.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "init.pt", weights_only=True)
+    a = load_file(tmp_path / "full" / "init.safetensors")
+    b = load_file(tmp_path / "cut" / "init.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert rows == [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from test_image_end_to_end import make_dataset
 
@@ -40,12 +41,12 @@ def test_two_gloo_processes_match_one(tmp_path, method):
     assert main(["meta-train", str(path), "--out", str(tmp_path / "one"), "--quiet"]) == 0
     proc = torchrun(["meta-train", str(path), "--out", str(tmp_path / "two"), "--quiet"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = torch.load(tmp_path / "one" / "init.pt", weights_only=True)
-    two = torch.load(tmp_path / "two" / "init.pt", weights_only=True)
+    one = load_file(tmp_path / "one" / "init.safetensors")
+    two = load_file(tmp_path / "two" / "init.safetensors")
     assert one.keys() == two.keys()
     for k in one:
         assert (one[k].double() - two[k].double()).abs().max() <= 1e-6, k
-    moved = torch.load(tmp_path / "one" / "init.pt", weights_only=True)["body.0.weight"]
+    moved = load_file(tmp_path / "one" / "init.safetensors")["body.0.weight"]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
     # Rank 1 logged its own task (index 2); rank 0 its two.
     rank1 = [json.loads(x) for x in (tmp_path / "two" / "metrics.rank1.jsonl").read_text().splitlines()]
@@ -90,7 +91,7 @@ def test_killed_rank_is_restarted_by_torchrun_and_the_run_completes_identically(
                           check=False, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "fault-fired").exists()              # the fault really happened
-    clean = torch.load(tmp_path / "clean" / "init.pt", weights_only=True)
-    faulty = torch.load(tmp_path / "faulty" / "init.pt", weights_only=True)
+    clean = load_file(tmp_path / "clean" / "init.safetensors")
+    faulty = load_file(tmp_path / "faulty" / "init.safetensors")
     for k in clean:
         assert torch.equal(clean[k], faulty[k]), k

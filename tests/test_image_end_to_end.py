@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from image_files import png_bytes
 
@@ -44,20 +45,20 @@ def test_meta_train_then_meta_test(tmp_path, datasets, method):
     cfg = write_config(tmp_path / "c.yaml", datasets, method, tmp_path / "cache")
     run = tmp_path / "run"
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
-    for name in ("init.pt", "config.yaml", "metrics.jsonl"):
+    for name in ("init.safetensors", "config.yaml", "metrics.jsonl"):
         assert (run / name).exists()
-    assert sorted(p.name for p in (run / "snapshots").glob("*.pt")) == ["step-00000000.pt", "step-00000004.pt",
-                                                                     "step-00000008.pt"]
-    sd = torch.load(run / "init.pt", weights_only=True)
+    assert sorted(p.name for p in (run / "snapshots").glob("*.safetensors")) == ["step-00000000.safetensors", "step-00000004.safetensors",
+                                                                     "step-00000008.safetensors"]
+    sd = load_file(run / "init.safetensors")
     model = build_model({"name": "conv4", "width": 8}, 7)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
-    snap0 = torch.load(run / "snapshots" / "step-00000000.pt", weights_only=True)
+    snap0 = load_file(run / "snapshots" / "step-00000000.safetensors")
     assert not torch.equal(snap0["body.0.weight"], sd["body.0.weight"])       # the initialization moved
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["inner_steps"] == 8 and len(rows[0]["loss"]) == 2
     out = tmp_path / "test"
-    assert main(["meta-test", "--init", str(run / "init.pt"), "--targets", str(datasets[2]), "--out", str(out),
+    assert main(["meta-test", "--init", str(run / "init.safetensors"), "--targets", str(datasets[2]), "--out", str(out),
                  "--steps", "3", "--seeds", "2", "--resolution", "12", "--cache-dir", str(tmp_path / "cache"),
                  "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -153,7 +154,7 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
                  "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
     rep = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert "digits" in rep["data"] and set(rep["results"]) == {"cts", "scratch", "gain"}
-    assert (tmp_path / "demo" / "meta-train" / "init.pt").exists()
+    assert (tmp_path / "demo" / "meta-train" / "init.safetensors").exists()
     r = rep["results"]
     diffs = [a - b for a, b in zip(r["cts"]["accs"], r["scratch"]["accs"])]
     assert r["gain"]["mean"] == pytest.approx(sum(diffs) / 2) and rep["images_per_class"] == 5
@@ -177,7 +178,7 @@ def test_the_offline_config_runs_as_shipped(tmp_path, monkeypatch):
     run = tmp_path / "digits"
     assert main(["meta-train", str(cfg), "--out", str(run), "--quiet", "--set", "meta.inner_steps=3",
                  "--set", "meta.trajectories=2", "--set", "snapshot_every=3"]) == 0
-    assert (run / "init.pt").exists()
+    assert (run / "init.safetensors").exists()
     assert main(["validate", str(run), "--quiet"]) == 0
     assert 0 <= json.loads((run / "validation.json").read_text())["score"] <= 1
 
@@ -190,7 +191,7 @@ def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, da
         assert main(["meta-train", str(cfg), "--out", str(tmp_path / backend), "--backend", backend]) == 0
         assert f"backend: {backend}" in capsys.readouterr().out
         assert yaml.safe_load((tmp_path / backend / "config.yaml").read_text())["execution"]["backend"] == backend
-        inits[backend] = torch.load(tmp_path / backend / "init.pt", weights_only=True)
+        inits[backend] = load_file(tmp_path / backend / "init.safetensors")
     for k, v in inits["loop"].items():
         torch.testing.assert_close(inits["batched"][k].double(), v.double(), rtol=0, atol=1e-5, msg=k)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "auto")]) == 0

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from test_image_end_to_end import make_dataset
 
@@ -156,7 +157,7 @@ def test_sweep_chooses_the_best_validation_score_and_never_reads_a_target(tmp_pa
     cached = {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()}
     assert cached == {"a", "b"}
     # Run again: every finished point is skipped (its init.pt is not rewritten).
-    chosen = out / rep["methods"]["cts"]["chosen_run"] / "init.pt"
+    chosen = out / rep["methods"]["cts"]["chosen_run"] / "init.safetensors"
     stamp = chosen.stat().st_mtime_ns
     assert main(["sweep", str(cfg), "--out", str(out), "--grid", "meta.meta_lr=0.01,1,1e30",
                  "--methods", "cts,reptile", "--quiet"]) == 0
@@ -189,11 +190,11 @@ def test_report_pairs_gains_with_the_common_initialization(tmp_path, folders):
         assert main(["meta-train", str(cfg), "--out", str(run), "--set", f"meta.method={method}", "--quiet"]) == 0
         runs.append(str(run))
     # Every method starts from the same random weights: the scratch baseline.
-    s0 = [torch.load(tmp_path / m / "snapshots" / "step-00000000.pt", weights_only=True) for m in ("cts", "reptile")]
+    s0 = [load_file(tmp_path / m / "snapshots" / "step-00000000.safetensors") for m in ("cts", "reptile")]
     assert all(torch.equal(s0[0][k], s0[1][k]) for k in s0[0])
     # A snapshot at a trajectory's end holds phi after that trajectory's meta-update (Algorithm 1's included).
-    last = torch.load(tmp_path / "reptile" / "snapshots" / "step-00000006.pt", weights_only=True)
-    final = torch.load(tmp_path / "reptile" / "init.pt", weights_only=True)
+    last = load_file(tmp_path / "reptile" / "snapshots" / "step-00000006.safetensors")
+    final = load_file(tmp_path / "reptile" / "init.safetensors")
     assert torch.equal(last["body.0.weight"], final["body.0.weight"])
     out = tmp_path / "report"
     assert main(["report", *runs, "--targets", str(folders["target"]), "--out", str(out), "--seeds", "3",

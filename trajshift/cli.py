@@ -47,8 +47,8 @@ def _synthetic(args) -> int:
 
 
 def run_config_of(init: Path) -> Path | None:
-    """The config.yaml of the meta-train run an init file belongs to: beside it (init.pt) or one folder up
-    (snapshots/step-N.pt)."""
+    """The config.yaml of the meta-train run an init file belongs to: beside it (init.safetensors) or one folder
+    up (snapshots/step-N.safetensors)."""
     for folder in (init.parent, init.parent.parent):
         if (folder / "config.yaml").is_file():
             return folder / "config.yaml"
@@ -56,15 +56,18 @@ def run_config_of(init: Path) -> Path | None:
 
 
 def resolve_init(path: str) -> Path:
-    """An init file; a run folder means its init.pt; a method folder of a sweep means its chosen run's init.pt."""
+    """An init file; a run folder means its init (init.safetensors, or an older run's init.pt); a method folder of
+    a sweep means its chosen run's."""
+    from .init_file import run_init
     from .sweep import chosen_run
     p = Path(path)
     if p.is_dir():
         run = chosen_run(p) or p
-        if not (run / "init.pt").is_file():
-            raise ConfigError(f"--init {path}: a folder without init.pt; give an init file, a meta-train run folder "
-                              f"or a method folder of a sweep")
-        return run / "init.pt"
+        found = run_init(run)
+        if found is None:
+            raise ConfigError(f"--init {path}: a folder without init.safetensors (or init.pt); give an init file, a "
+                              f"meta-train run folder or a method folder of a sweep")
+        return found
     return p
 
 
@@ -73,6 +76,8 @@ def _meta_train(args) -> int:
     overrides = parse_overrides(args.set)
     if args.backend:
         overrides["execution.backend"] = args.backend
+    if args.init_from:
+        overrides["init_from"] = args.init_from
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
     if args.resume:
         from .checkpoint import list_checkpoints
@@ -83,7 +88,7 @@ def _meta_train(args) -> int:
     import os
     if os.environ.get("RANK", "0") != "0":
         return 0
-    print(f"wrote {Path(args.out) / 'init.pt'} ({summary['meta_updates']} meta-updates, {summary['inner_steps']} "
+    print(f"wrote {Path(args.out) / 'init.safetensors'} ({summary['meta_updates']} meta-updates, {summary['inner_steps']} "
           f"inner steps per task, {summary['wall_time']:.0f} s)")
     return 0
 
@@ -92,16 +97,29 @@ def _meta_test(args) -> int:
     from .meta_test import MetaTestConfig, markdown_table, meta_test
     if (args.init is None) == (args.from_ != "scratch"):
         raise ConfigError("meta-test: give either --init FILE or --from scratch")
-    from .meta_train import model_spec_beside
+    from .init_file import read_info
     init = resolve_init(args.init) if args.init else None
-    model = {"name": args.model or "resnet20"}
     run_config = run_config_of(init) if init else None
-    beside = model_spec_beside(init) if init else None
-    if args.model is None and beside is not None:
-        model = beside                                                  # saved with the file
-    elif args.model is None and run_config is not None:
+    info = read_info(init) if init else {}
+    run = {}
+    if run_config is not None:
         import yaml
-        model = dict(yaml.safe_load(run_config.read_text())["model"])    # the architecture the run trained
+        run = yaml.safe_load(run_config.read_text()) or {}
+    # Every default and where it came from: printed, so a run is never tested under settings nobody chose.
+    chosen: dict[str, tuple[object, str]] = {}
+    if args.model is not None:
+        chosen["model"] = ({"name": args.model}, "--model")
+    elif isinstance(info.get("model"), dict):
+        chosen["model"] = (dict(info["model"]), "init.json")
+    elif run.get("model") is not None:
+        chosen["model"] = (dict(run["model"]) if isinstance(run["model"], dict) else {"name": run["model"]},
+                           "the run's config.yaml")
+    elif init is not None:
+        from .meta_test import load_init, match_registered_model
+        chosen["model"] = (match_registered_model(load_init(init), f"--init {init}"), "matched by the file's keys")
+    else:
+        chosen["model"] = ({"name": "resnet20"}, "default")
+    model = chosen["model"][0]
     if args.activation:
         model["activation"] = args.activation
     for key, value in parse_overrides(args.set).items():
@@ -111,11 +129,26 @@ def _meta_test(args) -> int:
         model[key.split(".", 1)[1]] = value
     from .run_config import check_model_spec
     check_model_spec(model)
+    validation = run.get("validation") or {}
+    for key, flag, recorded, fallback in (
+            ("resolution", args.resolution, info.get("resolution"), None),
+            ("augment", args.augment, info.get("augment") or validation.get("augment"), "crop+flip"),
+            ("protocol", args.protocol, validation.get("protocol"), "paper")):
+        if flag is not None:
+            chosen[key] = (flag, "command line")
+        elif recorded is not None:
+            chosen[key] = (recorded, "init.json" if key != "protocol" else "the run's validation block")
+        else:
+            chosen[key] = (fallback, "default" if fallback is not None else "each dataset's registered resolution")
+    if not args.quiet:
+        print("meta-test settings: " + "; ".join(f"{k} {v!r} ({src})" if k != "resolution" or v is not None
+                                                 else f"{k}: {src}" for k, (v, src) in chosen.items())
+              + "; each target normalised by its own training-set mean and std")
     cfg = MetaTestConfig(targets=[t.strip() for t in args.targets.split(",") if t.strip()], init=str(init) if init else None,
-                         model=model, protocol=args.protocol, steps=args.steps, seeds=args.seeds,
-                         resolution=args.resolution, train_images=args.train_images, batch_size=args.batch_size,
+                         model=model, protocol=chosen["protocol"][0], steps=args.steps, seeds=args.seeds,
+                         resolution=chosen["resolution"][0], train_images=args.train_images, batch_size=args.batch_size,
                          images_per_class=_int_list(args.images_per_class, "--images-per-class")
-                         if args.images_per_class else None, augment=args.augment,
+                         if args.images_per_class else None, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
     report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line)
     print(markdown_table(report))
@@ -176,8 +209,9 @@ def _report(args) -> int:
     from .sweep import expand_runs
     args.runs = [str(r) for r in expand_runs(args.runs)]
     for run in args.runs:
-        for name in ("config.yaml", "metrics.jsonl", "init.pt"):
-            if not (Path(run) / name).exists():
+        from .init_file import run_init
+        for name in ("config.yaml", "metrics.jsonl", "init.safetensors"):
+            if not (Path(run) / name).exists() and not (name.startswith("init") and run_init(run)):
                 raise ConfigError(f"{run}: not a meta-train run folder (no {name}); give folders written by "
                                   f"`trajshift meta-train --out`")
     check_value(args.seeds, int, Rule(low=2), "--seeds")       # a confidence interval needs 2

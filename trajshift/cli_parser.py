@@ -50,7 +50,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=handlers["synthetic"])
     mt = sub.add_parser("meta-train", help="meta-train an initialization on image tasks from a YAML config",
-                        description="Writes DIR/init.pt (a plain state_dict without the head), DIR/config.yaml "
+                        description="Writes DIR/init.safetensors (the body without the head) with DIR/init.json, "
+                                    "DIR/config.yaml "
                                     "(the resolved config), DIR/metrics.jsonl and DIR/snapshots/.")
     mt.add_argument("config", help="YAML config (see configs/)")
     mt.add_argument("--out", required=True, help="output folder")
@@ -61,25 +62,31 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
                     help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
                          "of the two measured at start-up (auto, the default); same results either way")
-    mt.add_argument("--log", default=None, metavar="tensorboard",
-                    help="also log the metrics to TensorBoard (RUN/tensorboard/; needs pip install tensorboard)")
+    mt.add_argument("--log", default=None, metavar="tensorboard,wandb",
+                    help="also log the metrics to TensorBoard (RUN/tensorboard/; needs pip install tensorboard) and/or "
+                         "Weights & Biases (RUN/wandb/, offline without a login; needs pip install wandb)")
+    mt.add_argument("--init-from", default=None, metavar="FILE",
+                    help="start from a pretrained body: a state_dict .pt, a .safetensors file or a trajshift init/run "
+                         "folder (the config's init_from); the head is never taken from it")
     _quiet(mt)
     mt.set_defaults(func=handlers["meta_train"])
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
                         description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
                                     "DIR/results.md.")
-    te.add_argument("--init", help="state_dict file (a run's init.pt or snapshots/step-N.pt), a run folder, or a "
+    te.add_argument("--init", help="initialization file (a run's init.safetensors or snapshots/step-N.safetensors, "
+                    "an older init.pt, any state_dict .pt or .safetensors), a run folder, or a "
                     "method folder of a sweep (its chosen run)")
     te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
     te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
                     "archives (class folders or manifest.csv)")
     te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")
-    te.add_argument("--model", default=None, help="model name (default: the model of the run's config.yaml next "
-                    "to --init, else resnet20)")
+    te.add_argument("--model", default=None, help="model name (default: init.json's model, else the run's "
+                    "config.yaml, else the registered model whose keys the file fits; resnet20 from scratch)")
     te.add_argument("--activation", default=None, help="relu or softplus (default: the run's, else relu)")
     te.add_argument("--set", action="append", metavar="model.KEY=VALUE",
                     help="a model option, e.g. --set model.width=32 (default: the run's config.yaml)")
-    te.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
+    te.add_argument("--protocol", default=None, help="paper | table1 | reference (default: the run's validation "
+                    "protocol, else paper)")
     te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
     te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
     te.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
@@ -88,9 +95,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     help="low-data regime: subsample each target's training split to exactly N images per class "
                          "(seeded by the seed: the same subsample for every initialization; the test split stays "
                          "whole); several values give one meta-test each, e.g. 5,20,100")
-    te.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
-                    help="finetuning batch augmentation (default crop+flip, the paper's; flips are wrong for digits "
-                         "and characters)")
+    te.add_argument("--augment", default=None, choices=["crop+flip", "crop", "flip", "none"],
+                    help="finetuning batch augmentation (default: the sources' recorded in init.json, else crop+flip, "
+                         "the paper's; flips are wrong for digits and characters)")
     te.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
                     "more than the training set)")
     _data_options(te)

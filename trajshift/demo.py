@@ -63,7 +63,7 @@ def run_demo(out: str | Path, steps: int = 1000, finetune_steps: int = 100, seed
     summary = meta_train(cfg, out / "meta-train", log=log)
     run = out / "meta-train"
     results = {}
-    for label, init in (("cts", run / "init.pt"), ("scratch", run / "snapshots" / "step-00000000.pt")):
+    for label, init in (("cts", run / "init.safetensors"), ("scratch", run / "snapshots" / "step-00000000.safetensors")):
         test = MetaTestConfig(targets=[target], init=str(init), model=cfg.model, protocol="table1",
                               steps=finetune_steps, seeds=seeds, batch_size=32, augment="crop",
                               images_per_class=[images_per_class], data_root=data_root, cache_dir=cache_dir)

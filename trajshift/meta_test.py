@@ -56,29 +56,16 @@ for _p in (
 
 def meta_params_beside(init: str | Path) -> dict | None:
     """The meta_params (head split) recorded in the init.json beside an init file, if any."""
-    import json
-    side = Path(init).with_suffix(".json")
-    try:
-        mp = json.loads(side.read_text()).get("meta_params") if side.is_file() else None
-    except (ValueError, AttributeError):
-        return None
+    from .init_file import read_info
+    mp = read_info(init).get("meta_params")
     return mp if isinstance(mp, dict) else None
 
 
 def load_init(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict file, loaded with weights_only=True (no code runs)."""
-    from .data.errors import DataError
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: no such initialization file") from err
-    except Exception as err:  # noqa: BLE001  any failure of a weights-only load is a refusal
-        raise DataError(unsafe_or_unreadable(path, err)) from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DataError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    return sd
+    """An initialization's tensors: .safetensors, a torch state_dict (weights_only=True: no code runs) or a run
+    folder (trajshift/init_file.py)."""
+    from .init_file import read_init
+    return read_init(path)[0]
 
 
 def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
@@ -93,6 +80,33 @@ def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
     if missing or result.unexpected_keys:
         raise ConfigError(f"{where}: the initialization does not fit the model: missing {missing[:4]}, "
                           f"unexpected {result.unexpected_keys[:4]}; check --model")
+
+
+def match_registered_model(sd: dict[str, torch.Tensor], where: str) -> dict:
+    """The registered model (with default options) whose body has exactly the file's key names and shapes, for a
+    bare state_dict that came without init.json; refused, with the models whose key names fit, when none or several
+    do."""
+    from .models import MODELS
+    names_fit, fits = [], []
+    for name in MODELS.names():
+        model = build_model({"name": name}, 2)
+        head = set(head_names(model))
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in head}
+        body = {k: tuple(v.shape) for k, v in sd.items() if k not in head and not k.startswith(("fc.", "head.",
+                                                                                              "classifier."))}
+        if set(own) == set(body):
+            names_fit.append(name)
+            if own == body:
+                fits.append(name)
+    if len(fits) == 1:
+        return {"name": fits[0]}
+    if names_fit:
+        raise ConfigError(f"{where}: no init.json beside it, and its keys fit {', '.join(names_fit)} but not with the "
+                          f"default options (a width or depth differs); give --model NAME and its options, e.g. "
+                          f"--model {names_fit[0]} --set model.width=32")
+    raise ConfigError(f"{where}: no init.json beside it, and its keys fit no registered model "
+                      f"({', '.join(MODELS.names())}); give --model, or a model of your own through the Python API "
+                      f"(trajshift.finetune)")
 
 
 def _check_shapes(model, body, where) -> None:
@@ -110,6 +124,14 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
     model = build_model(model_spec, task.num_classes).to(device)
     if init is not None:
         load_body(model, init, where, meta_params)
+    return train_and_evaluate(model, task, protocol, steps, seed, on_step)
+
+
+def train_and_evaluate(model: torch.nn.Module, task, protocol: Protocol, steps: int, seed: int, on_step=None,
+                       loss_fn=None) -> float:
+    """The protocol's finetuning of ``model`` (its head fresh, its body loaded) on ``task`` (``task.batch(step,
+    "train")`` and ``task.evaluate(model)``), then its test accuracy: what meta-test and trajshift.finetune run."""
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
     opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
     milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
     base = [g["lr"] for g in opt.param_groups]
@@ -120,10 +142,10 @@ def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, step
             g["lr"] = lr * decay
         x, y = task.batch(step, "train")
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         if not torch.isfinite(loss):
             from .errors import DivergenceError
-            raise DivergenceError(f"meta-test on {task.spec.label}: loss {loss.item()} at step {step} (seed {seed})")
+            raise DivergenceError(f"meta-test on {task.label}: loss {loss.item()} at step {step} (seed {seed})")
         loss.backward()
         opt.step()
         if on_step is not None:
@@ -137,8 +159,11 @@ def check_protocol(name: str, path: str) -> str:
 
 
 def _model(spec, path):
-    from .models import MODELS
-    MODELS.get(spec.get("name"))
+    from .models import MODELS, import_factory
+    if "factory" in spec:
+        import_factory(str(spec["factory"]), f"{path}.factory")
+    else:
+        MODELS.get(spec.get("name"))
     return spec
 
 

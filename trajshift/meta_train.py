@@ -1,19 +1,22 @@
 """Image meta-training from a YAML config (``trajshift meta-train CONFIG.yaml --out DIR``).
 
-Writes DIR/config.yaml (resolved), DIR/metrics.jsonl, DIR/snapshots/step-XXXXXXXX.pt and DIR/init.pt: the learned
-initialization as a plain state_dict of the model without its head (the parameters meta_params does not select;
-``model.load_state_dict(sd, strict=False)`` reports only those missing), with init.json beside it (the model spec and
-meta_params). BatchNorm running statistics in it are the mean over the source tasks. The config: trajshift/run_config.py.
+Writes DIR/config.yaml (resolved), DIR/metrics.jsonl, DIR/snapshots/step-XXXXXXXX.safetensors and
+DIR/init.safetensors: the learned initialization, the model's body without its head (the parameters meta_params does
+not select), with init.json beside it (trajshift/init_file.py: the format and the BatchNorm rule). ``init_from``
+starts every task from a pretrained body. The config: trajshift/run_config.py.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from .atomic import save_torch, write_bytes, write_json
+from .atomic import write_bytes, write_json
+from .init_file import BATCHNORM_RULE, INIT_NAME
+from .init_file import save_init as save_init_file
 from .errors import ConfigError
 from .learners import head_names
 from .models import build_model
@@ -23,21 +26,46 @@ from .sampling import stream_seed
 
 
 def build_models(model_spec: dict, num_classes: list[int], seed: int, task_ids: list[int] | None = None,
-                 meta_params: dict | None = None) -> list[torch.nn.Module]:
-    """One model per task: the same initial body (seeded), a head sized for each task and seeded by the task's
+                 meta_params: dict | None = None, init_from: str | None = None, init_heads: bool = False,
+                 log=None) -> list[torch.nn.Module]:
+    """One model per task: the same initial body (seeded, or loaded from ``init_from``: a pretrained state_dict,
+    .safetensors or trajshift init; trajshift/init_file.py), a head sized for each task and seeded by the task's
     global index (so a task gets the same head whichever process builds it). The head is what ``meta_params`` does
-    not select (default: fc.*)."""
+    not select (default: fc.*, head.*, classifier.*); it is taken from ``init_from`` only with ``init_heads``."""
     torch.manual_seed(stream_seed(seed, 0xB0D7))
     template = build_model(model_spec, 2)
     head = set(head_names(template, meta_params))
+    warn_class_dependent_meta_params(lambda c: build_model(model_spec, c), head, f"model {model_spec}")
+    loaded = None
+    if init_from is not None:
+        from .init_file import load_pretrained, read_init
+        loaded, _ = read_init(init_from)
+        summary = load_pretrained(template, loaded, head, str(init_from), heads=False)
+        (log or print)(summary.format())
     body = {k: v for k, v in template.state_dict().items() if k not in head}
     models = []
     for t, c in zip(task_ids if task_ids is not None else range(len(num_classes)), num_classes):
         torch.manual_seed(stream_seed(seed, t, 0x4EAD))
         m = build_model(model_spec, c)
         m.load_state_dict(body, strict=False)
+        if loaded is not None and init_heads:
+            from .init_file import load_pretrained
+            load_pretrained(m, loaded, set(), f"{init_from} (heads, task {t})", heads=True)
         models.append(m)
     return models
+
+
+def warn_class_dependent_meta_params(make: Callable[[int], torch.nn.Module], head: set[str], what: str) -> list[str]:
+    """Warn (and return the names) when a meta-learned parameter's shape depends on the class count: it is a head
+    that the head filter missed (say a head named ``out``), meta-learned silently when the tasks' class counts
+    happen to be equal. Found by building the model for 2 and 3 classes."""
+    a, b = ({n: tuple(p.shape) for n, p in make(c).named_parameters()} for c in (2, 3))
+    culprits = [n for n in a if n not in head and a[n] != b.get(n)]
+    if culprits:
+        warnings.warn(f"{what}: {', '.join(culprits)} change shape with the number of classes, so they are a head, "
+                      f"but the head filter meta-learns them; name the head (meta_params: {{exclude: "
+                      f"[{culprits[0].rsplit('.', 1)[0]}.*]}}, or head= in the Python API)", stacklevel=3)
+    return culprits
 
 
 def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> dict[str, torch.Tensor]:
@@ -54,17 +82,45 @@ def init_state_dict(learners: ModuleLearners, phi: torch.Tensor, comm=None) -> d
     return {k: v.clone().contiguous() for k, v in sd.items()}
 
 
+def init_info(model_spec, learners: ModuleLearners, meta_params: dict | None, method: str, inner_steps: int | None,
+              specs: list | None = None, init_from: str | None = None) -> dict:
+    """init.json: what the initialization is and how it was made; meta-test takes its defaults from it."""
+    info = {"model": model_spec, "meta_params": meta_params, "meta_learned": list(learners.spec.names),
+            "head": list(learners.local_specs[0].names), "batchnorm": BATCHNORM_RULE, "method": method,
+            "inner_steps": inner_steps, "init_from": init_from}
+    if specs:
+        for key in ("resolution", "augment"):           # the sources' common value: meta-test's default
+            values = {str(getattr(s, key)) for s in specs}
+            info[key] = getattr(specs[0], key) if len(values) == 1 else None
+        info["sources"] = [s.label for s in specs]
+    return info
+
+
+def probe_forward(model: torch.nn.Module, x: torch.Tensor, model_spec) -> None:
+    """One forward of a real batch before any work, so a model that cannot take the data fails now, named."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception as err:  # noqa: BLE001  any failure here is the model's refusal of this input
+        raise ConfigError(f"model {model_spec}: its forward fails on an input of shape {tuple(x.shape)} "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the model "
+                          f"or the tasks' resolution") from None
+    finally:
+        model.train(was)
+
+
 # Methods whose meta-gradient uses validation batches (FOMAML's last-step gradient, iMAML's g_val).
 HELD_OUT_METHODS = ("fomaml", "fomaml++", "imaml")
 
 
 def tr_inner(path: Path) -> int | None:
-    """The cumulative inner steps of a snapshot file (step-N.pt), None for init.pt."""
-    return int(path.stem.split("-")[1]) if path.stem.startswith("step-") else None
+    """The cumulative inner steps of a snapshot file (step-N.safetensors), None for the final init."""
+    return int(Path(path).stem.split("-")[1]) if Path(path).stem.startswith("step-") else None
 
 
 def model_spec_beside(init: Path) -> dict | None:
-    """The model spec saved beside an init file (init.json for init.pt, step-N.json for a snapshot), if any."""
+    """The model spec saved beside an init file (init.json, step-N.json for a snapshot), if any."""
     side = Path(init).with_suffix(".json")
     if side.is_file():
         import json
@@ -72,7 +128,7 @@ def model_spec_beside(init: Path) -> dict | None:
             spec = json.loads(side.read_text()).get("model")
         except (ValueError, AttributeError):
             return None
-        return dict(spec) if isinstance(spec, dict) and "name" in spec else None
+        return dict(spec) if isinstance(spec, dict) and ("name" in spec or "factory" in spec) else None
     return None
 
 
@@ -84,7 +140,7 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{i}")
 
 
-LOGGERS = ("tensorboard",)
+LOGGERS = ("tensorboard", "wandb")
 
 
 def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, loggers: tuple[str, ...] = ()) -> dict:
@@ -105,7 +161,7 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, log
 def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -> dict:
     """Meta-train on the config's tasks. Under torchrun the tasks are sharded over the ranks (contiguous blocks,
     sizes differing by at most one); every mean over tasks is one all-reduce; only rank 0 writes config.yaml,
-    init.pt, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
+    init.safetensors, snapshots/ and summary.json; every rank writes its own tasks' metrics (metrics.jsonl on rank 0,
     metrics.rank<R>.jsonl on the others)."""
     from .comm import shard
     from .data.tasks import TaskSpec, build_tasks
@@ -130,7 +186,9 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
                       f"hold nothing out (val_fraction: 0), so that batch is training data; set val_fraction "
                       f"(e.g. 0.2) on these tasks", stacklevel=2)
     models = [m.to(cfg.device) for m in build_models(cfg.model, [t.num_classes for t in tasks], cfg.seed, mine,
-                                                     cfg.meta_params)]
+                                                     cfg.meta_params, cfg.init_from, cfg.init_heads,
+                                                     log=log if comm.is_main() else (lambda *_: None))]
+    probe_forward(models[0], tasks[0].batch(0, "val")[0][:2], cfg.model)
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step, split),
                               include=cfg.meta_params["include"], exclude=cfg.meta_params["exclude"],
                               **cfg.execution)
@@ -150,14 +208,14 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
                 how = f" (measured per step of all of this process's tasks: {timing})"
             log(f"backend: {learners.backend}{how}" + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
 
+    specs = [TaskSpec.from_dict(t, "") for t in cfg.tasks]
+
     def save_init(tr_phi, path):     # a collective (BatchNorm statistics are averaged over all ranks)
         sd = init_state_dict(learners, tr_phi, comm)
         if comm.is_main():
-            save_torch(sd, path)
-            # Its model spec beside it, so the file can be meta-tested (or shared) on its own.
-            write_json(path.with_suffix(".json"), {"model": cfg.model, "meta_params": cfg.meta_params,
-                                                   "head": f"not included ({', '.join(cfg.head_patterns)})",
-                                                   "method": cfg.meta.method, "inner_steps": tr_inner(path)})
+            # Its description beside it (init.json), so the file can be meta-tested (or shared) on its own.
+            save_init_file(path, sd, init_info(cfg.model, learners, cfg.meta_params, cfg.meta.method,
+                                               tr_inner(path), specs, cfg.init_from))
 
     def snapshot(tr):
         # At a trajectory's last step, wait for its end: Algorithm 1's meta-update happens there, so a snapshot at a
@@ -165,7 +223,7 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
         if tr.position["k"] == cfg.meta.inner_steps:
             return
         if cfg.snapshot_every and tr.inner_steps >= state["next"]:
-            save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.pt")
+            save_init(tr.phi, snapshots / f"step-{tr.inner_steps:08d}.safetensors")
             state["next"] = (tr.inner_steps // cfg.snapshot_every + 1) * cfg.snapshot_every
 
     from .metrics import MetricsWriter, truncate_metrics
@@ -199,11 +257,14 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
     if "tensorboard" in loggers:
         from .tensorboard import TensorBoardSink
         sinks.append(TensorBoardSink(out / "tensorboard"))
+    if "wandb" in loggers:
+        from .wandb_log import WandbSink
+        sinks.append(WandbSink(out / "wandb", cfg.to_dict(), name=out.name))
     trainer.metrics = MetricsWriter(metrics, rows=kept_rows, sinks=sinks)
     if cfg.snapshot_every and not resumed:
-        save_init(trainer.phi, snapshots / f"step-{0:08d}.pt")
+        save_init(trainer.phi, snapshots / f"step-{0:08d}.safetensors")
     result = trainer.run()
-    save_init(result.phi, out / "init.pt")
+    save_init(result.phi, out / INIT_NAME)
     summary = {"method": cfg.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
                "wall_time": result.wall_time, "world_size": comm.world_size,
                "tasks": [TaskSpec.from_dict(t, "").label for t in cfg.tasks]}

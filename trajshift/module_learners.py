@@ -161,6 +161,9 @@ class ModuleLearners(Learners):
                     params[n].grad = grads[n]
         theta.grad = theta_grad
         self.theta = theta
+        # Every parameter's binding (its storage view and its .grad view), per task: the guard below re-points any
+        # that an ordinary call of the user's replaced (zero_grad() sets .grad to None; .to()/.float() swap .data).
+        self._bindings = [[(p, p.data, p.grad) for p in m.parameters()] for m in self.modules]
         # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
         self._phi0 = None
         if self.backend != "loop" and not self.batched_unsupported:
@@ -171,6 +174,24 @@ class ModuleLearners(Learners):
         elif self.backend == "auto":
             self.backend = "loop"
             log.info("backend auto: loop (batching impossible: %s)", self.batched_unsupported)
+
+    def _rebind(self, t: int) -> None:
+        """Re-point task ``t``'s parameters at their rows of theta (and ``local``) and their gradient views, if an
+        ordinary call replaced them since the last step: ``module.zero_grad()`` (set_to_none, torch's default) drops
+        ``.grad``, after which backward would write a fresh tensor and theta's gradient row would stay zero (the
+        task would silently freeze); ``module.to(...)``/``.float()`` swap ``.data`` for a copy. theta stays the one
+        source of truth: a swapped copy is discarded (a no-op ``.to()`` swaps nothing). One identity check per
+        parameter, before the task's forward."""
+        bindings = self._bindings[t]
+        if all(p.grad is g and p.data_ptr() == v.data_ptr() for p, v, g in bindings):
+            return
+        with torch.no_grad():
+            for p, v, g in bindings:
+                if p.data_ptr() != v.data_ptr():
+                    p.data = v
+                if p.grad is not g:
+                    p.grad = g
+        log.debug("task %d: parameter binding restored (a zero_grad(set_to_none=True) or .to() of the module)", t)
 
     def _autocast(self, device: torch.device):
         if self.autocast is None:
@@ -195,6 +216,8 @@ class ModuleLearners(Learners):
         return (x.to(self.dtype) if x.is_floating_point() else x, torch.stack(ys)), None
 
     def _batched_losses(self, step, split):
+        for t in range(self.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
+            self._rebind(t)
         batch, reason = self._stacked_batches(step, split)
         if batch is None:
             raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
@@ -207,6 +230,7 @@ class ModuleLearners(Learners):
         for t, m in enumerate(self.modules):
             m.train(split == "train")
             x, y = self._batch(t, step, split)
+            self._rebind(t)
             with self._autocast(x.device):
                 out.append(self.loss(m(x), y))
         return torch.stack(out)
@@ -224,6 +248,7 @@ class ModuleLearners(Learners):
         for t, m in enumerate(self.modules):
             m.train(split == "train")
             x, y = self._batch(t, step, split)
+            self._rebind(t)
             with self._autocast(x.device):
                 loss = self.loss(m(x), y)
             loss.backward()
@@ -317,6 +342,8 @@ class ModuleLearners(Learners):
 
     def task_state_dict(self, task: int, phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Task ``task``'s full module state_dict, with the meta-learned part taken from ``phi`` when given."""
+        if hasattr(self, "_bindings"):
+            self._rebind(task)
         sd = {k: v.detach().clone() for k, v in self.modules[task].state_dict().items()}
         if phi is not None:
             sd.update(self.spec.to_state_dict(phi))

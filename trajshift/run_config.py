@@ -41,7 +41,7 @@ from .schema import opt, parse
 class MetaParams:
     """Name globs of the meta-learned parameters; every other parameter is a task's own (its head)."""
     include: list[str] = opt(factory=lambda: ["*"])
-    exclude: list[str] = opt(factory=lambda: ["fc.*"])
+    exclude: list[str] = opt(factory=lambda: list(DEFAULT_HEAD_PATTERNS))
 
 
 def check_execution(value: dict, path: str = "execution") -> dict:
@@ -73,9 +73,24 @@ def _device(value, path):
     return value
 
 
+def _init_from(value, path):
+    if value is not None and not Path(value).exists():
+        raise ConfigError(f"{path}: {value}: no such file or folder (a state_dict .pt, a .safetensors file or a "
+                          f"trajshift run folder)")
+    return None if value is None else str(value)
+
+
 def check_model_spec(model, path: str = "model") -> dict:
     """Build the model once (2 classes) so an unknown name or a bad option fails now, naming the key."""
     model = {"name": model} if isinstance(model, str) else dict(model)
+    if "factory" in model:
+        # A model of the user's own: no signature probe and no forward here (its input size is the tasks'); the run
+        # builds it and runs one forward of a real batch first (meta_train.probe_forward), naming it if that fails.
+        from .models import import_factory
+        if "name" in model:
+            raise ConfigError(f"{path}: give name (a registered model) or factory (an import path), not both")
+        import_factory(str(model["factory"]), f"{path}.factory")
+        return model
     cls = MODELS.get(model.get("name"))
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes")]
     for key in model:
@@ -112,6 +127,9 @@ class ExperimentConfig:
     meta_params: dict = opt(factory=lambda: dataclasses.asdict(MetaParams()), check=_meta_params)
     execution: dict | None = opt(factory=lambda: dataclasses.asdict(ExecutionConfig()), check=check_execution)
     validation: dict | None = opt(None, check=_validation)
+    init_from: str | None = opt(None, check=_init_from, doc="pretrained body: a state_dict, .safetensors or trajshift "
+                                                             "init file (or run folder), loaded before meta-training")
+    init_heads: bool = opt(False, doc="also take the head from init_from (only when every task's class count fits)")
 
     def validate_fields(self, where):
         if self.execution is None:                      # `execution:` left empty: the defaults
@@ -159,8 +177,39 @@ def run_identity(cfg: ExperimentConfig) -> dict:
     """Everything besides the meta block that makes a checkpoint belong to a run: the model, the tasks and their
     data options, the seed, the batch size, the meta-learned parameter filter and the execution options that change
     the arithmetic (autocast). The backend and channels_last change only the rounding and speed."""
-    return {"model": cfg.model, "tasks": cfg.tasks, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "meta_params": cfg.meta_params, "execution": {"autocast": cfg.execution.get("autocast")}}
+    identity = {"model": cfg.model, "tasks": cfg.tasks, "seed": cfg.seed, "batch_size": cfg.batch_size,
+                "meta_params": _identity_meta_params(cfg), "execution": {"autocast": cfg.execution.get("autocast")}}
+    if cfg.init_from is not None:           # older runs' identities have no such key: they still resume
+        identity["init_from"] = {"path": cfg.init_from, "heads": cfg.init_heads, "sha256": file_digest(cfg.init_from)}
+    return identity
+
+
+def _identity_meta_params(cfg: ExperimentConfig) -> dict:
+    """The head filter as older runs recorded it (exclude fc.*) when it selects the same head on this model: the
+    default filter became fc.*, head.*, classifier.* (the library's), which changes no registered model's split."""
+    from .learners import head_names
+    from .models import build_model
+    legacy = {"include": cfg.meta_params["include"], "exclude": ["fc.*"]}
+    try:
+        model = build_model(cfg.model, 2)
+        same = head_names(model, cfg.meta_params) == head_names(model, legacy)
+    except Exception:  # noqa: BLE001  a model that cannot be built here is checked (and named) when the run builds it
+        same = False
+    return legacy if same else cfg.meta_params
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of an init file (a run folder: of its init), so a resumed run is refused if the file changed."""
+    import hashlib
+
+    from .init_file import run_init
+    path = Path(path)
+    path = (run_init(path) or path) if path.is_dir() else path
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 __all__ = ["ExecutionConfig", "ExperimentConfig", "MetaParams", "check_model_spec", "load_config",

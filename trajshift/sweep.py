@@ -90,7 +90,8 @@ def _last_error(proc: subprocess.CompletedProcess) -> str:
 def _run_point(config: str, run: Path, method: str, values: dict, overrides: list[str], threads: int,
                lock: threading.Lock, log) -> dict:
     """Meta-train one grid point (a subprocess: a crash or divergence stays in it), then score it."""
-    done = (run / "init.pt").is_file() and (run / "summary.json").is_file()
+    from .init_file import run_init
+    done = run_init(run) is not None and (run / "summary.json").is_file()
     failed = run / "failed.json"
     if failed.is_file():          # a diverged point diverges again: not retried (delete failed.json to retry)
         return json.loads(failed.read_text())

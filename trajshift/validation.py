@@ -98,9 +98,10 @@ def score_run(run: str | Path, data_root=None, cache_dir=None, log=print) -> dic
         raise ConfigError(f"{run}/config.yaml: no validation block; add validation: {{tasks: [...]}} (held-out "
                           f"source classes) to the config")
     val = ValidationConfig.from_dict(raw["validation"])
-    init = run / "init.pt"
-    if not init.is_file():
-        raise ConfigError(f"{run}: no init.pt (the meta-train run has not finished)")
+    from .init_file import run_init
+    init = run_init(run)
+    if init is None:
+        raise ConfigError(f"{run}: no init.safetensors (the meta-train run has not finished)")
     data_root = data_root if data_root is not None else raw.get("data_root")
     cache_dir = cache_dir if cache_dir is not None else raw.get("cache_dir")
     key = hashlib.sha256(json.dumps({"validation": val.to_dict(), "init": hashlib.sha256(init.read_bytes())

@@ -24,12 +24,13 @@ def read_run(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss_mean" in r]
-    snaps = sorted((run / "snapshots").glob("step-*.pt")) if (run / "snapshots").is_dir() else []
+    from ..init_file import run_init, snapshot_files
+    snaps = snapshot_files(run)
     # A run folder of a sweep is named after its grid point (meta_lr=0.1): name it with its method folder.
     name = f"{run.parent.name} {run.name}" if "=" in run.name else run.name
     return {"name": name, "method": cfg["meta"]["method"], "model": cfg["model"], "config": cfg,
             "loss_curve": [(r["inner_steps"], r["loss_mean"]) for r in steps], "snapshots": snaps,
-            "init": run / "init.pt"}
+            "init": run_init(run) or run / "init.safetensors"}
 
 
 def smooth(values: list[float], window: int) -> list[float]:

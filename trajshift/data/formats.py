@@ -401,8 +401,11 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | dict | None) ->
     text = _text(tree, mname)
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = opts.get("delimiter") or max(",;\t|", key=first.count)
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     where = tree.where(mname)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as err:
+        raise DataError(f"{where}: not a readable CSV manifest ({err})") from None
     lowered = [c.strip().lower() for c in rows[0]] if rows else []
     has_header = bool(rows) and (any(c in lowered for c in _FILE_COLUMNS + _LABEL_COLUMNS)
                                  or bool(opts.get("file_column") or opts.get("label_column")))

@@ -171,6 +171,10 @@ class ImageTask:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
     def prepare_images(self, images: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
         x = to_float(images, self.channels)
         ops = AUGMENTATIONS[self.spec.augment] if augment else ()
