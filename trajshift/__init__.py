@@ -1,5 +1,6 @@
 """trajshift: large-scale meta-learning of shared initializations with continual trajectory shifting
 (Shin, Lee, Gong & Hwang, ICML 2021), its ablations and the first-order baselines."""
+from .api import FitResult, finetune, fit
 from .config import MetaConfig
 from .errors import ConfigError, DivergenceError, TrajshiftError
 from .flat import FlatSpec
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
            "METHODS",
+           "FitResult",
            "ConfigError",
            "DivergenceError",
            "FlatSpec",
@@ -25,4 +27,6 @@ __all__ = [
            "TrainResult",
            "TrajshiftError",
            "batch_indices",
+           "finetune",
+           "fit",
 ]

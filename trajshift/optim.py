@@ -65,3 +65,29 @@ def build_optimizer(params: Iterable[torch.Tensor], spec: dict, option: str = "o
         return cls(list(params), **spec)
     except (ValueError, TypeError) as err:   # torch's own range checks, e.g. "Invalid momentum value"
         raise ConfigError(f"{option}: {cls.__name__} rejected the options {spec}: {err}") from err
+
+
+def optimizer_spec(optimizer: Any, option: str = "optimizer") -> dict:
+    """The config form ``{"name": ..., **options}`` of what a user hands the Python API: that form itself (or a
+    name), a torch.optim class (``torch.optim.SGD``) or a ``functools.partial`` of one (``partial(SGD, lr=0.01,
+    momentum=0.9)``). Another Optimizer class is accepted once registered (``OPTIMIZERS.register("lion", Lion)``):
+    the inner optimizer must update each element from its own gradient and state only."""
+    import functools
+    if isinstance(optimizer, (dict, str)):
+        return check_optimizer_spec(optimizer, option)
+    keywords: dict = {}
+    cls = optimizer
+    if isinstance(optimizer, functools.partial):
+        if optimizer.args:
+            raise ConfigError(f"{option}: give the options of {optimizer.func.__name__} by keyword (lr=..., "
+                              f"momentum=...), not by position")
+        cls, keywords = optimizer.func, dict(optimizer.keywords)
+    if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"{option}: expected a torch.optim optimizer class, a functools.partial of one, or "
+                          f"{{name: sgd, lr: ...}}; got {optimizer!r}")
+    names = [n for n in OPTIMIZERS.names() if OPTIMIZERS.get(n) is cls]
+    if not names:
+        raise ConfigError(f"{option}: {cls.__name__} is not a registered optimizer; register it with "
+                          f"trajshift.optim.OPTIMIZERS.register({cls.__name__.lower()!r}, {cls.__name__}) if it updates "
+                          f"each element from its own gradient and state only")
+    return check_optimizer_spec({"name": names[0], **keywords}, option)
