@@ -177,6 +177,9 @@ def _build_replicas(make: ModelFn, num_classes: list[int], seed: int, include, h
     for t, c in enumerate(num_classes):
         torch.manual_seed(stream_seed(seed, t, 0x4EAD))
         models.append(make(t, c))
+    if one_module and len(set(num_classes)) > 1:
+        raise ConfigError(f"model: one module was given for datasets of {sorted(set(num_classes))} classes; its head "
+                          f"fits one class count; pass model_fn(task, num_classes) instead")
     heads = set(head_names(models[0], {"include": list(include), "exclude": head}))
     if not one_module:
         warn_class_dependent_meta_params(lambda c: make(0, c), heads, "model_fn")

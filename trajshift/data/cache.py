@@ -29,7 +29,7 @@ from .errors import DataError
 from .formats import ImageData, Split, file_signature
 from .registry import load_dataset
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2             # 2: nested class folders are labelled by their whole path
 
 
 @dataclass

@@ -272,12 +272,15 @@ def _text(tree: _Tree, name: str) -> str:
 
 
 def read_image_tree(path: str | Path | list, resolution: int | None = None, mode: str = "RGB",
-                    class_depth: int = 1, manifest: str | dict | None = None) -> ImageData:
+                    class_depth: int | None = None, manifest: str | dict | None = None) -> ImageData:
     """Images in class folders, or listed in a CSV manifest of ``file,label`` rows; ``path`` is a folder, a zip or
     tar archive, or a list of them (read as one dataset).
 
-    Class folders: the class of ``a/b/c.png`` is its parent folder (``class_depth`` = 2: the two parent folders,
-    as in Omniglot's alphabet/character). A folder named train/test/val above the class folder assigns the split.
+    Class folders: the class of an image is its folder's path below the dataset root (below a train/test/val
+    folder, which assigns the split; folders that wrap every image, such as an archive's top folder, are not part of
+    it): ``alphabet/character01/x.png`` is class ``alphabet/character01``, so the same folder name under two parents
+    is two classes. ``class_depth`` = N takes the last N folders only (1: the immediate parent), with a warning when
+    that merges folders of different parents.
     Manifest: a file ``manifest.csv`` (or ``labels.csv``) at the top, or ``manifest=`` its name, or
     ``manifest={file, delimiter, file_column, label_column, split_column}``; paths relative to the manifest's
     folder; an optional ``split`` column. Without options the delimiter (, ; tab |) and the columns (file /
@@ -293,6 +296,7 @@ def read_image_tree(path: str | Path | list, resolution: int | None = None, mode
             tree = _Tree(p)
             trees.append(tree)
             entries += [(ti, *e) for e in _tree_entries(tree, class_depth, manifest)]
+        class_of = {(ti, m): c for ti, m, c, _ in entries}
         if not entries:
             raise DataError(f"{', '.join(map(str, paths))}: no images found (expected class folders of .png/.jpg "
                             f"files, or a manifest.csv of file,label rows)")
@@ -311,7 +315,7 @@ def read_image_tree(path: str | Path | list, resolution: int | None = None, mode
         for ti, tree in enumerate(trees):
             wanted = {m for t, m, _, _ in entries if t == ti}
             for name, data in tree.iter_files(wanted):
-                digest = _digest(data, name, class_depth)
+                digest = _digest(data, name, class_of[(ti, name)])
                 if digest in seen:
                     continue
                 seen.add(digest)
@@ -391,11 +395,8 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | dict | None) ->
         raise DataError(f"{tree.path}: no manifest file named {opts['file']!r} in it")
     entries: list[tuple[str, str, str | None]] = []
     if not csvs:
-        for n in names:
-            parts = PurePosixPath(n).parts
-            if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS and len(parts) >= class_depth + 1:
-                entries.append((n, "/".join(parts[-1 - class_depth:-1]), _split_of(parts)))
-        return entries
+        return _folder_entries(tree, [n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS],
+                               class_depth)
     mname = min(csvs, key=len)
     base = PurePosixPath(mname).parent
     text = _text(tree, mname)
@@ -433,12 +434,45 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | dict | None) ->
     return entries
 
 
-def _digest(data: bytes, name: str, class_depth: int) -> bytes:
-    """Identity of a file for de-duplication: its split, class path, file name and content (so the same drawing
+def _folder_entries(tree: _Tree, images: list[str], class_depth: int | None) -> list[tuple[str, str, str | None]]:
+    """(member, class, split) of images in class folders: the class is the folder path below the root, or below the
+    split folder (train/test/val), without the folders that wrap every image; ``class_depth`` keeps its last N."""
+    dirs = []
+    for n in images:
+        parts = PurePosixPath(n).parts[:-1]
+        cut = max((i + 1 for i, p in enumerate(parts) if p.lower() in SPLIT_NAMES), default=0)
+        dirs.append(parts[cut:])
+    unsplit = [d for d, n in zip(dirs, images) if _split_of(PurePosixPath(n).parts) is None and d]
+    wrap = 0                    # leading folders shared by every unsplit image (an archive's top folder)
+    if unsplit:
+        shortest = min(len(d) for d in unsplit)
+        while wrap < shortest - 1 and len({d[wrap] for d in unsplit}) == 1:
+            wrap += 1
+    entries, parents = [], {}
+    for n, d in zip(images, dirs):
+        split = _split_of(PurePosixPath(n).parts)
+        full = d if split is not None else d[wrap:]
+        if not full:
+            continue                                    # an image at the top: no class folder
+        cls = "/".join(full if class_depth is None else full[-class_depth:])
+        parents.setdefault(cls, set()).add("/".join(full))
+        entries.append((n, cls, split))
+    merged = {c: sorted(p) for c, p in parents.items() if len(p) > 1}
+    if merged:
+        import warnings
+        c, paths = next(iter(merged.items()))
+        warnings.warn(f"{tree.path}: class_depth {class_depth} merges folders of different parents into one class "
+                      f"({len(merged)} class(es); e.g. {c!r} covers {', '.join(paths[:3])}); if they are different "
+                      f"classes, leave class_depth out (the class is then the whole folder path)", stacklevel=4)
+    return entries
+
+
+def _digest(data: bytes, name: str, cls: str) -> bytes:
+    """Identity of a file for de-duplication: its split, class, file name and content (so the same drawing
     in two archives counts once, while train/cat/0.png and test/cat/0.png stay two files)."""
     import hashlib
     parts = PurePosixPath(name).parts
-    key = f"{_split_of(parts)}|{'/'.join(parts[-1 - class_depth:])}"
+    key = f"{_split_of(parts)}|{cls}/{parts[-1]}"
     return hashlib.sha1(key.encode() + b"\0" + data).digest()
 
 

@@ -3,6 +3,9 @@
 A task spec (plain data, from the YAML config):
     dataset: a registry name or a path        resolution: 28 | 32 | 64 | 84 | 224 | ...
     classes: "0:100" (slice of the class list) or [names]    train_images: N (subsample; the paper's 1,000)
+             or {file: groups.csv, group: NAME} (a CSV of class,group rows: the classes of one group, e.g.
+             ImageNet's classes grouped by the WordNet hierarchy, as Section 4.3 splits them) or {file: list.txt}
+             (one class name a line)
     images_per_class: N (class-wise subsample of the training split: exactly N images of every class, seeded;
                       the low-data meta-test regime of Table 1 / Fig. 9; the test split stays whole)
     val_fraction: 0.25 (held out of train for methods that need a validation batch)
@@ -55,11 +58,49 @@ def check_task_specs(value: list, path: str, hint: str = "") -> list:
     return value
 
 
+def _class_selector(value, path):
+    if isinstance(value, dict):
+        read_class_group(value, path)             # the file and the group are checked now, before any work
+    return value
+
+
+def read_class_group(selector: dict, where: str) -> list[str]:
+    """The class names a {file, group} selector names: ``file`` is a CSV of class,group rows (a header row
+    ``class,group`` is optional) and ``group`` one of its groups; or, without ``group``, a list of class names (one
+    a line, or the first column of a CSV)."""
+    import csv
+    unknown = set(selector) - {"file", "group"}
+    if unknown or "file" not in selector:
+        raise ConfigError(f"{where}: expected {{file: PATH, group: NAME}} (group optional), got {selector!r}")
+    path = Path(str(selector["file"]))
+    try:
+        rows = [r for r in csv.reader(path.read_text(encoding="utf-8-sig").splitlines()) if r and r[0].strip()]
+    except OSError as err:
+        raise ConfigError(f"{where}.file: cannot read {path} ({err.strerror or err})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (["class", "group"], ["class"]):
+        rows = rows[1:]
+    if "group" not in selector:
+        names = [r[0].strip() for r in rows]
+    else:
+        if any(len(r) < 2 for r in rows):
+            bad = next(r for r in rows if len(r) < 2)
+            raise ConfigError(f"{where}.file: {path}: expected class,group rows, got {bad}")
+        group = str(selector["group"])
+        names = [r[0].strip() for r in rows if r[1].strip() == group]
+        if not names:
+            groups = sorted({r[1].strip() for r in rows})
+            raise ConfigError(f"{where}.group: {group!r} is not a group of {path}; its groups: {', '.join(groups)}")
+    if len(names) < 2:
+        raise ConfigError(f"{where}: {path} names {len(names)} class(es); a task needs at least 2")
+    return names
+
+
 @dataclass
 class TaskSpec:
     dataset: str = opt(doc="a registry name or a path")
     resolution: int = opt(32, low=4)
-    classes: str | list | None = opt(None, doc='"0:100" (a slice of the class list) or [names]')
+    classes: str | list | dict | None = opt(None, check=_class_selector,
+                                            doc='"0:100" (a slice of the class list), [names], or {file, group}')
     train_images: int | None = opt(None, low=1)
     images_per_class: int | None = opt(None, low=1)
     val_fraction: float = opt(0.0, low=0, high=1, open_high=True)
@@ -77,12 +118,17 @@ class TaskSpec:
 
     @property
     def label(self) -> str:
+        if isinstance(self.classes, dict) and "group" in self.classes:
+            return self.name or f"{Path(self.dataset).name}[group {self.classes['group']}]"
         return self.name or (Path(self.dataset).name + (f"[{self.classes}]" if isinstance(self.classes, str) else ""))
 
 
 def select_classes(classes: list[str], selector, where: str) -> list[int]:
-    """Indices of the chosen classes: None (all), "a:b" (a slice of the class list) or a list of names/indices."""
+    """Indices of the chosen classes: None (all), "a:b" (a slice of the class list), a list of names/indices, or
+    {file, group} (read_class_group)."""
     n = len(classes)
+    if isinstance(selector, dict):
+        selector = read_class_group(selector, f"{where}.classes")
     if selector is None:
         return list(range(n))
     if isinstance(selector, str) and ":" in selector:
