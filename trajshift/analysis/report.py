@@ -113,7 +113,7 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
         entry = {"run": info["name"], "path": str(run), "method": info["method"],
                  "meta_lr": info["config"]["meta"]["meta_lr"], "curve": curve, "by_images_per_class": by_n,
                  "final": by_n[str(curve_n)]["targets"], "final_average": by_n[str(curve_n)]["average"],
-                 "initial": scratch}
+                 "initial": scratch, "init_from": info["config"].get("init_from")}
         cache.parent.mkdir(exist_ok=True)
         write_json(cache, entry)
         report["runs"].append({**entry, "loss_curve": info["loss_curve"]})
@@ -137,6 +137,12 @@ def _add_scratch_and_gains(report: dict) -> None:
         return
     hashes = {i["file_sha256"] for i in initials}
     report["common_initialization"] = len(hashes) == 1
+    # Runs that started from a pretrained body (init_from) have it as snapshot 0: the baseline is then the pretrained
+    # model itself, Table 1's "None" row, not a random initialization.
+    starts = {r.get("init_from") for r in report["runs"]}
+    pretrained = next(iter(starts)) if len(starts) == 1 else None
+    report["baseline_label"] = (f"None (the pretrained start, {pretrained})" if pretrained else
+                                "scratch (the common random initialization)")
     scratch = initials[0]["by_images_per_class"]
     report["scratch"] = scratch
     for r in report["runs"]:
@@ -166,7 +172,7 @@ def _table(report: dict) -> str:
              "| run (method) | " + " | ".join(targets) + " | average |", "|---" * (len(targets) + 2) + "|"]
     rows = [(f"{r['run']} ({r['method']})", r["by_images_per_class"][n]) for r in report["runs"]]
     if report.get("scratch"):
-        rows.append(("scratch (the common random initialization)", report["scratch"][n]))
+        rows.append((report.get("baseline_label", "scratch (the common random initialization)"), report["scratch"][n]))
     for label, res in rows:
         lines.append(f"| {label} | " + " | ".join(_pm(res["targets"][t]) for t in targets) +
                      f" | {_pm(res['average'])} |")
@@ -178,7 +184,8 @@ def _table(report: dict) -> str:
         for r in report["runs"]:
             lines.append(f"| {r['run']} ({r['method']}) | " + " | ".join(
                 f"{_pm(r['by_images_per_class'][v]['average'])} | {_pm(r['gain_over_scratch'][v])}" for v in ns) + " |")
-        lines.append("| scratch | " + " | ".join(f"{_pm(report['scratch'][v]['average'])} | 0" for v in ns) + " |")
+        label = report.get("baseline_label", "scratch").split(" (")[0]
+        lines.append(f"| {label} | " + " | ".join(f"{_pm(report['scratch'][v]['average'])} | 0" for v in ns) + " |")
     return "\n".join(lines) + "\n"
 
 
