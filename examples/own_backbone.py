@@ -1,7 +1,6 @@
 """Your own model, your own Datasets, a pretrained state_dict: meta-train with CTS, save, finetune against the
 pretrained model itself. Offline (scikit-learn's digits), about 20 s on 2 cores: python examples/own_backbone.py"""
-import functools, tempfile
-import torch
+import functools, tempfile, torch
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset

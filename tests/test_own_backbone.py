@@ -267,6 +267,31 @@ def test_fit_from_a_pretrained_state_dict_and_finetune_paired(tmp_path):
     assert report["difference"]["per_seed"] == [0.0, 0.0, 0.0] and len(report["accs"]) == 3
 
 
+class NoisyDataset(torch.utils.data.Dataset):
+    """A dataset with a random transform drawn from torch's global generator, as torchvision's are."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+@pytest.mark.parametrize("method", ["cts-accurate", "fomaml"])
+def test_fit_is_a_pure_function_of_its_seed_with_random_transforms(method):
+    """Batches (random transforms included) depend on (seed, task, step) only: cts-accurate's replays and a
+    second fit see the same data, whatever the global generator did in between."""
+    def run():
+        torch.manual_seed(torch.randint(0, 1000, ()).item())          # disturb the global generator
+        return ts.fit(lambda t, c: OutNet(c), [NoisyDataset(d) for d in _datasets()], method=method, inner_steps=3,
+                      trajectories=2, meta_lr=0.5, batch_size=8, head="out", log=lambda *_: None).phi
+    assert torch.equal(run(), run())
+
+
 def test_a_head_not_named_fc_is_not_meta_learned_silently():
     with pytest.warns(UserWarning, match=r"out.weight, out.bias change shape with the number of classes"):
         result = ts.fit(lambda t, c: OutNet(c), _datasets(), inner_steps=2, trajectories=1, batch_size=8)
@@ -340,8 +365,8 @@ def test_the_shipped_section_4_3_configs_parse(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigError, match="imagenet-groups.csv"):   # the paper's groups: the user's file
         load_config(ROOT / "configs" / "paper-4.3.yaml")
-    with pytest.raises(ConfigError, match="init_from: .*no such file or folder"):
-        load_config(ROOT / "configs" / "paper-4.3-cpu.yaml")     # everything but the pretrained file is checked
+    with pytest.raises(ConfigError, match="init_from: .*no such file or folder"):     # the base is made first
+        load_config(ROOT / "configs" / "paper-4.3-cpu.yaml", {"init_from": str(tmp_path / "runs" / "tin-base")})
     base = tmp_path / "base.pt"
     torch.save({}, base)
     cfg = load_config(ROOT / "configs" / "paper-4.3-cpu.yaml", {"init_from": str(base)})
@@ -364,6 +389,11 @@ def test_nested_folders_are_labelled_by_their_path_below_the_root(tmp_path):
     with pytest.warns(UserWarning, match="merges folders of different parents"):
         merged = read_image_tree(tmp_path / "omni", resolution=6, mode="L", class_depth=1)
     assert merged.classes == ["character01", "character02"]
+    from trajshift.data.cache import prepare
+    with pytest.warns(UserWarning, match="merges folders"):          # the task option, through the cache
+        assert prepare(str(tmp_path / "omni"), 6, cache_dir=tmp_path / "c", class_depth=1).classes == \
+            ["character01", "character02"]
+    assert len(prepare(str(tmp_path / "omni"), 6, cache_dir=tmp_path / "c").classes) == 6
 
 
 # --- logging and the example -----------------------------------------------------------------------------------------

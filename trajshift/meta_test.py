@@ -263,7 +263,8 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
         name = target if isinstance(target, str) else TaskSpec.from_dict(base, "target").label
         res = base.get("resolution") or cfg.resolution or (
             DATASETS.get(base["dataset"]).resolution if base["dataset"] in DATASETS else 32)
-        data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir, manifest=base.get("manifest"))
+        data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir, manifest=base.get("manifest"),
+                       class_depth=base.get("class_depth"))
         accs = []
         for seed in range(cfg.seeds):
             spec = TaskSpec.from_dict({**base, "resolution": res, "augment": cfg.augment,

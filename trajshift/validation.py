@@ -63,7 +63,7 @@ def class_indices(spec: dict, data_root=None, cache_dir=None) -> set[int]:
     from .data.cache import prepare
     from .data.tasks import TaskSpec, select_classes
     s = TaskSpec.from_dict(spec, "task")
-    data = prepare(s.dataset, s.resolution, data_root, cache_dir, manifest=s.manifest)
+    data = prepare(s.dataset, s.resolution, data_root, cache_dir, manifest=s.manifest, class_depth=s.class_depth)
     return set(select_classes(data.classes, s.classes, s.label))
 
 

@@ -128,9 +128,9 @@ def source_files(name: str, data_root: str | Path | None = None) -> list[Path]:
 
 
 def build(name: str, resolution: int, data_root: str | Path | None = None, test_fraction: float = 0.2,
-          manifest: str | dict | None = None) -> PreparedData:
+          manifest: str | dict | None = None, class_depth: int | None = None) -> PreparedData:
     """Read, split, resize and measure a dataset (no cache)."""
-    data, spec, _ = load_dataset(name, data_root, resolution, manifest)
+    data, spec, _ = load_dataset(name, data_root, resolution, manifest, class_depth)
     train, test = standard_splits(data, test_fraction)
     train = Split(resize_images(train.images, resolution), train.labels)
     test = Split(resize_images(test.images, resolution), test.labels)
@@ -139,16 +139,19 @@ def build(name: str, resolution: int, data_root: str | Path | None = None, test_
 
 
 def prepare(name: str, resolution: int, data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-            use_cache: bool = True, test_fraction: float = 0.2, manifest: str | dict | None = None) -> PreparedData:
+            use_cache: bool = True, test_fraction: float = 0.2, manifest: str | dict | None = None,
+            class_depth: int | None = None) -> PreparedData:
     """``name`` (a registered dataset or a path) at ``resolution`` px: from the cache when a valid one exists,
     else decoded, split, resized and written to the cache atomically. ``manifest``: the CSV manifest's options
     (trajshift.data.formats.read_image_tree) for a dataset given by path."""
     if not use_cache:
-        return build(name, resolution, data_root, test_fraction, manifest)
+        return build(name, resolution, data_root, test_fraction, manifest, class_depth)
     src = source_files(name, data_root)
     key = f"{Path(name).name}-{resolution}px-{file_signature(src) if src else 'builtin'}-t{round(test_fraction * 100)}"
     if manifest is not None:
         key += "-m" + hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:8]
+    if class_depth is not None:
+        key += f"-d{class_depth}"
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = cache_root / key
     if folder.exists():
@@ -158,7 +161,7 @@ def prepare(name: str, resolution: int, data_root: str | Path | None = None, cac
         warnings.warn(f"{folder}: incomplete or altered cache (a run killed while writing it?); rebuilding",
                       stacklevel=2)
         shutil.rmtree(folder, ignore_errors=True)
-    prepared = build(name, resolution, data_root, test_fraction, manifest)
+    prepared = build(name, resolution, data_root, test_fraction, manifest, class_depth)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
     try:

@@ -451,7 +451,7 @@ def _folder_entries(tree: _Tree, images: list[str], class_depth: int | None) -> 
     entries, parents = [], {}
     for n, d in zip(images, dirs):
         split = _split_of(PurePosixPath(n).parts)
-        full = d if split is not None else d[wrap:]
+        full = d if split is not None or class_depth is not None else d[wrap:]
         if not full:
             continue                                    # an image at the top: no class folder
         cls = "/".join(full if class_depth is None else full[-class_depth:])

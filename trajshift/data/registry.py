@@ -225,13 +225,14 @@ def check_classes(data: ImageData, expected: int | None) -> None:
 
 
 def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolution: int | None = None,
-                 manifest: str | dict | None = None) -> \
+                 manifest: str | dict | None = None, class_depth: int | None = None) -> \
         tuple[ImageData, DatasetSpec | None, list[Path]]:
     """Read a registered dataset by name, or a folder/archive of images given by path (class folders or a
     manifest.csv). Returns the data, the spec (None for a path) and the source files (for cache keys)."""
     if name_or_path in DATASETS:
-        if manifest is not None:
-            raise DataError(f"dataset {name_or_path!r}: manifest options apply to a folder or archive given by path, "
+        if manifest is not None or class_depth is not None:
+            raise DataError(f"dataset {name_or_path!r}: manifest and class_depth options apply to a folder or archive "
+                            f"given by path, "
                             f"not to a registered dataset")
         spec = DATASETS.get(name_or_path)
         if spec.builtin:
@@ -248,4 +249,4 @@ def load_dataset(name_or_path: str, data_root: str | Path | None = None, resolut
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if path.suffix == ".npz":                 # arrays x [N, H, W(, C)] uint8 and y [N] (optional class names)
         return read_npz(path), None, files
-    return read_image_tree(path, resolution=resolution or 32, manifest=manifest), None, files
+    return read_image_tree(path, resolution=resolution or 32, manifest=manifest, class_depth=class_depth), None, files

@@ -107,6 +107,8 @@ class TaskSpec:
     name: str | None = opt(None)
     augment: bool | str = opt("crop+flip", check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
     manifest: str | dict | None = opt(None, check=_manifest, doc="a path dataset's CSV manifest")
+    class_depth: int | None = opt(None, low=1, doc="a path dataset's class: its last N folders (default: the whole "
+                                                   "folder path below the root)")
 
     def validate_fields(self, where):
         if self.train_images is not None and self.images_per_class is not None:
@@ -283,7 +285,8 @@ def build_tasks(specs: list[dict], batch_size: int, seed: int, data_root=None, c
     parsed = [TaskSpec.from_dict(d, f"{where}[{i}]") for i, d in zip(ids, specs)]
     out = []
     for i, spec in zip(ids, parsed):
-        data = prepare(spec.dataset, spec.resolution, data_root, cache_dir, manifest=spec.manifest)
+        data = prepare(spec.dataset, spec.resolution, data_root, cache_dir, manifest=spec.manifest,
+                       class_depth=spec.class_depth)
         task = ImageTask(spec, data, batch_size, seed, i, device, where=f"{where}[{i}]")
         if batch_size > len(task.y["train"]):
             raise ConfigError(f"batch_size: {batch_size} is more than the {len(task.y['train'])} training images of "
