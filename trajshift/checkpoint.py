@@ -82,7 +82,10 @@ def load_latest(folder: str | Path, max_step: int | None = None) -> tuple[dict, 
             problem = f"it cannot be read ({err})"
         if problem is None:
             try:
-                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
+                with warnings.catch_warnings():
+                    # torch's note on a file's pickle protocol: our own warning below names the file and the refusal
+                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path
             except Exception as err:  # noqa: BLE001  a checksum-valid file that is not a checkpoint: any failure
                 problem = unsafe_or_unreadable("it", err).split(": ", 1)[1]
         warnings.warn(f"{path}: skipping this checkpoint: {problem}; trying the previous one", stacklevel=2)

@@ -78,6 +78,8 @@ def _meta_train(args) -> int:
         overrides["execution.backend"] = args.backend
     if args.init_from:
         overrides["init_from"] = args.init_from
+    if args.quiet:
+        overrides["meta.progress"] = False          # no bar and no periodic lines either
     cfg = load_config(args.config, overrides)            # every key checked before any work starts
     if args.resume:
         from .checkpoint import list_checkpoints
@@ -150,7 +152,8 @@ def _meta_test(args) -> int:
                          images_per_class=_int_list(args.images_per_class, "--images-per-class")
                          if args.images_per_class else None, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
-    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line)
+    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line,
+                       progress=False if args.quiet else None)
     print(markdown_table(report))
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0

@@ -17,7 +17,8 @@ import torch
 
 from .methods import METHODS
 from .optim import check_optimizer_spec
-from .schema import opt, parse, revalidate
+from .errors import ConfigError
+from .schema import check_instance, opt, parse, revalidate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -27,7 +28,8 @@ def _default_inner_optimizer() -> dict:
 
 
 def _method(name, path):
-    METHODS.get(name)                  # an unknown method names the allowed ones
+    if name not in METHODS:            # named with the key's full path (meta.method in a config file)
+        raise ConfigError(f"{path}: unknown method {name!r}; allowed values: {', '.join(METHODS.names())}")
     return name
 
 
@@ -52,6 +54,10 @@ class MetaConfig:
     # Steps between host read-backs of losses, ||Delta|| and the finiteness checks (one transfer each time; rows
     # and results are the same for every value). null: 1 on CPU, 50 on an accelerator.
     sync_every: int | None = opt(None, low=1)
+
+    def __post_init__(self) -> None:
+        # Checked as it is built: MetaConfig(meta_lr="fast") is refused here, not later by MetaTrainer.
+        check_instance(self)
 
     def validate_fields(self, where: str) -> None:
         METHODS.get(self.method).parse_options(self.options)

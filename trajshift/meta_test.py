@@ -202,7 +202,7 @@ class MetaTestConfig:
         return revalidate(self, flags=True)
 
 
-def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> dict:
+def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, progress: bool | None = None) -> dict:
     """Finetune from ``cfg.init`` on every target, ``cfg.seeds`` times. Seed s fixes the target's training subsample,
     the head's initial weights and the batch order, whatever the initialization: results of two initializations are
     paired by seed.
@@ -219,7 +219,7 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print) -> 
               "model": cfg.model, "augment": cfg.augment}
     from .progress import bar
     settings = cfg.images_per_class or [None]
-    progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test")
+    progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test", show=progress)
     log = _above(progress, log)
     try:
         if cfg.images_per_class is None:

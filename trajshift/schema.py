@@ -158,6 +158,18 @@ def parse(cls, data, where: str, flags: bool = False):
     return out
 
 
+def check_instance(obj, where: str = "") -> None:
+    """Check a schema dataclass as it is constructed (from ``__post_init__``): every field by its rule, normalised
+    in place, then ``validate_fields``; the same messages as ``parse``, without building a second object."""
+    hints = typing.get_type_hints(type(obj))
+    for key, f in fields_of(type(obj)).items():
+        kind, item, nullable = _unwrap(hints[key])
+        setattr(obj, key, check_value(getattr(obj, key), kind, f.metadata.get("rule", Rule()),
+                                      f"{where}.{key}" if where else key, nullable, item))
+    if hasattr(obj, "validate_fields"):
+        obj.validate_fields(where)
+
+
 def revalidate(obj, flags: bool = False):
     """Check an already-built schema dataclass in place (normalised values, such as optimizer specs, are kept)."""
     obj.__dict__.update(parse(type(obj), obj, "", flags=flags).__dict__)

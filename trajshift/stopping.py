@@ -47,12 +47,10 @@ class Supervised:
     last read-back and a final checkpoint; the bar and the metrics file are closed whatever happens."""
 
     def __init__(self, trainer):
-        import sys
-
         from .progress import loop_bar
         self.tr, cfg = trainer, trainer.cfg
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        self.bar = loop_bar(trainer, show and trainer.comm.is_main())
+        # progress null: a bar on a terminal, periodic plain lines elsewhere (trajshift/progress.py); false: none.
+        self.bar = loop_bar(trainer, cfg.progress if trainer.comm.is_main() else False)
         self.stop = StopOnSignal(trainer.comm.world_size == 1)
 
     def __enter__(self):
