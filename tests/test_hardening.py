@@ -438,3 +438,28 @@ def test_meta_train_and_meta_test_print_progress_lines_when_piped(tmp_path, sour
     proc = subprocess.run([sys.executable, "-m", "trajshift", "meta-train", str(_config(tmp_path, sources)), "--out",
                            str(tmp_path / "q"), "--quiet"], capture_output=True, text=True, env=env, check=True)
     assert "steps/s" not in proc.stderr
+
+
+def test_a_run_refused_after_the_config_check_leaves_no_folder(tmp_path, sources, capsys):
+    run = tmp_path / "runs" / "bad"
+    assert main(["meta-train", str(_config(tmp_path, sources, batch_size=1000)), "--out", str(run)]) == 2
+    assert "batch_size: 1000 is more than" in capsys.readouterr().err
+    assert not run.exists()
+    run.mkdir(parents=True)                              # a folder the user made is left alone
+    assert main(["meta-train", str(_config(tmp_path, sources, batch_size=1000)), "--out", str(run)]) == 2
+    assert run.is_dir()
+
+
+def test_results_json_has_one_shape_whatever_the_options(tmp_path, sources):
+    shapes = []
+    for extra in ([], ["--images-per-class", "2,3"]):
+        out = tmp_path / f"o{len(extra)}"
+        assert main(["meta-test", "--from", "scratch", "--model", "conv4", "--set", "model.width=4", "--targets",
+                     str(sources[0]), "--seeds", "2", "--steps", "1", "--resolution", "12", "--cache-dir",
+                     str(tmp_path / "c"), "--out", str(out), "--quiet", *extra]) == 0
+        r = json.loads((out / "results.json").read_text())
+        shapes.append(sorted(r))
+        first = next(iter(r["by_images_per_class"].values()))
+        assert r["targets"] == first["targets"] and r["average"] == first["average"]
+        assert sorted(first) == ["average", "targets"]
+    assert shapes[0] == shapes[1]

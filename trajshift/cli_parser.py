@@ -71,8 +71,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _quiet(mt)
     mt.set_defaults(func=handlers["meta_train"])
     te = sub.add_parser("meta-test", help="finetune from an initialization on target datasets; mean and 95%% CI",
-                        description="Writes DIR/results.json ({targets: {NAME: {mean, ci95, accs}}, average}) and "
-                                    "DIR/results.md.")
+                        description="Writes DIR/results.json ({images_per_class, by_images_per_class: {N or 'all': "
+                                    "{targets: {NAME: {mean, ci95, accs}}, average}}, and the first setting's targets "
+                                    "and average at the top: one shape whatever the options) and DIR/results.md.")
     te.add_argument("--init", help="initialization file (a run's init.safetensors or snapshots/step-N.safetensors, "
                     "an older init.pt, any state_dict .pt or .safetensors), a run folder, or a "
                     "method folder of a sweep (its chosen run)")

@@ -207,9 +207,10 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, pro
     the head's initial weights and the batch order, whatever the initialization: results of two initializations are
     paired by seed.
 
-    Returns (and writes as DIR/results.json) {init, protocol, steps, seeds, model, targets: {NAME: {mean, ci95, accs,
-    ...}}, average: {mean, ci95, per_seed}}; with ``images_per_class`` = [N1, N2, ...] the per-target and average
-    results are under by_images_per_class[str(N)] instead. A CI needs 2 seeds: with one it is null."""
+    Returns (and writes as DIR/results.json) one shape whatever the options: {init, protocol, steps, seeds, model,
+    augment, images_per_class: [N1, ...] or null, by_images_per_class: {"N1": {targets, average}, ...} (one key,
+    "all", without a per-class subsample), targets: {NAME: {mean, ci95, accs, ...}} and average: {mean, ci95,
+    per_seed} of the first setting}. A CI needs 2 seeds: with one it is null."""
     cfg.validate()
     protocol = PROTOCOLS.get(cfg.protocol)
     steps = cfg.steps or protocol.steps
@@ -222,12 +223,11 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, pro
     progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test", show=progress)
     log = _above(progress, log)
     try:
-        if cfg.images_per_class is None:
-            report.update(_meta_test_setting(cfg, init, protocol, steps, None, log, progress))
-        else:
-            report["images_per_class"] = list(cfg.images_per_class)
-            report["by_images_per_class"] = {str(n): _meta_test_setting(cfg, init, protocol, steps, n, log, progress)
-                                             for n in cfg.images_per_class}
+        report["images_per_class"] = None if cfg.images_per_class is None else list(cfg.images_per_class)
+        report["by_images_per_class"] = {"all" if n is None else str(n):
+                                         _meta_test_setting(cfg, init, protocol, steps, n, log, progress)
+                                         for n in settings}
+        report.update(next(iter(report["by_images_per_class"].values())))      # the first setting, at the top
     finally:
         progress.close()
     report["wall_time"] = time.perf_counter() - t0
@@ -293,7 +293,7 @@ def _pct(mean, ci) -> str:
 
 def markdown_table(report: dict) -> str:
     settings = ([(None, report)] if "by_images_per_class" not in report else
-                [(n, r) for n, r in report["by_images_per_class"].items()])
+                [(None if n == "all" else n, r) for n, r in report["by_images_per_class"].items()])
     lines = [(f"Meta-test of `{report['init']}` ({report['protocol']} protocol, {report['steps']} steps, "
               f"{report['seeds']} seeds; mean test accuracy and 95% confidence interval over seeds, %). The average "
               f"row's interval is over seeds of the per-seed mean over targets."), ""]

@@ -154,8 +154,21 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, log
     comm = comm or init_from_env(cfg.device)
     if not comm.is_main():
         return _meta_train(cfg, out, log, comm, ())
-    with RunLock(out):
-        return _meta_train(cfg, out, log, comm, loggers)
+    created = not Path(out).exists()
+    try:
+        with RunLock(out):
+            return _meta_train(cfg, out, log, comm, loggers)
+    except BaseException:
+        if created:
+            _remove_if_empty(Path(out))      # a refused run leaves no folder behind (one that wrote files keeps them)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds no file (empty subfolders such as snapshots/ included)."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -> dict:
