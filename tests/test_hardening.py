@@ -463,3 +463,32 @@ def test_results_json_has_one_shape_whatever_the_options(tmp_path, sources):
         assert r["targets"] == first["targets"] and r["average"] == first["average"]
         assert sorted(first) == ["average", "targets"]
     assert shapes[0] == shapes[1]
+
+
+def test_meta_test_pairs_with_the_runs_own_starting_weights_and_resumes(tmp_path, sources, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["meta-train", str(_config(tmp_path, sources)), "--out", str(run), "--quiet"]) == 0
+    args = ["meta-test", "--init", str(run / "snapshots" / "step-00000000.safetensors"), "--targets", str(sources[0]),
+            "--seeds", "3", "--steps", "2", "--resolution", "12", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    # The starting weights against themselves: every paired difference is exactly 0.
+    assert main([*args, "--out", str(tmp_path / "self"), "--baseline", "start"]) == 0
+    r = json.loads((tmp_path / "self" / "results.json").read_text())
+    assert r["difference"]["all"]["per_seed"] == [0.0, 0.0, 0.0]
+    assert "paired difference" in capsys.readouterr().out
+    # Ctrl-C after two finished seeds; the rerun finetunes only the third, and gives the uninterrupted result.
+    from trajshift import meta_test as mt
+    real, calls = mt.finetune, []
+
+    def counted(*a, **k):
+        calls.append(a[5])
+        if len(calls) == 3 and stop:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(mt, "finetune", counted)
+    stop = True
+    out = tmp_path / "cut"
+    assert main([*args, "--out", str(out)]) == 130          # the command's answer to Ctrl-C
+    stop, calls[:] = False, []
+    assert main([*args, "--out", str(out)]) == 0
+    assert calls == [2]
+    assert json.loads((out / "results.json").read_text())["average"] == r["average"]

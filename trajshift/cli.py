@@ -152,11 +152,51 @@ def _meta_test(args) -> int:
                          images_per_class=_int_list(args.images_per_class, "--images-per-class")
                          if args.images_per_class else None, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
-    report = meta_test(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line,
-                       progress=False if args.quiet else None)
+    quiet = dict(log=(lambda *_: None) if args.quiet else log_line, progress=False if args.quiet else None)
+    report = meta_test(cfg, args.out, **quiet)
     print(markdown_table(report))
+    if args.baseline:
+        _paired_baseline(args, cfg, init, report, quiet)
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
+
+
+def _paired_baseline(args, cfg, init: Path | None, report: dict, quiet: dict) -> None:
+    """--baseline start|FILE: finetune the baseline with the same seeds and subsamples, then the paired difference
+    (init minus baseline) per setting, with its 95% CI over seeds; written into results.json."""
+    import dataclasses
+
+    from .atomic import write_json
+    from .init_file import snapshot_files
+    from .meta_test import meta_test
+    from .stats import mean_ci95
+    if args.baseline == "start":
+        run = run_config_of(init).parent if init is not None and run_config_of(init) else None
+        snaps = snapshot_files(run) if run else []
+        if not snaps or not snaps[0].stem.endswith("-00000000"):
+            raise ConfigError(f"--baseline start: {init or 'scratch'} has no run folder with its starting weights "
+                              f"(snapshots/step-00000000; the run needs snapshot_every > 0); give --baseline FILE")
+        baseline = snaps[0]
+    else:
+        baseline = resolve_init(args.baseline)
+    base = meta_test(dataclasses.replace(cfg, init=str(baseline)), Path(args.out) / "baseline", **quiet)
+    difference = {}
+    for n, res in report["by_images_per_class"].items():
+        ref = base["by_images_per_class"][n]
+        diffs = [a - b for a, b in zip(res["average"]["per_seed"], ref["average"]["per_seed"])]
+        mean, ci = mean_ci95(diffs)
+        per_target = {}
+        for t, r in res["targets"].items():
+            m, c = mean_ci95([a - b for a, b in zip(r["accs"], ref["targets"][t]["accs"])])
+            per_target[t] = {"mean": m, "ci95": c}
+        difference[n] = {"mean": mean, "ci95": ci, "per_seed": diffs, "targets": per_target}
+        ci_text = "n/a" if ci is None else f"{100 * ci:.2f}"
+        print(f"paired difference, {report['init']} minus baseline {baseline}"
+              + (f" ({n} per class)" if n != "all" else "") + f": {100 * mean:+.2f} ± {ci_text} points "
+              f"(target average, 95% CI over {len(diffs)} seeds; the same seeds and subsamples)")
+    report["baseline"] = {"init": str(baseline), "by_images_per_class": base["by_images_per_class"]}
+    report["difference"] = difference
+    write_json(Path(args.out) / "results.json", report)
 
 
 def _approx_error(args) -> int:

@@ -78,6 +78,10 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     "an older init.pt, any state_dict .pt or .safetensors), a run folder, or a "
                     "method folder of a sweep (its chosen run)")
     te.add_argument("--from", dest="from_", default=None, choices=["scratch"], help="--from scratch: random init")
+    te.add_argument("--baseline", default=None, metavar="start|FILE",
+                    help="also finetune a baseline with the same seeds and subsamples and print the paired difference: "
+                         "'start' is the run's own starting weights (snapshots/step-00000000: the common random or "
+                         "pretrained initialization every method started from), or an init file / run folder")
     te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
                     "archives (class folders or manifest.csv)")
     te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")

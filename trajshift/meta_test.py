@@ -224,8 +224,9 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, pro
     log = _above(progress, log)
     try:
         report["images_per_class"] = None if cfg.images_per_class is None else list(cfg.images_per_class)
+        cache = SeedCache(out, cfg, steps)
         report["by_images_per_class"] = {"all" if n is None else str(n):
-                                         _meta_test_setting(cfg, init, protocol, steps, n, log, progress)
+                                         _meta_test_setting(cfg, init, protocol, steps, n, log, progress, cache)
                                          for n in settings}
         report.update(next(iter(report["by_images_per_class"].values())))      # the first setting, at the top
     finally:
@@ -249,8 +250,49 @@ def _above(progress, log):
     return log_line if log is print else log
 
 
+class SeedCache:
+    """Finished (initialization, target, setting, seed) results of a meta-test, one JSON line each in
+    OUT/finished-seeds.jsonl, so an interrupted meta-test resumes where it stopped (the key holds everything that
+    changes a result: the init file's sha256, the model, the target spec, the protocol, the steps, ...)."""
+
+    def __init__(self, out: Path | None, cfg: MetaTestConfig, steps: int):
+        import hashlib
+        import json
+        self.path = None if out is None else Path(out) / "finished-seeds.jsonl"
+        digest = "scratch"
+        if cfg.init:
+            from .init_file import run_init
+            p = Path(cfg.init)
+            p = (run_init(p) or p) if p.is_dir() else p
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        self.common = {"init": digest, "model": cfg.model, "protocol": cfg.protocol, "steps": steps,
+                       "augment": cfg.augment, "batch_size": cfg.batch_size, "train_images": cfg.train_images,
+                       "meta_params": cfg.meta_params}
+        self.done: dict[str, float] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.done[row["key"]] = float(row["accuracy"])
+                except (ValueError, KeyError, TypeError):
+                    continue                       # a line cut by a kill: that seed runs again
+
+    def key(self, **parts) -> str:
+        import json
+        return json.dumps({**self.common, **parts}, sort_keys=True, default=str)
+
+    def add(self, key: str, accuracy: float) -> None:
+        self.done[key] = accuracy
+        if self.path is not None:
+            import json
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "accuracy": accuracy}) + "\n")
+                f.flush()
+
+
 def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int, per_class: int | None,
-                       log, progress) -> dict:
+                       log, progress, cache: SeedCache | None = None) -> dict:
     from .data.cache import prepare
     from .data.registry import DATASETS
     from .data.tasks import ImageTask, TaskSpec
@@ -274,8 +316,15 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
                              where=f"target {name}")
             # A batch never holds an image twice: with a few images per class it is the whole training set.
             task.batch_size = min(task.batch_size, len(task.y["train"]))
-            accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
-                                 on_step=lambda: progress.update(1), meta_params=meta_params))
+            key = cache.key(target=base, resolution=res, images_per_class=per_class, seed=seed) if cache else None
+            if cache is not None and key in cache.done:
+                accs.append(cache.done[key])
+                progress.update(steps)
+            else:
+                accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
+                                     on_step=lambda: progress.update(1), meta_params=meta_params))
+                if cache is not None:
+                    cache.add(key, accs[-1])
             per_seed.setdefault(seed, []).append(accs[-1])
             log(f"{name}{f' ({per_class} per class)' if per_class else ''} seed {seed}: test accuracy "
                 f"{100 * accs[-1]:.2f}%")
