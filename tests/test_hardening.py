@@ -492,3 +492,28 @@ def test_meta_test_pairs_with_the_runs_own_starting_weights_and_resumes(tmp_path
     assert main([*args, "--out", str(out)]) == 0
     assert calls == [2]
     assert json.loads((out / "results.json").read_text())["average"] == r["average"]
+
+
+@pytest.mark.parametrize("method", ["cts", "leap"])
+def test_a_finished_run_extended_in_m_equals_a_run_that_asked_for_it(tmp_path, sources, capsys, method):
+    """M (and only M) may grow on a finished run: it continues from the last checkpoint and ends bit-identical to
+    a run that asked for the larger M from the start; config.yaml records the extension."""
+    meta = {"method": method, "inner_steps": 5, "trajectories": 2, "meta_lr": 0.3,
+            "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
+    run, full = tmp_path / "run", tmp_path / "full"
+    assert main(["meta-train", str(_config(tmp_path, sources, meta=meta)), "--out", str(run), "--quiet"]) == 0
+    assert main(["meta-train", str(_config(tmp_path, sources, meta={**meta, "trajectories": 4})), "--out", str(run),
+                 "--quiet"]) == 0
+    assert main(["meta-train", str(_config(tmp_path, sources, meta={**meta, "trajectories": 4})), "--out",
+                 str(full), "--quiet"]) == 0
+    got, want = _run_files(run), _run_files(full)
+    assert got["metrics"] == want["metrics"] and _same_state_dicts(got["init"], want["init"])
+    assert got["snapshots"].keys() == want["snapshots"].keys()
+    text = (run / "config.yaml").read_text()
+    assert text.startswith("# extended: meta.trajectories 2 -> 4, continued from the checkpoint at inner step 10")
+    assert yaml.safe_load(text)["meta"]["trajectories"] == 4
+    # Anything else changed, or a smaller M, is still refused.
+    assert main(["meta-train", str(_config(tmp_path, sources, meta={**meta, "trajectories": 6, "meta_lr": 0.1})),
+                 "--out", str(run), "--quiet"]) == 2
+    assert "meta_lr = 0.3, the config says 0.1; resume with the same config (only meta.trajectories may grow)" \
+        in capsys.readouterr().err

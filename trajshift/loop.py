@@ -70,6 +70,7 @@ class MetaTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.identity, self.resumed_metrics_rows = identity or {}, None    # identity: the model, tasks, seed...
+        self.extended_from: int | None = None      # the checkpoint's M when a resume extends the run (run_state)
 
     phi = property(lambda self: self.pop.phi)
     inner_steps = property(lambda self: self.pop.steps_taken)

@@ -164,6 +164,13 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, log
         raise
 
 
+def _extensions(config: Path) -> list[str]:
+    """The "# extended: ..." lines at the top of a run's config.yaml (its history of extensions of M)."""
+    if not config.is_file():
+        return []
+    return [line + "\n" for line in config.read_text().splitlines() if line.startswith("# extended:")]
+
+
 def _remove_if_empty(folder: Path) -> None:
     """Remove ``folder`` if it holds no file (empty subfolders such as snapshots/ included)."""
     if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
@@ -250,7 +257,12 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
     resumed = checkpointing and trainer.resume()        # automatic resume from the newest valid checkpoint
     # Only now, with the checkpoint accepted (or none), is the folder this run's: a refused run changes nothing.
     if comm.is_main():
-        write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        history = _extensions(out / "config.yaml")
+        if resumed and trainer.extended_from is not None:
+            history.append(f"# extended: meta.trajectories {trainer.extended_from} -> {cfg.meta.trajectories}, "
+                           f"continued from the checkpoint at inner step {trainer.inner_steps}\n")
+            log(history[-1][2:].strip())
+        write_bytes(out / "config.yaml", ("".join(history) + yaml.safe_dump(cfg.to_dict(), sort_keys=False)).encode())
     state["resumed"] = bool(resumed)
     if resumed:
         truncate_metrics(metrics, trainer.inner_steps, trainer.resumed_metrics_rows)

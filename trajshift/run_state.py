@@ -116,12 +116,19 @@ def resume(tr) -> bool:
     state, path = found
     mine = {k: v for k, v in tr.cfg.to_dict().items() if k not in NOT_COMPARED}
     theirs = {k: v for k, v in state["config"].items() if k not in NOT_COMPARED}
+    # Extending a run: more trajectories (M), and nothing else changed, continue from the checkpoint exactly as a run
+    # that asked for the larger M from the start would have gone on (the loop's steps depend on M only as a bound).
+    old_m, new_m = theirs.get("trajectories"), mine.get("trajectories")
+    tr.extended_from = None
+    if isinstance(old_m, int) and isinstance(new_m, int) and new_m > old_m:
+        theirs = {**theirs, "trajectories": new_m}
+        tr.extended_from = old_m
     for ours, saved in ((mine, theirs), (tr.identity, state.get("identity", tr.identity))):
         diff = first_difference(saved, ours)
         if diff is not None:
             key, old, new = diff
             raise ConfigError(f"{path}: this checkpoint is of a run with {key} = {old!r}, the config says {new!r}; "
-                              f"resume with the same config or use another output folder")
+                              f"resume with the same config (only meta.trajectories may grow) or use another output folder")
     if state.get("task_ids", tr.task_ids) != tr.task_ids:
         raise ConfigError(f"{path}: this checkpoint holds tasks {state.get('task_ids')} of a run with "
                           f"{state.get('world_size')} processes; this process has tasks {tr.task_ids}; resume with "
