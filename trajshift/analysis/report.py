@@ -255,9 +255,7 @@ def _bars(items: list[tuple[str, dict]], path: Path, ylabel: str) -> None:
     ax.bar(range(len(items)), ms, yerr=_clipped_errors(ms, [r["ci95"] for _, r in items]), capsize=3,
            color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(items)), [name for name, _ in items], rotation=35, ha="right", fontsize=7)
-    low = min(m - (0 if r["ci95"] is None or math.isnan(r["ci95"]) else 100 * r["ci95"])
-              for m, (_, r) in zip(ms, items))
-    ax.set_ylim(max(0.0, low - 5), min(100.0, max(ms) + 5))
+    ax.set_ylim(0.0, min(100.0, max(ms) + 5))          # bars start at 0: a cut axis would exaggerate differences
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

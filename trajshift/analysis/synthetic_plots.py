@@ -53,9 +53,12 @@ def trajectories(path, points, qmap, cfg, traces: dict, max_panels: int = 9) -> 
             ax.plot(p[-1, 0], p[-1, 1], "o", color=_color(method), ms=5, mec="w")
         ax.plot(*start, "k*", ms=10, mec="w")
         ax.set_title(f"start ({start[0]:g}, {start[1]:g})", fontsize=9)
+        ax.set_xlabel("phi[0]", fontsize=8)
+        ax.set_ylabel("phi[1]", fontsize=8)
     for ax in list(axes.flat)[len(starts):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="upper left")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=8)   # one legend for all panels
     fig.colorbar(cs, ax=axes, shrink=0.9, label=f"log10 task-average loss after K={cfg.inner_steps} steps")
     shown = "" if len(starts) == len(all_starts) else (f"; {len(starts)} of {len(all_starts)} starts shown, "
                                                        f"all in results.json")
@@ -96,10 +99,17 @@ def fixed_points(path, points, qmap, cfg, fixed: list[dict]) -> list[str]:
 
 def horizon(path, by_seed: dict) -> None:
     """Fig. 4c: task-average loss after K steps from phi*(k), the best initialization for horizon k (per seed)."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    fig, ax = plt.subplots(figsize=(4.8, 3.7))
     for seed, h in by_seed.items():
-        ax.plot([r["k"] for r in h["rows"]], [r["loss_after_K"] for r in h["rows"]], "o-", label=f"task seed {seed}")
+        ax.plot([r["k"] for r in h["rows"]], [r["loss_after_K"] for r in h["rows"]], "o-", lw=0.8, ms=3, alpha=0.5,
+                label=f"task seed {seed}")
+    if len(by_seed) > 1:          # the mean over task seeds: one seed's curve is not monotone in k (each phi*(k)
+        ks = [r["k"] for r in next(iter(by_seed.values()))["rows"]]   # is a different local fixed point)
+        mean = np.exp(np.mean([[math.log(r["loss_after_K"]) for r in h["rows"]] for h in by_seed.values()], 0))
+        ax.plot(ks, mean, "k-", lw=2, label=f"geometric mean of {len(by_seed)} seeds")
     K = next(iter(by_seed.values()))["K"]
+    note = "" if len(by_seed) > 1 else "\n(one task seed; --task-seeds 0,1,2 averages several)"
+    ax.set_title(f"Fig. 4c: the best initialization for horizon k, tested at K = {K}{note}", fontsize=9)
     ax.legend(fontsize=7)
     ax.set_xlabel("k used to obtain phi* (inner steps of meta-training)")
     ax.set_ylabel(f"task-average loss after {K} steps from phi*")
@@ -142,12 +152,14 @@ def meta_test_curves(path, curves: dict, cfg) -> None:
             idx = np.searchsorted(steps.numpy(), grid, side="right") - 1
             vals.append(q.numpy()[np.clip(idx, 0, None)])
         ax.plot(grid, np.median(np.stack(vals), 0), color=_color(method), label=method)
-    ax.axvline(cfg.trajectories * cfg.inner_steps, color="k", ls=":", lw=0.8)
+    ax.axvline(cfg.trajectories * cfg.inner_steps, color="k", ls=":", lw=0.8,
+               label=f"common budget: M x K = {cfg.trajectories * cfg.inner_steps} inner steps (all of CTS's run)")
+    ax.set_title("Meta-test loss of phi against the inner steps spent", fontsize=9)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("cumulative inner steps per task")
     ax.set_ylabel("median meta-test loss of phi")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -204,8 +204,9 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
                 if seed == cfg.task_seeds[0]:
                     traces[(tuple(start.tolist()), method)] = r["phis"]
                 log(f"seed {seed} start ({start[0]:.1f}, {start[1]:.1f}) {method:>16}: meta-test loss "
-                    f"{row['meta_test_loss']} after {r['meta_updates']} meta-updates / {r['inner_steps']} steps; "
-                    f"{row['at_equal_inner_steps']['meta_test_loss']} at {budget} steps ({r['wall_time']:.1f}s)")
+                    f"{_sci(row['meta_test_loss'])} at the end ({r['meta_updates']} meta-updates, {r['inner_steps']} "
+                    f"inner steps per task), {_sci(row['at_equal_inner_steps']['meta_test_loss'])} at the common "
+                    f"budget of {budget} inner steps; {r['wall_time']:.1f} s")
             if "cts" in histories and "cts-accurate" in histories:
                 a, b = histories["cts"], histories["cts-accurate"]
                 marks = [n for n in (10, 30, 100, 300) if n < min(len(a), len(b))]
@@ -301,3 +302,8 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
         row["mean_wall_time"] = sum(r["wall_time"] for r in mine) / max(len(mine), 1)
         out[m] = row
     return out
+
+
+def _sci(x) -> str:
+    """A loss to 3 significant digits (the runs' spread supports no more), or its non-finite name."""
+    return "n/a" if x is None else f"{x:.3g}"
