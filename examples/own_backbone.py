@@ -1,10 +1,15 @@
 """Your own model, your own Datasets, a pretrained state_dict: meta-train with CTS, save, finetune against the
 pretrained model itself. Offline (scikit-learn's digits), about 20 s on 2 cores: python examples/own_backbone.py"""
-import functools, tempfile, torch
+import functools
+import tempfile
+
+import torch
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
+
 import trajshift
+
 
 class Net(nn.Module):                                   # any nn.Module; its head is named "out" (head="out")
     def __init__(self, num_classes):

@@ -6,8 +6,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 import yaml
+from safetensors.torch import load_file
 from test_backends import make_batch_fn, make_modules
 
 import trajshift as ts

@@ -8,8 +8,8 @@ import signal
 import faults
 import pytest
 import torch
-from safetensors.torch import load_file
 import yaml
+from safetensors.torch import load_file
 from test_image_end_to_end import make_dataset
 
 from trajshift.checkpoint import list_checkpoints, load_latest

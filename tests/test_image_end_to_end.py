@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 import yaml
 from image_files import png_bytes
+from safetensors.torch import load_file
 
 from trajshift.cli import main
 from trajshift.models import build_model

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 import yaml
+from safetensors.torch import load_file
 from test_image_end_to_end import make_dataset
 
 from trajshift.cli import main

@@ -50,9 +50,9 @@ def _pretrained_conv4(path: Path, width: int = 4, drop: str | None = None, prefi
     gen = torch.Generator().manual_seed(123)
     sd = {k: (torch.randn(v.shape, generator=gen) if v.is_floating_point() else torch.full_like(v, 7))
           for k, v in build_model({"name": "conv4", "width": width}, 10).state_dict().items()}
-    for k in sd:
+    for k, v in sd.items():
         if k.endswith("running_var"):
-            sd[k] = sd[k].abs() + 0.5
+            sd[k] = v.abs() + 0.5
     if drop:
         sd.pop(drop)
     torch.save({prefix + k: v for k, v in sd.items()}, path)

@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
            "METHODS",
-           "FitResult",
            "ConfigError",
            "DivergenceError",
+           "FitResult",
            "FlatSpec",
            "FunctionLearners",
            "MetaConfig",

@@ -28,7 +28,13 @@ from torch import nn
 from .config import MetaConfig
 from .data.torch_datasets import DatasetTask, as_dataset_list
 from .errors import ConfigError
-from .init_file import BATCHNORM_RULE, LoadSummary, load_pretrained, read_init, save_init
+from .init_file import (
+    BATCHNORM_RULE,
+    LoadSummary,
+    load_pretrained,
+    read_init,
+    save_init,
+)
 from .learners import DEFAULT_HEAD_PATTERNS, head_names
 from .loop import MetaTrainer, TrainResult
 from .meta_train import init_state_dict, warn_class_dependent_meta_params

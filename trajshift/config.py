@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .methods import METHODS
 from .optim import check_optimizer_spec
-from .errors import ConfigError
 from .schema import check_instance, opt, parse, revalidate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -20,13 +20,14 @@ import torch
 
 from .atomic import write_json, write_text
 from .data.tasks import AUGMENTATIONS
-from .errors import ConfigError, unsafe_or_unreadable
+from .errors import ConfigError
 from .learners import head_names
 from .models import build_model
 from .optim import build_optimizer
 from .registry import Registry
 from .sampling import stream_seed
 from .schema import Rule, opt, revalidate
+from .seed_cache import SeedCache
 from .stats import mean_ci95
 
 
@@ -248,47 +249,6 @@ def _above(progress, log):
     log_line, which is tqdm.write, or a silent one for --quiet) is kept as it is."""
     from .progress import log_line
     return log_line if log is print else log
-
-
-class SeedCache:
-    """Finished (initialization, target, setting, seed) results of a meta-test, one JSON line each in
-    OUT/finished-seeds.jsonl, so an interrupted meta-test resumes where it stopped (the key holds everything that
-    changes a result: the init file's sha256, the model, the target spec, the protocol, the steps, ...)."""
-
-    def __init__(self, out: Path | None, cfg: MetaTestConfig, steps: int):
-        import hashlib
-        import json
-        self.path = None if out is None else Path(out) / "finished-seeds.jsonl"
-        digest = "scratch"
-        if cfg.init:
-            from .init_file import run_init
-            p = Path(cfg.init)
-            p = (run_init(p) or p) if p.is_dir() else p
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        self.common = {"init": digest, "model": cfg.model, "protocol": cfg.protocol, "steps": steps,
-                       "augment": cfg.augment, "batch_size": cfg.batch_size, "train_images": cfg.train_images,
-                       "meta_params": cfg.meta_params}
-        self.done: dict[str, float] = {}
-        if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    self.done[row["key"]] = float(row["accuracy"])
-                except (ValueError, KeyError, TypeError):
-                    continue                       # a line cut by a kill: that seed runs again
-
-    def key(self, **parts) -> str:
-        import json
-        return json.dumps({**self.common, **parts}, sort_keys=True, default=str)
-
-    def add(self, key: str, accuracy: float) -> None:
-        self.done[key] = accuracy
-        if self.path is not None:
-            import json
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "accuracy": accuracy}) + "\n")
-                f.flush()
 
 
 def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int, per_class: int | None,

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from .atomic import write_bytes, write_json
+from .errors import ConfigError
 from .init_file import BATCHNORM_RULE, INIT_NAME
 from .init_file import save_init as save_init_file
-from .errors import ConfigError
 from .learners import head_names
 from .models import build_model
 from .module_learners import ModuleLearners

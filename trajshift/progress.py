@@ -4,6 +4,7 @@ and timm print them. ``TRAJSHIFT_PROGRESS_SECONDS`` changes the period; ``progre
 both."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ class PlainProgress:
         rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.n) / rate if rate > 0 else float("nan")
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        eta = _clock(left) if left == left else "?"
+        eta = _clock(left) if not math.isnan(left) else "?"
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{pct}, {rate:.3g} {self.unit}s/s, "
               f"{_clock(elapsed)} elapsed, ETA {eta}{extra}", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ def import_factory(path: str, option: str = "model.factory"):
     import importlib
 
     from ..errors import ConfigError
-    module_name, sep, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    module_name, _sep, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"{option}: expected 'package.module:function', got {path!r}")
     try:
