@@ -166,6 +166,17 @@ def test_a_rerun_without_a_checkpoint_keeps_the_old_metrics(tmp_path, sources, m
     assert len([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]) > len(old.splitlines())
 
 
+def test_a_finished_run_asked_again_changes_no_file(tmp_path, sources, capsys):
+    cfg = _config(tmp_path, sources)
+    run = tmp_path / "run"
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert json.loads(before["summary.json"])["wall_time"] > 0
+    assert main(["meta-train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    # summary.json keeps the wall time the run took (it read 0 s when a second call overwrote it).
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 # ----- bad input: refused in one line before any work, or read correctly -------------------------------------------
 def test_one_class_is_an_error_and_a_semicolon_manifest_is_read(tmp_path):
     """A .tar.xz of Images/*.ppm plus a ;-separated CSV (a traffic-sign layout): read as class folders it is one

@@ -7,6 +7,7 @@ starts every task from a pretrained body. The config: trajshift/run_config.py.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -288,7 +289,14 @@ def _meta_train(cfg: ExperimentConfig, out: str | Path, log, comm, loggers=()) -
     trainer.metrics = MetricsWriter(metrics, rows=kept_rows, sinks=sinks)
     if cfg.snapshot_every and not resumed:
         save_init(trainer.phi, snapshots / f"step-{0:08d}.safetensors")
+    steps_before = trainer.inner_steps
     result = trainer.run()
+    finished_before = out / "summary.json"
+    if resumed and result.inner_steps == steps_before and finished_before.is_file():
+        # A finished run asked again: nothing ran, so its files (and the wall time it took) stay as they were.
+        before = json.loads(finished_before.read_text())
+        if before.get("inner_steps") == result.inner_steps:
+            return before
     save_init(result.phi, out / INIT_NAME)
     summary = {"method": cfg.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
                "wall_time": result.wall_time, "world_size": comm.world_size,

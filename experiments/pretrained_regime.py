@@ -1,0 +1,140 @@
+"""Collect the Table 1 / Fig. 9 regime (experiments/pretrained_regime.sh) into docs/evidence/pretrained-regime.json
+and docs/evidence/pretrained-regime.png.
+
+    python experiments/pretrained_regime.py runs/ev2 [--out docs/evidence]
+
+Statistics (fixed before the runs, docs/pretrained.md):
+* each meta-test finetunes with seeds 0-4, and a seed fixes the training subsample, so every initialization is
+  paired with None (the base) by finetuning seed;
+* per meta-training seed s, the gain is d_s = mean over finetuning seeds f of (acc[s, f] - acc_None[f]);
+* the interval is a t-interval over the meta-training seeds of d_s (n = 3, 2 degrees of freedom): it holds the
+  meta-training variance (heads, data order) and the finetuning variance averaged within each seed;
+* CTS - Reptile is paired by meta-training seed (same base, heads and data order) the same way;
+* "the gain grows as the target shrinks" is read from g_s = d_s(250 images) - d_s(4,000 images) per method.
+Every comparison read is counted, and the Bonferroni-corrected interval for that count is given beside the 95% one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from trajshift.stats import mean_ci95  # noqa: E402
+
+METHODS = ("cts", "reptile", "mtl")
+SEEDS = (0, 1, 2)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with df degrees of freedom, by bisection on its CDF (Simpson's rule on the
+    density): only for the Bonferroni intervals, where p is outside any table."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+
+    def cdf(t: float, n: int = 20000) -> float:
+        h = t / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def accs(test_dir: Path) -> dict[str, list[float]]:
+    """{images per class: [accuracy per finetuning seed]} of one meta-test (CIFAR-10)."""
+    report = json.loads((test_dir / "results.json").read_text())
+    return {str(n): r["targets"]["cifar10"]["accs"] for n, r in report["by_images_per_class"].items()}
+
+
+def interval(values: list[float], comparisons: int) -> dict:
+    mean, ci = mean_ci95(values)
+    n = len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    bonf = t_quantile(1 - 0.025 / comparisons, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "ci95": ci, "ci95_bonferroni": bonf, "per_meta_seed": values,
+            "excludes_zero": bool(abs(mean) > ci), "excludes_zero_bonferroni": bool(abs(mean) > bonf)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence")
+    args = ap.parse_args()
+    none = accs(args.runs / "test" / "none")
+    sizes = sorted(none, key=int)
+    found = {(s, m): accs(args.runs / "test" / f"s{s}-{m}") for s in SEEDS for m in METHODS
+             if (args.runs / "test" / f"s{s}-{m}" / "results.json").is_file()}
+    # The comparisons read: each method against None, and CTS against Reptile, at each size; and the trend per method.
+    comparisons = len(sizes) * (len(METHODS) + 1) + len(METHODS)
+
+    def gain(s, m, n):  # d_s: mean over finetuning seeds of the paired difference with None
+        return sum(a - b for a, b in zip(found[(s, m)][n], none[n])) / len(none[n])
+
+    out: dict = {"setting": {"base": "conv4 width 32, pretrain on Tiny ImageNet classes 0:160, 10,000 steps",
+                             "sources": "4 groups of 40 classes of 0:160 (configs/tin-groups.csv)",
+                             "meta_training": "configs/paper-4.3-cpu.yaml: K = 200, M = 10, batch 64, no weight decay",
+                             "meta_validation": "Tiny ImageNet classes 160:200, 10 images per class, 200 steps, 5 seeds",
+                             "target": "CIFAR-10 (test set 10,000 images), 25/100/400 images per class",
+                             "meta_test": "table1 protocol, 500 steps, finetuning seeds 0-4",
+                             "interval": "t over meta-training seeds of the per-seed mean paired gain",
+                             "comparisons_read": comparisons},
+                 "none": {n: mean_ci95(none[n]) for n in sizes}, "accuracy": {}, "gain_over_none": {},
+                 "cts_minus_reptile": {}, "gain_250_minus_4000": {}}
+    sweep = args.runs / "s0" / "sweep.json"
+    if sweep.is_file():
+        s0 = json.loads(sweep.read_text())["methods"]
+        out["meta_validation_seed0"] = {m: {"chosen": v["chosen"], "points": [
+            {"values": p["values"], "score": p.get("score"), "ci95": p.get("ci95")} for p in v["points"]]}
+            for m, v in s0.items()}
+    for m in METHODS:
+        seeds = [s for s in SEEDS if (s, m) in found]
+        if not seeds:
+            continue
+        out["accuracy"][m] = {n: {"per_meta_seed": [sum(found[(s, m)][n]) / len(found[(s, m)][n]) for s in seeds]}
+                              for n in sizes}
+        out["gain_over_none"][m] = {n: interval([gain(s, m, n) for s in seeds], comparisons) for n in sizes}
+        if len(sizes) > 1:
+            out["gain_250_minus_4000"][m] = interval(
+                [gain(s, m, sizes[0]) - gain(s, m, sizes[-1]) for s in seeds], comparisons)
+    both = [s for s in SEEDS if (s, "cts") in found and (s, "reptile") in found]
+    if both:
+        out["cts_minus_reptile"] = {n: interval([gain(s, "cts", n) - gain(s, "reptile", n) for s in both],
+                                                comparisons) for n in sizes}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pretrained-regime.json").write_text(json.dumps(out, indent=1) + "\n")
+    _plot(args.out / "pretrained-regime.png", out, sizes)
+    for m, by_n in out["gain_over_none"].items():
+        print(m, "  ".join(f"{10 * int(n)} imgs: {100 * v['mean']:+.2f} ± {100 * v['ci95']:.2f}"
+                            for n, v in by_n.items()))
+
+
+def _plot(path: Path, out: dict, sizes: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = [10 * int(n) for n in sizes]
+    for i, (m, by_n) in enumerate(out["gain_over_none"].items()):
+        shift = 1 + 0.04 * (i - 1)                     # side by side on the log axis, so the bars do not overlap
+        ax.errorbar([v * shift for v in x], [100 * by_n[n]["mean"] for n in sizes],
+                    yerr=[100 * by_n[n]["ci95"] for n in sizes], marker="o", capsize=3, label=m)
+    ax.axhline(0, color="k", lw=0.8, ls="--", label="None (the pretrained base)")
+    ax.set_xscale("log")
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel("CIFAR-10 training images")
+    ax.set_ylabel("test accuracy gain over None (points)")
+    ax.set_title("Gain over the pretrained base (95% CI over 3 meta-training seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
