@@ -4,7 +4,8 @@
 #
 #   1. the base: `pretrain` of conv4 (width 32) on Tiny ImageNet classes 0:160 (configs/tin-base-cpu.yaml);
 #   2. meta-training seed 0: beta chosen on meta-validation (classes 160:200, never a target) by `trajshift sweep`,
-#      CTS over {0.0003, 0.001, 0.003, 0.01} (around the paper's 0.001), Reptile over {0.3, 1, 3} (around 1);
+#      CTS over {0.0003, 0.001, 0.003, 0.01} (around the paper's 0.001), Reptile over {0.3, 1, 3} (around 1); a
+#      choice at the grid's upper edge adds one point above it (CTS 0.03, Reptile 10) and chooses again;
 #      MTL has no beta;
 #   3. meta-training seeds 1 and 2 at the chosen betas (each seed: its own heads and data order; the same base);
 #   4. meta-test of the base ("None") and of every run on CIFAR-10 at 25, 100 and 400 images per class
@@ -25,17 +26,24 @@ BASE=$(cd "$OUT" && pwd)/tin-base
 echo "== base $(date -u +%H:%M:%S)"
 $TS meta-train configs/tin-base-cpu.yaml --out "$BASE" --quiet
 
-echo "== seed 0: beta by meta-validation $(date -u +%H:%M:%S)"
-$TS sweep $CFG --out "$OUT/s0" --methods cts --grid meta.meta_lr=0.0003,0.001,0.003,0.01 --jobs 2 \
-    --set init_from="$BASE" --set seed=0 --quiet
-$TS sweep $CFG --out "$OUT/s0" --methods reptile --grid meta.meta_lr=0.3,1,3 --jobs 2 \
-    --set init_from="$BASE" --set seed=0 --quiet
-$TS sweep $CFG --out "$OUT/s0" --methods mtl --grid meta.meta_lr=1 --jobs 1 \
-    --set init_from="$BASE" --set seed=0 --quiet
-
 chosen() {  # the chosen meta_lr of METHOD in the seed-0 sweep
     python3 -c "import json,sys; print(json.load(open('$OUT/s0/sweep.json'))['methods']['$1']['chosen']['values']['meta.meta_lr'])"
 }
+sweep() {  # METHOD GRID NEXT: sweep GRID; a choice at its upper edge extends it by NEXT (validation decides again)
+    $TS sweep $CFG --out "$OUT/s0" --methods "$1" --grid "meta.meta_lr=$2" --jobs 2 \
+        --set init_from="$BASE" --set seed=0 --quiet
+    if [ -n "${3:-}" ] && python3 -c "import sys; sys.exit(float('$(chosen "$1")') != max(map(float, '$2'.split(','))))"; then
+        echo "$1: chosen at the grid's upper edge; adding $3"
+        sweep "$1" "$2,$3"
+    fi
+}
+
+echo "== seed 0: beta by meta-validation $(date -u +%H:%M:%S)"
+sweep cts 0.0003,0.001,0.003,0.01 0.03
+sweep reptile 0.3,1,3 10
+$TS sweep $CFG --out "$OUT/s0" --methods mtl --grid meta.meta_lr=1 --jobs 1 \
+    --set init_from="$BASE" --set seed=0 --quiet
+
 CTS_BETA=$(chosen cts); REPTILE_BETA=$(chosen reptile)
 echo "== chosen on meta-validation: cts beta=$CTS_BETA, reptile beta=$REPTILE_BETA $(date -u +%H:%M:%S)"
 

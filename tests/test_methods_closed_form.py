@@ -1,4 +1,6 @@
 """Each method's meta-update against an independent float64 NumPy computation on quadratic tasks."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,46 @@ def test_conjugate_gradient_truncates_at_non_positive_curvature():
     # negative curvature at the second iteration and must keep its first iterate.
     assert float(p1 @ A[2] @ p1) == pytest.approx(-6.44, abs=0.01)
     torch.testing.assert_close(x[2], first, rtol=0, atol=1e-12)
+
+
+def _momentum_path(quad, phi0, K, M, beta, shift, lr=0.1, mu=0.9, wd=0.05):
+    """Algorithm 2 with SGD (momentum mu, weight decay wd; torch's rule: b <- mu b + g + wd x, x <- x - lr b, a fresh
+    buffer at every reset) in NumPy: per step, the mean inner update u_k (before the meta-update) and the gap
+    mean_t theta_k - phi_k after it."""
+    phi, rows = phi0.copy(), []
+    for _ in range(M):
+        theta, buf, us = np.tile(phi, (quad.T, 1)), None, []
+        for _k in range(K):
+            g = quad.grad(theta) + wd * theta
+            buf = g.copy() if buf is None else mu * buf + g
+            step = -lr * buf
+            theta = theta + step
+            us.append(step.mean(0))
+            delta = -beta * (phi - theta.mean(0))
+            phi = phi + delta
+            if shift:
+                theta = theta + delta
+            rows.append({"gap": theta.mean(0) - phi, "u": list(us)})
+    return rows
+
+
+@pytest.mark.parametrize("beta", [0.001, 0.1, 0.5, 1.0])
+def test_cts_gap_is_the_sum_of_the_inner_updates_and_is_logged(quad, tmp_path, beta):
+    """With the shift, gap_k = u_1 + ... + u_k exactly (the shift moves theta and phi by the same Delta), whatever
+    beta, momentum and weight decay; the run logs ||gap_k|| as gap_norm. Without the shift the gap forgets:
+    gap_k = sum_j (1 - beta)^(k - j + 1) u_j (after the meta-update of step k)."""
+    K, M = 7, 2
+    phi0 = np.array([0.3, -0.2, 0.5])
+    opt = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.05}
+    for method, shift in (("cts", True), ("cts-no-shift", False)):
+        ref = _momentum_path(quad, phi0, K, M, beta, shift)
+        for row in ref:
+            k = len(row["u"])
+            weights = [1.0 if shift else (1 - beta) ** (k - j + 1) for j in range(1, k + 1)]
+            np.testing.assert_allclose(row["gap"], sum(w * u for w, u in zip(weights, row["u"])), rtol=0, atol=1e-13)
+        cfg = ts.MetaConfig(method=method, inner_steps=K, trajectories=M, meta_lr=beta, dtype="float64",
+                            inner_optimizer=opt, reset_optimizer_state=True)
+        path = tmp_path / f"{method}.jsonl"
+        ts.MetaTrainer(ts.FunctionLearners(quad.loss_fn, torch.tensor(phi0), quad.T), cfg, metrics_path=path).run()
+        logged = [r["gap_norm"] for r in map(json.loads, path.read_text().splitlines()) if "gap_norm" in r]
+        np.testing.assert_allclose(logged, [np.linalg.norm(r["gap"]) for r in ref], rtol=1e-12, atol=1e-15)

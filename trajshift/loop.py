@@ -118,7 +118,7 @@ class MetaTrainer:
                 if metagrad is not None:
                     self.meta_update(metagrad)
                 if k % cfg.log_every == 0 or k == K:
-                    self.readback.queue(m, k, self.inner_steps, self.meta_updates, losses)
+                    self.readback.queue(m, k, self.inner_steps, self.meta_updates, losses, method.gap_norm())
                 self.position = {"m": m, "k": k}
                 if (m * K + k) % self.sync_every == 0:
                     self.sync()

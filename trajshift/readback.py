@@ -28,8 +28,9 @@ class ReadBack:
         self._first_bad_meta = torch.where(bad, torch.full_like(self._first_bad_meta, update), self._first_bad_meta)
         self.delta_norm = delta.norm()
 
-    def queue(self, m: int, k: int, inner_steps: int, meta_updates: int, losses: torch.Tensor) -> None:
-        self._pending.append((m, k, inner_steps, meta_updates, losses.detach(), self.delta_norm))
+    def queue(self, m: int, k: int, inner_steps: int, meta_updates: int, losses: torch.Tensor,
+              gap_norm: torch.Tensor) -> None:
+        self._pending.append((m, k, inner_steps, meta_updates, losses.detach(), self.delta_norm, gap_norm))
 
     def sync(self, meta_updates: int) -> dict:
         """One device-to-host transfer: the finiteness records, the pending rows' losses and ||Delta||, the current
@@ -41,17 +42,17 @@ class ReadBack:
         parts = [pop.finiteness_flags(), self._first_bad_meta.reshape(1).to(dtype),
                  torch.isfinite(pop.phi).all().reshape(1).to(dtype), self.delta_norm.reshape(1)]
         for row in pending:
-            parts += [row[4].reshape(-1).to(dtype), row[5].reshape(1).to(dtype)]
+            parts += [row[4].reshape(-1).to(dtype), row[5].reshape(1).to(dtype), row[6].reshape(1).to(dtype)]
         values = torch.cat(parts).tolist()
         flags, rest = values[:3 * T], values[3 * T:]
         bad_meta, phi_ok, delta_now = rest[0], rest[1], rest[2]
         at = 3
-        for m, k, inner, updates, losses, _ in pending:
-            per_task, norm = rest[at:at + len(losses)], rest[at + len(losses)]
-            at += len(losses) + 1
+        for m, k, inner, updates, losses, _, _ in pending:
+            per_task, norm, gap = rest[at:at + len(losses)], rest[at + len(losses)], rest[at + len(losses) + 1]
+            at += len(losses) + 2
             mean = sum(per_task) / len(per_task) if per_task else math.nan
             self.metrics.write(finite({"trajectory": m + 1, "step": k, "inner_steps": inner, "meta_updates": updates,
-                                       "delta_norm": norm, "loss_mean": mean, "loss": per_task,
+                                       "delta_norm": norm, "gap_norm": gap, "loss_mean": mean, "loss": per_task,
                                        "tasks": self.task_ids}))
             self.last = {"loss_mean": mean, "delta_norm": norm}
         pop.check_finite(flags, self.task_ids)

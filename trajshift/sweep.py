@@ -159,8 +159,10 @@ def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], method
     todo = [(m, dict(zip(grid, values))) for m in methods for values in itertools.product(*grid.values())]
     results: dict[str, list] = {m: [None] * (len(todo) // len(methods)) for m in methods}
     lock = threading.Lock()
+    # Methods swept earlier into the same folder (another grid, e.g. one per method) keep their entries.
+    earlier = json.loads((out / "sweep.json").read_text()).get("methods", {}) if (out / "sweep.json").is_file() else {}
     report = {"config": str(config), "overrides": overrides, "grid": grid, "validation": cfg.validation,
-              "methods": {}}
+              "methods": {m: v for m, v in earlier.items() if m not in methods}}
 
     def write():
         for m in methods:
@@ -168,7 +170,7 @@ def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], method
             best = choose(points)
             for p in points:
                 report["methods"][m] = {"points": points, "chosen": best["values"] if best else None,
-                                    "chosen_run": best["run"] if best else None}
+                                        "chosen_run": best["run"] if best else None, "grid": grid}
         write_json(out / "sweep.json", report)
 
     def job(i_m_values):

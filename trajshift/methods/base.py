@@ -72,6 +72,13 @@ class Method:
     def theta_mean(self) -> torch.Tensor:
         return self.task_mean(self.pop.theta.detach())
 
+    def gap_norm(self) -> torch.Tensor:
+        """||gap_k|| = ||mean_t theta_k^(t) - phi_k|| after step k (on the device; logged as ``gap_norm``). For CTS
+        the shift moves theta and phi alike, so gap_k = u_1 + ... + u_k, the sum of the mean inner updates, and over a
+        trajectory phi_K - phi_0 = beta (gap_1 + ... + gap_K) (``trajshift diagnose``). One all-reduce per logged
+        row when tasks span processes: raise ``log_every`` there if that matters."""
+        return (self.theta_mean() - self.pop.phi.detach()).norm()
+
     # ----- hooks ---------------------------------------------------------------------------------------------
     def start_trajectory(self, m: int) -> None:
         pass
