@@ -27,7 +27,7 @@ echo "== base $(date -u +%H:%M:%S)"
 $TS meta-train configs/tin-base-cpu.yaml --out "$BASE" --quiet
 
 chosen() {  # the chosen meta_lr of METHOD in the seed-0 sweep
-    python3 -c "import json,sys; print(json.load(open('$OUT/s0/sweep.json'))['methods']['$1']['chosen']['values']['meta.meta_lr'])"
+    python3 -c "import json,sys; print(json.load(open('$OUT/s0/sweep.json'))['methods']['$1']['chosen']['meta.meta_lr'])"
 }
 sweep() {  # METHOD GRID NEXT: sweep GRID; a choice at its upper edge extends it by NEXT (validation decides again)
     $TS sweep $CFG --out "$OUT/s0" --methods "$1" --grid "meta.meta_lr=$2" --jobs 2 \
