@@ -125,7 +125,7 @@ LAYERS = [
               "tensorboard", "wandb_log"}),
     ("data", {"data", "tasks", "init_file"}),
     ("commands", {"run_config", "meta_train", "meta_test", "validation", "sweep", "demo", "analysis", "cli",
-                  "cli_parser", "cli_meta_test", "seed_cache", "__main__", "", "api"}),
+                  "cli_parser", "cli_meta_test", "seed_cache", "diagnose", "__main__", "", "api"}),
 ]
 
 

@@ -217,3 +217,31 @@ def test_cts_gap_is_the_sum_of_the_inner_updates_and_is_logged(quad, tmp_path, b
         ts.MetaTrainer(ts.FunctionLearners(quad.loss_fn, torch.tensor(phi0), quad.T), cfg, metrics_path=path).run()
         logged = [r["gap_norm"] for r in map(json.loads, path.read_text().splitlines()) if "gap_norm" in r]
         np.testing.assert_allclose(logged, [np.linalg.norm(r["gap"]) for r in ref], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.2])
+def test_diagnose_effective_step_is_the_trajectory_displacement_in_one_dimension(tmp_path, beta):
+    """In one dimension every gap points the same way, so phi_K - phi_0 = beta (gap_1 + ... + gap_K) is exactly the
+    effective Reptile step beta K rho times gap_K; the no-shift ablation's displacement is not."""
+    import yaml
+    from conftest import QuadraticTasks
+
+    from trajshift.diagnose import diagnose
+    quad1, K = QuadraticTasks(T=3, P=1, seed=1), 12
+    phi0 = torch.tensor([2.0], dtype=torch.float64)
+    for method in ("cts", "cts-no-shift"):
+        run = tmp_path / method
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"meta": {"method": method, "meta_lr": beta,
+                                                                  "inner_steps": K}}))
+        cfg = ts.MetaConfig(method=method, inner_steps=K, trajectories=1, meta_lr=beta, dtype="float64",
+                            inner_optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.5}, reset_optimizer_state=True)
+        trainer = ts.MetaTrainer(ts.FunctionLearners(quad1.loss_fn, phi0.clone(), quad1.T), cfg,
+                                 metrics_path=run / "metrics.jsonl")
+        moved = abs(float(trainer.run().phi[0] - phi0[0]))
+        d = diagnose(run)["trajectories"][0]
+        if method == "cts":
+            assert moved == pytest.approx(d["effective_step"] * d["gap_K"], rel=1e-12)
+        else:
+            assert d["effective_step"] == pytest.approx(1 - (1 - beta) ** K, rel=1e-15)
+            assert moved != pytest.approx(beta * K * d["rho"] * d["gap_K"], rel=1e-3)

@@ -178,11 +178,17 @@ def _list(args) -> int:
     return 0
 
 
+def _diagnose(args) -> int:
+    from .diagnose import diagnose, format_table
+    print(format_table(diagnose(args.run)))
+    return 0
+
+
 def build_parser():
     from . import cli_parser
     handlers = {"synthetic": _synthetic, "meta_train": _meta_train, "meta_test": _meta_test,
                 "approx_error": _approx_error, "sweep": _sweep, "validate": _validate, "report": _report,
-                "demo": _demo, "download": _download, "list": _list}
+                "demo": _demo, "download": _download, "list": _list, "diagnose": _diagnose}
     return cli_parser.build_parser(handlers)
 
 

@@ -145,6 +145,10 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     va.add_argument("run", help="meta-train run folder")
     _quiet(va)
     va.set_defaults(func=handlers["validate"])
+    dg = sub.add_parser("diagnose", help="each trajectory's effective Reptile step (beta K rho for CTS) from the "
+                        "run's logged ||gap_k||; writes RUN/diagnose.json")
+    dg.add_argument("run", help="meta-train run folder")
+    dg.set_defaults(func=handlers["diagnose"])
     rp = sub.add_parser("report", help="compare meta-train runs: meta-train loss and meta-test accuracy vs "
                         "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
     rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method), sweep folders "
