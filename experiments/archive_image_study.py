@@ -60,6 +60,10 @@ def save(runs: Path, archive: Path) -> None:
         if keep:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
+    # An earlier save may have kept a checkpoint of a run that has finished since: drop it (copying only adds).
+    for ckpt in list(archive.rglob("checkpoints/ckpt-*")):
+        if (ckpt.parent.parent / "summary.json").exists():
+            ckpt.unlink()
     print(f"saved {runs} into {archive}")
 
 

@@ -1,10 +1,10 @@
 """A test of the image study's explanation for CTS = Reptile, on meta-training outputs only (no meta-test data).
 
-The explanation: with K inner steps, CTS's meta-updates of size beta after every step compound over a trajectory to
-a pull of 1 - (1 - beta)^K towards the tasks' solutions, which is what Reptile does once per trajectory with
-beta_R = 1 - (1 - beta)^K. CTS at beta then behaves like Reptile at beta_R; at the chosen values (CTS 0.01, K = 200:
-beta_R = 0.87; Reptile 1) the two should have moved phi about equally far from the common initialization, in similar
-directions, and score alike on meta-validation.
+The explanation, corrected (trajshift/diagnose.py): CTS's shift keeps the gap mean_t theta_k - phi_k equal to the
+sum of the inner updates, so over a trajectory phi moves by beta (gap_1 + ... + gap_K), a Reptile step of about
+beta K rho (rho = mean ||gap_k|| / ||gap_K||, read from the run's log). Nothing compounds: 1 - (1 - beta)^K, the
+formula the study first used, is that of the no-shift ablation. CTS at beta should then behave like Reptile at
+beta K rho: move phi as far from the common initialization, in a similar direction, and score alike.
 
 For every run of the study's sweeps (the archive in docs/image-study/runs/), this prints and writes:
 ||phi - phi_0|| over the meta-learned parameters, the cosine of phi - phi_0 with the chosen Reptile run's, the
@@ -30,6 +30,17 @@ def flat(path: Path) -> torch.Tensor:
     sd = torch.load(path, map_location="cpu", weights_only=True)
     return torch.cat([v.flatten().double() for k, v in sorted(sd.items())
                       if "running_" not in k and "num_batches" not in k])
+
+
+def _equivalent(method: str, beta: float, k: int | None, run: Path) -> float | None:
+    """The Reptile meta learning rate a run's trajectory amounts to: beta K rho for CTS (its logged gaps),
+    1 - (1 - beta)^K for the ablations without the shift, beta for Reptile."""
+    if method == "cts":
+        from trajshift.diagnose import diagnose
+        return diagnose(run)["effective_step"]
+    if method in ("cts-no-shift", "cts-random-shift") and k:
+        return 1 - (1 - beta) ** k
+    return beta if method == "reptile" else None
 
 
 def main() -> None:
@@ -58,11 +69,10 @@ def main() -> None:
         cos = float(d @ reference / (d.norm() * reference.norm())) if norm > 0 and norm < 1e6 else None
         rows.append({"method": method, "meta_lr": beta, "displacement": norm, "cos_with_reptile_1": cos,
                      "validation": scores.get((method, beta)),
-                     "reptile_equivalent_meta_lr": 1 - (1 - beta) ** k if method.startswith("cts") and k and
-                     beta < 1 else None})
+                     "reptile_equivalent_meta_lr": _equivalent(method, beta, k, init.parent)})
     write_json(args.out, {"phi0": "the common random initialization (snapshot 0)", "reference": "reptile meta_lr=1",
                           "rows": rows})
-    print("| method | meta_lr | Reptile-equivalent meta_lr 1-(1-b)^K | ||phi - phi_0|| | cos with Reptile 1 | "
+    print("| method | meta_lr | Reptile-equivalent meta_lr (CTS: beta K rho; no shift: 1-(1-b)^K) | ||phi - phi_0|| | cos with Reptile 1 | "
           "meta-validation % |")
     print("|---|---|---|---|---|---|")
     for r in rows:

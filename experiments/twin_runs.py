@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "offline-digits.yaml"
 
 
-def run(out: Path, method: str, threads: int, backend: str = "loop", dtype: str = "float32") -> dict:
+def run(out: Path, method: str, threads: int, backend: str = "loop", dtype: str = "float32", config: Path = CONFIG,
+        extra: tuple = ()) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "trajshift", "meta-train", str(CONFIG), "--out", str(out), "--quiet",
+    cmd = [sys.executable, "-m", "trajshift", "meta-train", str(config), "--out", str(out), "--quiet", *extra,
            "--set", f"meta.method={method}", "--set", "meta.meta_lr=1.0", "--set", "meta.trajectories=3",
            "--set", "meta.inner_steps=20", "--set", "snapshot_every=0", "--set", "checkpoint_every=0",
            "--set", f"execution.backend={backend}", "--set", f"meta.dtype={dtype}"]
@@ -47,10 +48,15 @@ def compare(a: dict, b: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="docs/evidence/twin-runs.json")
+    p.add_argument("--config", type=Path, default=CONFIG, help="another config (e.g. configs/paper-4.3-cpu.yaml with "
+                   "--set init_from=runs/ev2/tin-base --set validation=null: a conv4 on images, where intra-op "
+                   "threads change the summation order)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = p.parse_args()
+    extra = tuple(x for kv in args.set for x in ("--set", kv))
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        runs = {name: run(t / name, method, threads, dtype=dtype) for name, method, threads, dtype in (
+        runs = {name: run(t / name, method, threads, dtype=dtype, config=args.config, extra=extra) for name, method, threads, dtype in (
             ("reptile-1thread", "reptile", 1, "float32"), ("reptile-1thread-again", "reptile", 1, "float32"),
             ("no-shift-1thread", "cts-no-shift", 1, "float32"), ("reptile-2threads", "reptile", 2, "float32"),
             ("no-shift-2threads", "cts-no-shift", 2, "float32"), ("reptile-float64", "reptile", 1, "float64"),
@@ -61,7 +67,7 @@ def main() -> None:
              "reptile, 1 vs 2 threads": ("reptile-1thread", "reptile-2threads"),
              "reptile 1 thread vs no-shift 2 threads": ("reptile-1thread", "no-shift-2threads"),
              "reptile vs no-shift, float64": ("reptile-float64", "no-shift-float64")}
-    result = {"config": str(CONFIG.relative_to(ROOT)), "setting": "K = 20, M = 3, beta = 1, loop backend",
+    result = {"config": str(args.config), "overrides": args.set, "setting": "K = 20, M = 3, beta = 1, loop backend",
               "torch": torch.__version__, "pairs": {k: compare(runs[a], runs[b]) for k, (a, b) in pairs.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -16,6 +16,7 @@ no_shift_formula, delta_over_beta: {k: ||Delta_k|| / beta}}], effective_step: me
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -31,18 +32,28 @@ NOT_SHIFTING = ("cts-no-shift", "cts-random-shift")
 
 def diagnose(run: str | Path) -> dict:
     run = Path(run)
-    if not (run / "config.yaml").is_file() or not (run / "metrics.jsonl").is_file():
+    metrics = next((run / n for n in ("metrics.jsonl", "metrics.jsonl.gz") if (run / n).is_file()), None)
+    if not (run / "config.yaml").is_file() or metrics is None:
         raise ConfigError(f"{run}: not a meta-train run folder (needs config.yaml and metrics.jsonl)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     meta = cfg.get("meta", {})
     method, beta, K = meta.get("method"), float(meta.get("meta_lr", 0)), int(meta.get("inner_steps", 0))
-    every = int((meta.get("options") or {}).get("meta_every", 1))
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "step" in r and "trajectory" in r]
+    options = meta.get("options") or {}
+    every = int(options.get("meta_every", 1))
+    text = gzip.decompress(metrics.read_bytes()).decode() if metrics.suffix == ".gz" else metrics.read_text()
+    rows = [r for r in map(json.loads, filter(str.strip, text.splitlines())) if "step" in r and "trajectory" in r]
+    source = "gap_norm"
     if rows and not any("gap_norm" in r for r in rows):
-        raise ConfigError(f"{run}: its metrics.jsonl has no gap_norm (runs log it since this version of trajshift); "
-                          f"run it again to diagnose it")
-    out: dict = {"run": str(run), "method": method, "beta": beta, "K": K, "trajectories": []}
+        # Older runs did not log the gap. For CTS with the Reptile meta-gradient and no meta optimizer,
+        # Delta_k = -beta (phi - mean_t theta_k) = beta gap_k exactly (l.11), so ||gap_k|| = ||Delta_k|| / beta.
+        if (method == "cts" and options.get("metagrad", "reptile") == "reptile" and every == 1 and beta > 0
+                and not meta.get("meta_optimizer")):
+            rows = [{**r, "gap_norm": r["delta_norm"] / beta} for r in rows if "delta_norm" in r]
+            source = "delta_norm / beta"
+        else:
+            raise ConfigError(f"{run}: its metrics.jsonl has no gap_norm (runs log it since this version of "
+                              f"trajshift); run it again to diagnose it")
+    out: dict = {"run": str(run), "method": method, "beta": beta, "K": K, "gap_from": source, "trajectories": []}
     by_m: dict[int, list[dict]] = {}
     for r in rows:
         if "gap_norm" in r:
