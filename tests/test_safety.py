@@ -168,14 +168,39 @@ meta_keys = st.sampled_from(["method", "inner_steps", "trajectories", "meta_lr",
                              "options", "seed", "dtype", "log_every", "clip_grad_norm", "reset_heads", "bogus"])
 
 
+def _culprit(err: ConfigError, data: dict, required: tuple = ()) -> bool:
+    """A refusal names the key at fault first (``key: ...``, ``key[...]``, ``key.sub: ...``) or a missing required
+    key."""
+    head = str(err).split(":", 1)[0]
+    return any(head == str(k) or head.startswith((f"{k}[", f"{k}.")) for k in list(data) + list(required))
+
+
 @FUZZ
 @given(st.dictionaries(meta_keys, json_values | st.sampled_from(["cts", "sgd", {"name": "sgd"}, 3, 0.1]),
                        max_size=5))
 def test_fuzz_meta_config(data):
     try:
-        MetaConfig.from_dict(data)
-    except ConfigError:
-        pass
+        cfg = MetaConfig.from_dict(data)
+    except ConfigError as err:
+        assert _culprit(err, data), (data, str(err))
+        return
+    assert "bogus" not in data
+    assert MetaConfig.from_dict(cfg.to_dict()) == cfg            # what was accepted reads back as itself
+
+
+@FUZZ
+@given(st.fixed_dictionaries({}, optional={
+    "method": st.sampled_from(["cts", "reptile", "fomaml", "leap", "cts-no-shift", "mtl"]),
+    "inner_steps": st.integers(1, 10_000), "trajectories": st.integers(1, 1000),
+    "meta_lr": st.floats(0, 100, allow_nan=False), "seed": st.integers(0, 2 ** 31),
+    "dtype": st.sampled_from(["float32", "float64"]), "log_every": st.integers(1, 100),
+    "inner_optimizer": st.sampled_from([{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.001},
+                                        {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True}])}))
+def test_fuzz_valid_meta_configs_are_accepted_as_given(data):
+    cfg = MetaConfig.from_dict(data)                              # a parser that refuses everything fails here
+    for key, value in data.items():
+        got = getattr(cfg, key)
+        assert got == value or (isinstance(value, dict) and {**got, **value} == got), (key, value, got)
 
 
 @FUZZ
@@ -185,9 +210,12 @@ def test_fuzz_meta_config(data):
                        st.just({"method": "cts"}), max_size=6))
 def test_fuzz_experiment_config(data):
     try:
-        ExperimentConfig.from_dict(data)
-    except ConfigError:
-        pass
+        cfg = ExperimentConfig.from_dict(data)
+    except ConfigError as err:
+        assert _culprit(err, data, required=("model", "tasks")), (data, str(err))
+        return
+    assert "junk" not in data and {"model", "tasks"} <= set(data)
+    assert ExperimentConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
 @FUZZ

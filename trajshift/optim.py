@@ -5,7 +5,7 @@ Every torch.optim optimizer is available under its lower-case class name ("sgd",
 
 Why one optimizer over theta [T, P] is exactly T independent optimizers: SGD (with momentum, Nesterov, weight decay),
 Adam, AdamW, RMSprop, Adagrad, ... update every element from that element's own gradient and state only, so
-stacking the T parameter vectors into rows changes nothing (tests/test_optim_equivalence.py checks it). Optimizers
+stacking the T parameter vectors into rows changes nothing (tests/test_invariants.py::test_one_optimizer_over_rows_equals_T_optimizers checks it). Optimizers
 that couple elements (LBFGS's line search, Adafactor's factored moments, Muon) are refused for the inner loop.
 """
 from __future__ import annotations

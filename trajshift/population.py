@@ -40,7 +40,7 @@ class Population:
         self.steps_taken = 0                   # inner steps per task so far (replays of cts-accurate included)
         # Finiteness is watched on the device, without a host read per step: per task, the first data step whose
         # loss (or the parameters after whose update) was not finite, -1 while all is well, and that loss.
-        # check_finite() reads them back (trajshift.trainer does it every sync_every steps and before checkpoints).
+        # check_finite() reads them back (the loop, trajshift/loop.py, does it every sync_every steps and before checkpoints).
         self.first_bad_loss_step = torch.full((T,), -1, dtype=torch.long, device=self.theta.device)
         self.first_bad_loss = torch.zeros(T, dtype=dtype, device=self.theta.device)
         self.first_bad_theta_step = torch.full((T,), -1, dtype=torch.long, device=self.theta.device)

@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 
 class TensorBoardSink:
-    """A metrics-row receiver (trajshift.trainer.MetricsWriter sinks) writing TensorBoard scalars."""
+    """A metrics-row receiver (a trajshift.metrics.MetricsWriter sink) writing TensorBoard scalars."""
 
     def __init__(self, folder: str | Path):
         try:
