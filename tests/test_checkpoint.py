@@ -9,20 +9,22 @@ import torch
 from safetensors.torch import load_file
 
 import trajshift as ts
+from trajshift.methods import METHODS
 from trajshift.checkpoint import RunLock, list_checkpoints, load_latest, save_checkpoint
 from trajshift.tasks.synthetic import HimmelblauTasks
 
 
 def make_trainer(method, tmp_path, every=7, **cfg):
-    tasks = HimmelblauTasks.make(8, seed=1)
-    learners = ts.FunctionLearners(tasks.learner_loss, torch.tensor([0.0, 12.0], dtype=torch.float64), 8)
+    n = 1 if method == "pretrain" else 8                  # pretrain trains one task
+    tasks = HimmelblauTasks.make(n, seed=1)
+    learners = ts.FunctionLearners(tasks.learner_loss, torch.tensor([0.0, 12.0], dtype=torch.float64), n)
     config = ts.MetaConfig(method=method, inner_steps=10, trajectories=3, meta_lr=0.2, dtype="float64",
                            progress=False, **cfg)
     return ts.MetaTrainer(learners, config, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=every)
 
 
-@pytest.mark.parametrize("method,cfg", [("cts", {}), ("cts-random-shift", {}), ("leap", {}), ("fomaml++", {}),
-                                        ("cts-accurate", {}), ("reptile", {"meta_optimizer": {"name": "adam"}})])
+@pytest.mark.parametrize("method,cfg", [(name, {}) for name in METHODS.names()] +
+                         [("reptile", {"meta_optimizer": {"name": "adam"}})])
 def test_resume_mid_trajectory_is_bit_identical(tmp_path, method, cfg):
     full = make_trainer(method, tmp_path / "a", **cfg).run().phi
     interrupted = make_trainer(method, tmp_path / "b", **cfg)

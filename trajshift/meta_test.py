@@ -134,13 +134,11 @@ def train_and_evaluate(model: torch.nn.Module, task, protocol: Protocol, steps: 
     "train")`` and ``task.evaluate(model)``), then its test accuracy: what meta-test and trajshift.finetune run."""
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
+    # The learning rate times gamma at each milestone (fractions of the steps; never at step 0).
     milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
-    base = [g["lr"] for g in opt.param_groups]
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=protocol.gamma)
     model.train()
     for step in range(steps):
-        decay = protocol.gamma ** sum(step >= m for m in milestones)
-        for g, lr in zip(opt.param_groups, base):
-            g["lr"] = lr * decay
         x, y = task.batch(step, "train")
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
@@ -149,6 +147,7 @@ def train_and_evaluate(model: torch.nn.Module, task, protocol: Protocol, steps: 
             raise DivergenceError(f"meta-test on {task.label}: loss {loss.item()} at step {step} (seed {seed})")
         loss.backward()
         opt.step()
+        schedule.step()
         if on_step is not None:
             on_step()
     return task.evaluate(model)
