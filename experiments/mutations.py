@@ -52,7 +52,7 @@ def run_one(name: str, rel: str, old: str, new: str, tests: list[str]) -> dict:
         env = {**os.environ, "PYTHONPATH": str(copy)}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                              cwd=copy, env=env, capture_output=True, text=True)
+                              check=False, cwd=copy, env=env, capture_output=True, text=True)
         failed = [line.split(" - ")[0].removeprefix("FAILED ") for line in proc.stdout.splitlines()
                   if line.startswith("FAILED")]
         return {"mutation": name, "file": rel, "applied": True, "caught": proc.returncode != 0,

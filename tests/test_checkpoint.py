@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import trajshift as ts
-from trajshift.methods import METHODS
 from trajshift.checkpoint import RunLock, list_checkpoints, load_latest, save_checkpoint
+from trajshift.methods import METHODS
 from trajshift.tasks.synthetic import HimmelblauTasks
 
 

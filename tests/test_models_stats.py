@@ -39,16 +39,16 @@ def test_conv4_and_options():
 
 
 def test_confidence_interval_against_hand_values():
-    # values 0.5..0.9: mean 0.7, s = sqrt(0.025), t(4) = 2.776 -> 2.776 * 0.158114 / sqrt(5) = 0.196293
+    # values 0.5..0.9: mean 0.7, s = sqrt(0.025), t(4) = 2.7764451 -> 2.7764451 * 0.1581139 / sqrt(5) = 0.1963243
     mean, half = mean_ci95([0.5, 0.6, 0.7, 0.8, 0.9])
-    assert mean == pytest.approx(0.7) and half == pytest.approx(0.196293, abs=1e-6)
-    mean, half = mean_ci95([1.0, 3.0])            # s = sqrt(2), t(1) = 12.706 -> 12.706
-    assert half == pytest.approx(12.706, abs=1e-9)
+    assert mean == pytest.approx(0.7) and half == pytest.approx(0.1963243, abs=1e-6)
+    mean, half = mean_ci95([1.0, 3.0])            # s = sqrt(2), t(1) = tan(0.475 pi) = 12.7062 -> 12.7062
+    assert half == pytest.approx(math.tan(math.pi * 0.475), abs=1e-9)
     assert math.isnan(mean_ci95([0.3])[1])
     # Against quantiles computed here independently: closed forms for 1 and 2 degrees of freedom, and a numerical
     # inversion of Student's t distribution function (Simpson's rule on the density) for the others.
-    assert t975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-3)
-    assert t975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-3)
+    assert t975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-9)
+    assert t975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-9)
     for df in (5, 12, 30, 31, 60, 120):
         assert t975(df) == pytest.approx(_t_quantile_975(df), abs=1.5e-3), df
 

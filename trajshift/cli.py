@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cli_meta_test import int_list as _int_list
 from .errors import ConfigError, Interrupted, TrajshiftError
-from .progress import log_line
+from .progress import log_of
 from .schema import Rule, check_value
 from .yamlio import parse_overrides
 
@@ -29,7 +29,7 @@ def _synthetic(args) -> int:
         fixed_point_ks=_int_list(args.fixed_point_ks, "--fixed-point-ks"), fixed_point_grid=args.fixed_point_grid,
         fixed_point_iters=args.fixed_point_iters, horizon_ks=_int_list(args.horizon_ks, "--horizon-ks"))
     cfg.validate()             # every flag checked before any work starts
-    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else log_line)
+    results = run_study(args.out, cfg, log=log_of(args))
     out = Path(args.out)
     print(f"\nwrote {out / 'results.json'} and the figures in {out}/ ({results['wall_time']:.0f} s)")
     print("median meta-test loss (task-average loss after K steps from phi) over starts and task seeds:")
@@ -59,7 +59,7 @@ def _meta_train(args) -> int:
         from .checkpoint import list_checkpoints
         if not list_checkpoints(Path(args.out) / "checkpoints"):
             raise ConfigError(f"--resume: {Path(args.out) / 'checkpoints'} holds no checkpoint to resume from")
-    summary = meta_train(cfg, args.out, log=(lambda *_: None) if args.quiet else log_line,
+    summary = meta_train(cfg, args.out, log=log_of(args),
                          loggers=tuple(x.strip() for x in (args.log or "").split(",") if x.strip()))
     import os
     if os.environ.get("RANK", "0") != "0":
@@ -90,7 +90,7 @@ def _approx_error(args) -> int:
         cfg.alphas, cfg.betas, cfg.ks, cfg.draws, cfg.k = [0.003, 0.03], [0.01, 1.0], [1, 3], 2, 3
         cfg.model = {"name": "conv4", "width": 4}
     cfg.validate(flags=True)              # every flag checked before any work starts
-    results = run_study(args.out, cfg, log=(lambda *_: None) if args.quiet else log_line)
+    results = run_study(args.out, cfg, log=log_of(args))
     print(f"wrote {Path(args.out) / 'results.json'} and approx_error.png ({results['wall_time']:.0f} s)")
     return 0
 
@@ -99,7 +99,7 @@ def _sweep(args) -> int:
     from .sweep import parse_grid, run_sweep
     report = run_sweep(args.config, args.out, parse_grid(args.grid),
                        [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
-                       args.jobs, args.set, log=(lambda *_: None) if args.quiet else log_line)
+                       args.jobs, args.set, log=log_of(args))
     key = next(iter(report["grid"]))
     for m, entry in report["methods"].items():
         print(f"{m}: chosen {entry['chosen']} (" + ", ".join(
@@ -111,7 +111,7 @@ def _sweep(args) -> int:
 
 def _validate(args) -> int:
     from .validation import score_run
-    r = score_run(args.run, log=(lambda *_: None) if args.quiet else log_line)
+    r = score_run(args.run, log=log_of(args))
     ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
     print(f"{args.run}: meta-validation accuracy {100 * r['score']:.2f}% +- {ci} ({len(r['per_seed'])} seeds)")
     return 0
@@ -134,7 +134,7 @@ def _report(args) -> int:
                 images_per_class=_int_list(args.images_per_class, "--images-per-class")
                 if args.images_per_class else None, curve_images_per_class=args.curve_images_per_class,
                 batch_size=args.batch_size, augment=args.augment,
-                log=(lambda *_: None) if args.quiet else log_line)
+                log=log_of(args))
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {Path(args.out) / 'report.json'} and the figures in {args.out}/")
     return 0
@@ -145,7 +145,7 @@ def _demo(args) -> int:
     for key, low in (("steps", 1), ("finetune_steps", 1), ("seeds", 2), ("images_per_class", 1)):
         check_value(getattr(args, key), int, Rule(low=low), f"--{key.replace('_', '-')}")
     report = run_demo(args.out, args.steps, args.finetune_steps, args.seeds, args.data_root, args.cache_dir,
-                      images_per_class=args.images_per_class, log=(lambda *_: None) if args.quiet else log_line)
+                      images_per_class=args.images_per_class, log=log_of(args))
     r = report["results"]
     ci = lambda x: "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
     print(f"meta-test on {report['target']} with {report['images_per_class']} training images per class, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
-from .progress import log_line
+from .progress import log_of
 from .yamlio import parse_overrides
 
 
@@ -98,7 +98,7 @@ def run_meta_test(args) -> int:
                          images_per_class=int_list(args.images_per_class, "--images-per-class")
                          if args.images_per_class else None, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
-    quiet = {"log": (lambda *_: None) if args.quiet else log_line, "progress": False if args.quiet else None}
+    quiet = {"log": log_of(args), "progress": False if args.quiet else None}
     report = meta_test(cfg, args.out, **quiet)
     print(markdown_table(report))
     if args.baseline:

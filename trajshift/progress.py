@@ -114,3 +114,8 @@ class _LoopBar:
 
 def loop_bar(trainer, show: bool | None) -> _LoopBar:
     return _LoopBar(trainer, show)
+
+
+def log_of(args):
+    """The commands' log function: log_line, or a silent one under --quiet."""
+    return (lambda *_: None) if getattr(args, "quiet", False) else log_line
