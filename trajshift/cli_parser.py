@@ -11,6 +11,23 @@ def _data_options(sub: argparse.ArgumentParser) -> None:
                      help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
 
 
+def _finetune_options(sub: argparse.ArgumentParser) -> None:
+    """The finetuning flags meta-test and report share (one declaration, one meaning)."""
+    sub.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
+                     "archives (class folders or manifest.csv)")
+    sub.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
+    sub.add_argument("--seeds", type=int, default=5, help="finetuning runs per target (default 5)")
+    sub.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's "
+                     "registered resolution; 32 for a path)")
+    sub.add_argument("--images-per-class", default=None, metavar="N[,N...]",
+                     help="low-data regime: subsample each target's training split to exactly N images per class "
+                          "(seeded by the seed: the same subsample for every initialization; the test split stays "
+                          "whole); several values give one meta-test each, e.g. 5,20,100 (report: Fig. 9's gain "
+                          "against N)")
+    sub.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
+                     "more than the training set)")
+
+
 def _quiet(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
 
@@ -82,8 +99,6 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     help="also finetune a baseline with the same seeds and subsamples and print the paired difference: "
                          "'start' is the run's own starting weights (snapshots/step-00000000: the common random or "
                          "pretrained initialization every method started from), or an init file / run folder")
-    te.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
-                    "archives (class folders or manifest.csv)")
     te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")
     te.add_argument("--model", default=None, help="model name (default: init.json's model, else the run's "
                     "config.yaml, else the registered model whose keys the file fits; resnet20 from scratch)")
@@ -92,19 +107,11 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     help="a model option, e.g. --set model.width=32 (default: the run's config.yaml)")
     te.add_argument("--protocol", default=None, help="paper | table1 | reference (default: the run's validation "
                     "protocol, else paper)")
-    te.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
-    te.add_argument("--seeds", type=int, default=5, help="runs per target (default 5)")
-    te.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
     te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
-    te.add_argument("--images-per-class", default=None, metavar="N[,N...]",
-                    help="low-data regime: subsample each target's training split to exactly N images per class "
-                         "(seeded by the seed: the same subsample for every initialization; the test split stays "
-                         "whole); several values give one meta-test each, e.g. 5,20,100")
     te.add_argument("--augment", default=None, choices=["crop+flip", "crop", "flip", "none"],
                     help="finetuning batch augmentation (default: the sources' recorded in init.json, else crop+flip, "
                          "the paper's; flips are wrong for digits and characters)")
-    te.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
-                    "more than the training set)")
+    _finetune_options(te)
     _data_options(te)
     te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
     _quiet(te)
@@ -153,24 +160,15 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                         "cumulative inner steps (Figs. 6a, 7), final table (Fig. 6b)")
     rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method), sweep folders "
                     "(every method's chosen run) or a sweep's method folders (its chosen run)")
-    rp.add_argument("--targets", required=True, help="comma-separated meta-test datasets (names or paths)")
     rp.add_argument("--out", required=True, help="report folder: report.json, table.md and the figures")
-    rp.add_argument("--seeds", type=int, default=5, help="finetuning runs per target (default 5)")
-    rp.add_argument("--steps", type=int, default=None, help="finetuning steps per meta-test (default: the "
-                    "protocol's 1000)")
     rp.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
-    rp.add_argument("--images-per-class", default=None, metavar="N[,N...]",
-                    help="low-data regime: meta-test the final inits at each N images per class of the targets' "
-                         "training splits (Fig. 9: gain over scratch against N)")
     rp.add_argument("--curve-images-per-class", type=int, default=None, metavar="N",
                     help="the setting of the snapshot curves and bar charts (default: the first of "
                          "--images-per-class)")
-    rp.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; "
-                    "never more than the training set)")
     rp.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
                     help="finetuning batch augmentation (default crop+flip)")
     rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
-    rp.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's registered resolution; 32 for a path)")
+    _finetune_options(rp)
     _data_options(rp)
     _quiet(rp)
     rp.set_defaults(func=handlers["report"])
