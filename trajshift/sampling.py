@@ -26,17 +26,19 @@ def stream_seed(*parts: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _epoch_permutation(num_items: int, seed: int, task: int, epoch: int) -> torch.Tensor:
+def epoch_permutation(num_items: int, seed: int, task: int, epoch: int) -> torch.Tensor:
     # Cached: consecutive batches of an epoch share one permutation (randperm of 100k items costs ~1 ms).
     gen = torch.Generator().manual_seed(stream_seed(seed, task, epoch))
     return torch.randperm(num_items, generator=gen)
 
 
-def batch_indices(num_items: int, batch_size: int, step: int, seed: int, task: int) -> torch.Tensor:
+def batch_indices(num_items: int, batch_size: int, step: int, seed: int, task: int,
+                  permutation=None) -> torch.Tensor:
     """Indices of the ``step``-th mini-batch (step >= 0): epochs of a seeded permutation, without replacement.
 
     Epoch e = step * batch_size // num_items uses permutation ``randperm(num_items)`` from a generator seeded by
     (seed, task, e); a batch that crosses an epoch boundary takes the tail of one and the head of the next.
+    ``permutation(e)`` may supply that same permutation from elsewhere (a task's cached copy on its device).
     """
     if num_items < 1:
         raise ConfigError(f"task {task}: the dataset is empty")
@@ -44,8 +46,8 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, task: i
     out, pos = [], start
     while pos < start + batch_size:
         epoch, offset = divmod(pos, num_items)
-        perm = _epoch_permutation(num_items, seed, task, epoch)
+        perm = permutation(epoch) if permutation is not None else epoch_permutation(num_items, seed, task, epoch)
         take = min(num_items - offset, start + batch_size - pos)
         out.append(perm[offset:offset + take])
         pos += take
-    return torch.cat(out)
+    return out[0] if len(out) == 1 else torch.cat(out)

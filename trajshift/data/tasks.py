@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..sampling import _epoch_permutation, stream_seed
+from ..sampling import batch_indices, epoch_permutation, stream_seed
 from ..schema import opt, parse
 from .augment import default_padding, normalize, random_crop, random_flip, to_float
 from .cache import PreparedData, prepare
@@ -244,16 +244,10 @@ class ImageTask:
         return self.prepare_images(self.x[split][idx], augment, gen), self.y[split][idx]
 
     def indices(self, split: str, n: int, split_seed: int, step: int) -> torch.Tensor:
-        """batch_indices(n, batch_size, step, split_seed, task_id), on the device (same values)."""
-        start, end = step * self.batch_size, (step + 1) * self.batch_size
-        out, pos = [], start
-        while pos < end:
-            epoch, offset = divmod(pos, n)
-            perm = self._device_permutation(split, n, split_seed, epoch)
-            take = min(n - offset, end - pos)
-            out.append(perm[offset:offset + take])
-            pos += take
-        return out[0] if len(out) == 1 else torch.cat(out)
+        """batch_indices(n, batch_size, step, split_seed, task_id), from the epoch permutations cached on the
+        device."""
+        return batch_indices(n, self.batch_size, step, split_seed, self.task_id,
+                             permutation=lambda epoch: self._device_permutation(split, n, split_seed, epoch))
 
     def _device_permutation(self, split: str, n: int, split_seed: int, epoch: int) -> torch.Tensor:
         cache = self.__dict__.setdefault("_perms", {})
@@ -261,7 +255,7 @@ class ImageTask:
         if key not in cache:
             if len(cache) >= 6:                     # the current and the next epoch of each split
                 cache.pop(next(iter(cache)))
-            cache[key] = _epoch_permutation(n, split_seed, self.task_id, epoch).to(self.device)
+            cache[key] = epoch_permutation(n, split_seed, self.task_id, epoch).to(self.device)
         return cache[key]
 
     @torch.no_grad()
