@@ -122,15 +122,9 @@ def tr_inner(path: Path) -> int | None:
 
 def model_spec_beside(init: Path) -> dict | None:
     """The model spec saved beside an init file (init.json, step-N.json for a snapshot), if any."""
-    side = Path(init).with_suffix(".json")
-    if side.is_file():
-        import json
-        try:
-            spec = json.loads(side.read_text()).get("model")
-        except (ValueError, AttributeError):
-            return None
-        return dict(spec) if isinstance(spec, dict) and ("name" in spec or "factory" in spec) else None
-    return None
+    from .init_file import read_info
+    spec = read_info(init).get("model")
+    return dict(spec) if isinstance(spec, dict) and ("name" in spec or "factory" in spec) else None
 
 
 def _free_name(path: Path) -> Path:
