@@ -59,9 +59,20 @@ class CTS(Method):
 
     def step(self, m, k):
         losses = self.inner_step(m, k)                                           # l.8-10
+        self._gap = None
         if k % self.opts.meta_every == 0:
-            return losses, cts_metagrad(self, m, k, self.opts.metagrad)          # l.11 (the loop does l.12)
+            metagrad = cts_metagrad(self, m, k, self.opts.metagrad)              # l.11 (the loop does l.12)
+            if self.opts.metagrad == "reptile" and self.opts.shift == "cts":
+                self._gap = metagrad         # phi - mean_t theta_k; the shift leaves the gap as it is
+            return losses, metagrad
         return losses, None
+
+    def gap_norm(self):
+        """With the Reptile meta-gradient and the shift, l.11 has just measured the gap (phi - mean_t theta_k) and
+        l.12-13 move phi and theta alike: its norm, without a second task mean (or all-reduce)."""
+        if getattr(self, "_gap", None) is not None:
+            return self._gap.norm()
+        return super().gap_norm()
 
     @torch.no_grad()
     def after_meta_update(self, delta):
