@@ -31,10 +31,11 @@ MUTATIONS = [
      "mean = sum(per_task) / len(per_task) if per_task else math.nan", "mean = per_task[0]"),
     ("an augmentation that always flips", "trajshift/data/augment.py",
      "device=where) < 0.5)", "device=where) < 2.0)"),
-    ("the shift's sign flipped", "trajshift/methods/cts.py",
-     "            self.pop.theta.add_(delta)\n", "            self.pop.theta.sub_(delta)\n"),
+    ("the shift's sign flipped", "trajshift/methods/shifts.py",
+     "    return delta, state\n", "    return -delta, state\n"),
     ("a method whose state is not saved (Leap)", "trajshift/methods/leap.py",
-     "    def state_dict(self):\n", "    def state_dict(self):\n        return {}\n"),
+     "    name = \"leap\"\n", ("    name = \"leap\"\n    state_to_dict = staticmethod(lambda state: dict.fromkeys("
+                              "(\"acc\", \"prev_theta\", \"prev_loss\", \"prev_grad\")))\n")),
 ]
 
 

@@ -110,13 +110,13 @@ def test_range_messages_are_written_in_one_place():
 LAYERS = [
     ("foundations", {"errors", "schema", "sampling", "atomic", "flat", "registry", "stats", "yamlio"}),
     ("math", {"methods.rules"}),
-    ("engine", {"learners", "module_learners", "batched", "optim", "population", "comm", "models"}),
+    ("engine", {"learners", "module_learners", "backends", "optim", "population", "comm", "models"}),
     ("methods", {"methods"}),
     ("loop", {"config", "loop", "readback", "metrics", "run_state", "checkpoint", "stopping", "progress",
               "tensorboard", "wandb_log"}),
     ("data", {"data", "tasks", "init_file"}),
     ("commands", {"run_config", "meta_train", "meta_test", "validation", "sweep", "demo", "analysis", "cli",
-                  "cli_parser", "cli_meta_test", "seed_cache", "diagnose", "__main__", "", "api"}),
+                  "cli_parser", "cli_meta_test", "cli_options", "seed_cache", "diagnose", "__main__", "", "api"}),
 ]
 
 

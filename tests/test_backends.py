@@ -1,4 +1,4 @@
-"""Execution backends and options (trajshift/batched.py, ModuleLearners): the batched (vmap) backend, backend
+"""Execution backends and options (trajshift/backends/, ModuleLearners): the batched (vmap) backend, backend
 "auto", autocast, channels_last and torch.compile give the mathematics of plain per-task modules."""
 import copy
 
@@ -93,7 +93,7 @@ def test_padded_head_loss_is_each_tasks_own_cross_entropy():
         torch.testing.assert_close(learners.modules[t].head.weight.grad, m.head.weight.grad, rtol=0, atol=1e-12)
         torch.testing.assert_close(pop.theta_grad[t], learners.spec.flatten(
             {n: p.grad for n, p in m.named_parameters()}), rtol=0, atol=1e-12)
-    assert learners._batched.local_index["head.weight"].shape == (3, 5, 6)
+    assert learners.engine.forward.local_index["head.weight"].shape == (3, 5, 6)
 
 
 def test_auto_measures_both_restores_state_and_matches_loop():
@@ -177,7 +177,7 @@ def test_batched_bf16_runs_the_convolutions_in_bf16():
     pop = ts.Population(learners, {"name": "sgd", "lr": 0.1})
     pop.backward(0)                     # builds the batched forward
     seen = []
-    for mod in learners._batched.template.modules():
+    for mod in learners.engine.forward.template.modules():
         if isinstance(mod, nn.Conv2d):
             mod.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
     pop.backward(1)

@@ -83,3 +83,27 @@ def test_set_overrides_follow_the_same_rules_as_the_file(tmp_path, capsys):
                  "--set", "execution.backend=lop"]) == 2
     assert "execution.backend: unknown value 'lop'; did you mean 'loop'?" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_command_line_flags_are_derived_from_the_config_dataclasses(capsys):
+    """One declaration per option (trajshift/cli_options.py): no flag given gives the dataclass defaults; each flag
+    sets its field; a bad value is named by its flag, by the schema's own rule."""
+    from trajshift.analysis.approx_error import ApproxErrorConfig
+    from trajshift.analysis.synthetic_study import SyntheticStudyConfig
+    from trajshift.cli import build_parser
+    from trajshift.cli_options import config_from_args
+    from trajshift.cli_parser import APPROX_ERROR_FLAGS, SYNTHETIC_FLAGS
+    parser = build_parser()
+    args = parser.parse_args(["synthetic", "--out", "x"])
+    assert config_from_args(SyntheticStudyConfig, args, SYNTHETIC_FLAGS) == SyntheticStudyConfig()
+    args = parser.parse_args(["synthetic", "--out", "x", "--K", "7", "--carry-optimizer-state", "--horizon-ks",
+                              "1,2", "--beta", "0.5"])
+    cfg = config_from_args(SyntheticStudyConfig, args, SYNTHETIC_FLAGS)
+    assert (cfg.inner_steps, cfg.reset_optimizer_state, cfg.horizon_ks, cfg.beta) == (7, False, [1, 2], 0.5)
+    assert cfg.trajectories == SyntheticStudyConfig().trajectories
+    with pytest.raises(ts.ConfigError, match=r"^--K: expected an integer >= 1, got 0$"):
+        config_from_args(SyntheticStudyConfig, parser.parse_args(["synthetic", "--out", "x", "--K", "0"]),
+                         SYNTHETIC_FLAGS)
+    args = parser.parse_args(["approx-error", "--out", "x", "--ks", "1,3"])
+    assert config_from_args(ApproxErrorConfig, args, APPROX_ERROR_FLAGS).ks == [1, 3]
+    assert "(default: 100)" in parser._subparsers._group_actions[0].choices["synthetic"].format_help()

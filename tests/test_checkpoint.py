@@ -36,6 +36,30 @@ def test_resume_mid_trajectory_is_bit_identical(tmp_path, method, cfg):
     assert torch.equal(resumed.run().phi, full)
 
 
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_method_carries_nothing_outside_its_state(tmp_path, method):
+    """The method contract (methods/base.py): everything a method carries between calls is in the State the loop
+    threads and checkpoints. So its attributes after a run are the very objects they were after setup, and its
+    state is a dataclass that round-trips through a checkpoint's dict."""
+    import dataclasses
+
+    tr = make_trainer(method, tmp_path, every=0)
+    before = dict(vars(tr.method))
+    tr.run()
+    after = vars(tr.method)
+    assert after.keys() == before.keys(), f"{method} added attributes: {sorted(after.keys() - before.keys())}"
+    assert all(after[k] is before[k] for k in before), [k for k in before if after[k] is not before[k]]
+    assert dataclasses.is_dataclass(tr.method_state)
+    saved = tr.method.state_to_dict(tr.method_state)
+    assert type(tr.method.state_from_dict(saved)) is type(tr.method_state)
+
+
+def test_a_checkpoint_of_another_method_state_is_refused_by_name(tmp_path):
+    tr = make_trainer("leap", tmp_path)
+    with pytest.raises(ts.ConfigError, match=r"method leap: the checkpoint's method state has the fields \['acc'\]"):
+        tr.method.state_from_dict({"acc": torch.zeros(1)})
+
+
 def test_corrupted_checkpoint_falls_back_to_the_previous(tmp_path):
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, {"x": torch.tensor([float(step)])}, keep=5)

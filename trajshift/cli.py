@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_meta_test import int_list as _int_list
 from .errors import ConfigError, Interrupted, TrajshiftError
 from .progress import log_of
 from .schema import Rule, check_value
@@ -15,20 +14,17 @@ from .yamlio import parse_overrides
 
 def _synthetic(args) -> int:
     from .analysis.synthetic_study import SyntheticStudyConfig, run_study
+    from .cli_options import config_from_args
+    from .cli_parser import SYNTHETIC_FLAGS
     starts = None
     if args.start:
         try:
             starts = [[float(v) for v in s.split(",")] for s in args.start]
         except ValueError:
             raise ConfigError(f"--start: expected X,Y numbers, got {args.start}") from None
-    cfg = SyntheticStudyConfig(
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()], grid=args.grid, starts=starts,
-        task_seeds=_int_list(args.task_seeds, "--task-seeds"), template=args.template, inner_steps=args.K,
-        trajectories=args.M, alpha=args.alpha, beta=args.beta, momentum=args.momentum, optimizer=args.optimizer,
-        reset_optimizer_state=not args.carry_optimizer_state, map_resolution=args.map_resolution,
-        fixed_point_ks=_int_list(args.fixed_point_ks, "--fixed-point-ks"), fixed_point_grid=args.fixed_point_grid,
-        fixed_point_iters=args.fixed_point_iters, horizon_ks=_int_list(args.horizon_ks, "--horizon-ks"))
-    cfg.validate()             # every flag checked before any work starts
+    # Every flag checked by the config's own rules before any work starts, named by its flag.
+    cfg = config_from_args(SyntheticStudyConfig, args, SYNTHETIC_FLAGS,
+                           extra={"starts": starts} if starts is not None else None)
     results = run_study(args.out, cfg, log=log_of(args))
     out = Path(args.out)
     print(f"\nwrote {out / 'results.json'} and the figures in {out}/ ({results['wall_time']:.0f} s)")
@@ -71,21 +67,10 @@ def _meta_train(args) -> int:
 
 def _approx_error(args) -> int:
     from .analysis.approx_error import ApproxErrorConfig, run_study
-    def numbers(text, flag, kind=float):
-        try:
-            return [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    cfg = ApproxErrorConfig(datasets=[d.strip() for d in args.datasets.split(",") if d.strip()],
-                            resolution=args.resolution, draws=args.draws, data_root=args.data_root,
-                            cache_dir=args.cache_dir, alpha=args.alpha, beta=args.beta, k=args.k,
-                            model={"name": "conv4", "width": args.width})
-    if args.alphas:
-        cfg.alphas = numbers(args.alphas, "--alphas")
-    if args.betas:
-        cfg.betas = numbers(args.betas, "--betas")
-    if args.ks:
-        cfg.ks = numbers(args.ks, "--ks", int)
+    from .cli_options import config_from_args
+    from .cli_parser import APPROX_ERROR_FLAGS
+    cfg = config_from_args(ApproxErrorConfig, args, APPROX_ERROR_FLAGS,
+                           extra={"model": {"name": "conv4", "width": args.width}})
     if args.quick:      # a smoke run: tiny sweeps and model, 2 draws
         cfg.alphas, cfg.betas, cfg.ks, cfg.draws, cfg.k = [0.003, 0.03], [0.01, 1.0], [1, 3], 2, 3
         cfg.model = {"name": "conv4", "width": 4}
@@ -128,11 +113,10 @@ def _report(args) -> int:
                 raise ConfigError(f"{run}: not a meta-train run folder (no {name}); give folders written by "
                                   f"`trajshift meta-train --out`")
     check_value(args.seeds, int, Rule(low=2), "--seeds")       # a confidence interval needs 2
-    make_report(args.runs, [t.strip() for t in args.targets.split(",") if t.strip()], args.out, seeds=args.seeds,
+    make_report(args.runs, args.targets, args.out, seeds=args.seeds,
                 steps=args.steps, protocol=args.protocol, every_snapshot=args.every_snapshot,
                 resolution=args.resolution, data_root=args.data_root, cache_dir=args.cache_dir,
-                images_per_class=_int_list(args.images_per_class, "--images-per-class")
-                if args.images_per_class else None, curve_images_per_class=args.curve_images_per_class,
+                images_per_class=args.images_per_class, curve_images_per_class=args.curve_images_per_class,
                 batch_size=args.batch_size, augment=args.augment,
                 log=log_of(args))
     print((Path(args.out) / "table.md").read_text())

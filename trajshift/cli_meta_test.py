@@ -9,13 +9,6 @@ from .progress import log_of
 from .yamlio import parse_overrides
 
 
-def int_list(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-
-
 def run_config_of(init: Path) -> Path | None:
     """The config.yaml of the meta-train run an init file belongs to: beside it (init.safetensors) or one folder
     up (snapshots/step-N.safetensors)."""
@@ -92,11 +85,10 @@ def run_meta_test(args) -> int:
         print("meta-test settings: " + "; ".join(f"{k} {v!r} ({src})" if k != "resolution" or v is not None
                                                  else f"{k}: {src}" for k, (v, src) in chosen.items())
               + "; each target normalised by its own training-set mean and std")
-    cfg = MetaTestConfig(targets=[t.strip() for t in args.targets.split(",") if t.strip()], init=str(init) if init else None,
+    cfg = MetaTestConfig(targets=args.targets, init=str(init) if init else None,
                          model=model, protocol=chosen["protocol"][0], steps=args.steps, seeds=args.seeds,
                          resolution=chosen["resolution"][0], train_images=args.train_images, batch_size=args.batch_size,
-                         images_per_class=int_list(args.images_per_class, "--images-per-class")
-                         if args.images_per_class else None, augment=chosen["augment"][0],
+                         images_per_class=args.images_per_class, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
     quiet = {"log": log_of(args), "progress": False if args.quiet else None}
     report = meta_test(cfg, args.out, **quiet)

@@ -3,29 +3,33 @@ from __future__ import annotations
 
 import argparse
 
+from .analysis.approx_error import ApproxErrorConfig
+from .analysis.synthetic_study import SyntheticStudyConfig
+from .cli_options import add_config_flags
+from .meta_test import MetaTestConfig
+
+# The synthetic study's flags: config field -> flag (defaults, types and help come from the dataclass).
+SYNTHETIC_FLAGS = {
+    "methods": "--methods", "grid": "--grid", "task_seeds": "--task-seeds", "template": "--template",
+    "inner_steps": "--K", "trajectories": "--M", "alpha": "--alpha", "beta": "--beta", "momentum": "--momentum",
+    "optimizer": "--optimizer", "reset_optimizer_state": "!--carry-optimizer-state",
+    "map_resolution": "--map-resolution", "fixed_point_ks": "--fixed-point-ks", "fixed_point_grid": "--fixed-point-grid",
+    "fixed_point_iters": "--fixed-point-iters", "horizon_ks": "--horizon-ks",
+}
+FINETUNE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "targets", "steps", "seeds", "resolution", "images_per_class", "batch_size")}
+DATA_FLAGS = {"data_root": "--data-root", "cache_dir": "--cache-dir"}
+APPROX_ERROR_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "datasets", "resolution", "draws", "alpha", "beta", "k", "alphas", "betas", "ks", "data_root", "cache_dir")}
+
 
 def _data_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--data-root", default=None,
-                     help="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, ../shared/data)")
-    sub.add_argument("--cache-dir", default=None,
-                     help="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
+    add_config_flags(sub, MetaTestConfig, DATA_FLAGS, keep_defaults=True)
 
 
 def _finetune_options(sub: argparse.ArgumentParser) -> None:
-    """The finetuning flags meta-test and report share (one declaration, one meaning)."""
-    sub.add_argument("--targets", required=True, help="comma-separated dataset names or paths to image folders/"
-                     "archives (class folders or manifest.csv)")
-    sub.add_argument("--steps", type=int, default=None, help="finetuning steps (default: the protocol's 1000)")
-    sub.add_argument("--seeds", type=int, default=5, help="finetuning runs per target (default 5)")
-    sub.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: each dataset's "
-                     "registered resolution; 32 for a path)")
-    sub.add_argument("--images-per-class", default=None, metavar="N[,N...]",
-                     help="low-data regime: subsample each target's training split to exactly N images per class "
-                          "(seeded by the seed: the same subsample for every initialization; the test split stays "
-                          "whole); several values give one meta-test each, e.g. 5,20,100 (report: Fig. 9's gain "
-                          "against N)")
-    sub.add_argument("--batch-size", type=int, default=None, help="finetuning batch (default: the protocol's; never "
-                     "more than the training set)")
+    """The finetuning flags meta-test and report share: one declaration (MetaTestConfig), one meaning."""
+    add_config_flags(sub, MetaTestConfig, FINETUNE_FLAGS, keep_defaults=True)
 
 
 def _quiet(sub: argparse.ArgumentParser) -> None:
@@ -42,28 +46,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                        description="Meta-train each method on the 8 Himmelblau-template tasks from a grid of starting "
                                    "points; write DIR/results.json and the figures (PNG) in DIR.")
     s.add_argument("--out", required=True, help="output folder (created)")
-    s.add_argument("--methods", default="cts,cts-accurate,reptile", help="comma-separated method names "
-                   "(see `trajshift list`); default: %(default)s")
-    s.add_argument("--grid", type=int, default=3, help="N: starting points on an N x N grid over [-5, 15]^2 "
-                   "(default 3: {-5, 5, 15}^2)")
     s.add_argument("--start", action="append", metavar="X,Y", help="a starting point (repeatable); replaces "
                    "the grid")
-    s.add_argument("--task-seeds", default="0", help="comma-separated seeds of the tasks' random rotations")
-    s.add_argument("--template", default="scaled", help="scaled (reference code, default) or paper")
-    s.add_argument("--K", type=int, default=100, help="inner steps per trajectory (default 100)")
-    s.add_argument("--M", type=int, default=3, help="trajectories for CTS (default 3); every method gets M*K "
-                   "meta-updates")
-    s.add_argument("--alpha", type=float, default=0.05, help="inner learning rate (default 0.05)")
-    s.add_argument("--beta", type=float, default=0.1, help="meta learning rate (default 0.1)")
-    s.add_argument("--momentum", type=float, default=0.9, help="inner SGD momentum (default 0.9)")
-    s.add_argument("--optimizer", default="sgd", help="inner optimizer name (default sgd)")
-    s.add_argument("--carry-optimizer-state", action="store_true",
-                   help="keep the inner optimizer state across resets (default: fresh state each trajectory)")
-    s.add_argument("--map-resolution", type=int, default=100, help="quality-map grid (default 100 x 100)")
-    s.add_argument("--fixed-point-ks", default="10,100", help="Reptile inner lengths for Fig. 5a-b")
-    s.add_argument("--fixed-point-grid", type=int, default=41, help="starting grid for Fig. 5a-b (default 41)")
-    s.add_argument("--fixed-point-iters", type=int, default=1000, help="max Reptile iterations for Fig. 5a-b")
-    s.add_argument("--horizon-ks", default="1,5,10,25,50,75,100", help="meta-training horizons for Fig. 4c")
+    add_config_flags(s, SyntheticStudyConfig, SYNTHETIC_FLAGS)
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=handlers["synthetic"])
     mt = sub.add_parser("meta-train", help="meta-train an initialization on image tasks from a YAML config",
@@ -119,17 +104,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
                         "(Section 3.3, Fig. 3)", description="Writes DIR/results.json and DIR/approx_error.png.")
     ae.add_argument("--out", required=True, help="output folder for results.json and approx_error.png")
-    ae.add_argument("--datasets", default="quickdraw,omniglot", help="source tasks (default quickdraw,omniglot)")
-    ae.add_argument("--resolution", type=int, default=28, help="image side in pixels (default 28)")
-    ae.add_argument("--draws", type=int, default=10, help="draws per point (default 10)")
-    ae.add_argument("--alpha", type=float, default=0.01, help="base inner learning rate (default 0.01)")
-    ae.add_argument("--beta", type=float, default=0.01, help="base meta learning rate (default 0.01)")
-    ae.add_argument("--k", type=int, default=50, help="base trajectory length (default 50)")
+    add_config_flags(ae, ApproxErrorConfig, APPROX_ERROR_FLAGS)
     ae.add_argument("--width", type=int, default=32, help="Conv4 width (default 32)")
-    ae.add_argument("--alphas", default=None, help="alpha sweep, comma-separated (default 0.001,...,0.1)")
-    ae.add_argument("--betas", default=None, help="beta sweep (default 0.001,0.01,0.1,1)")
-    ae.add_argument("--ks", default=None, help="k sweep (default 1,5,10,25,50,100)")
-    _data_options(ae)
     ae.add_argument("--quick", action="store_true", help="tiny sweeps and model, 2 draws (a smoke test)")
     _quiet(ae)
     ae.set_defaults(func=handlers["approx_error"])

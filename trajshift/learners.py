@@ -27,9 +27,6 @@ from torch import nn
 from .errors import ConfigError
 from .flat import FlatSpec
 
-BACKENDS = ("loop", "batched", "auto")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 DEFAULT_HEAD_PATTERNS = ("fc.*", "head.*", "classifier.*")
 
 

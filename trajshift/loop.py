@@ -10,8 +10,9 @@ and Algorithm 2 (CTS: a meta-update after every inner step, then the shift) side
                                                      theta^(t) <- theta^(t) + Delta                (l.13)
       phi <- phi - beta mean_t MetaGrad (l.11-12)
 
-A method says what happens at a step and at a trajectory's end (methods/base.py); this file applies its meta-gradients
-(l.12) and hands Delta back for CTS's shift (l.13). Checkpoints (run_state.py), read-backs and metrics (readback.py),
+A method computes (methods/base.py: init, transform_gradient, update, end_trajectory, shift, over one State); this
+file makes every change to phi and theta: the inner step (l.8-10), phi <- phi + Delta (l.12) and theta <- theta +
+shift (l.13), in ``steps`` and ``apply``. Checkpoints (run_state.py), read-backs and metrics (readback.py),
 progress (progress.py) and signals (stopping.py) live in their own modules.
 """
 from __future__ import annotations
@@ -28,12 +29,14 @@ from .comm import LocalComm
 from .config import MetaConfig
 from .learners import Learners
 from .methods import METHODS
+from .methods.base import MetaStep, Method, StepInfo
 from .methods.rules import meta_delta
 from .metrics import MetricsWriter
 from .optim import build_optimizer
 from .population import Population
 from .readback import ReadBack
 from .run_state import TrainResult
+from .sampling import data_step
 from .stopping import Supervised
 
 Callback = Callable[["MetaTrainer"], None]
@@ -60,6 +63,10 @@ class MetaTrainer:
             [self.pop.phi], cfg.meta_optimizer, "meta_optimizer", lr=cfg.meta_lr)
         self.method = METHODS.get(cfg.method)(cfg.options)          # it sees the population and the comm only
         self.method.setup(self.pop, self.comm, cfg.inner_steps, cfg.seed)
+        self.method_state = self.method.init()                      # everything the method carries (checkpointed)
+        # Methods that do not transform gradients skip the per-step call (and its GradientStep) altogether.
+        self._transform_or_none = None if type(self.method).transform_gradient is Method.transform_gradient \
+            else self._transform
         self.task_ids = list(task_ids) if task_ids is not None else list(range(learners.num_tasks))
         self.readback = ReadBack(self.pop, MetricsWriter(metrics_path), self.task_ids)
         self.record_phi, self.history = record_phi, []
@@ -83,8 +90,7 @@ class MetaTrainer:
 
     @torch.no_grad()
     def meta_update(self, metagrad: torch.Tensor) -> torch.Tensor:
-        """phi <- phi + Delta with Delta = -beta * metagrad or the meta optimizer's step (l.12); then the method's
-        ``after_meta_update(Delta)`` (CTS: the shift, l.13)."""
+        """l.11-12: Delta = -beta * metagrad (or the meta optimizer's step on phi); phi <- phi + Delta. Returns Delta."""
         if self.meta_optimizer is None:
             delta = meta_delta(metagrad, self.cfg.meta_lr)
             self.phi.add_(delta)
@@ -92,15 +98,34 @@ class MetaTrainer:
             before, self.phi.grad = self.phi.clone(), metagrad
             self.meta_optimizer.step()
             delta = self.phi - before
-        self.method.after_meta_update(delta)
+        return delta
+
+    def apply(self, out: MetaStep, info: StepInfo) -> None:
+        """Algorithm 2, l.12-13 (and Algorithm 1, l.12), the one place where phi and theta change outside the inner
+        step: phi <- phi + Delta, then theta^(t) <- theta^(t) + the method's shift of Delta."""
+        # (Not under no_grad as a whole: the exact shift of cts-accurate re-runs inner steps, with gradients.)
+        if out.set_phi is not None:                          # MTL, pretrain: phi follows the shared body
+            with torch.no_grad():
+                self.phi.copy_(out.set_phi)
+        if out.metagrad is None:
+            return
+        delta = self.meta_update(out.metagrad)                                          # l.11-12
+        shift, self.method_state = self.method.shift(self.method_state, delta, info)   # l.13
+        if shift is not None:
+            with torch.no_grad():
+                self.pop.theta.add_(shift)
         self.meta_updates += 1
-        self.readback.record_meta(metagrad, delta, self.meta_updates)
+        self.readback.record_meta(out.metagrad, delta, self.meta_updates)
         if self.record_phi:
             self.history.append({"phi": self.phi.clone(), "inner_steps": self.inner_steps,
                                  "meta_updates": self.meta_updates})
         for cb in self.callbacks:
             cb(self)
-        return delta
+
+    def _transform(self, step):
+        """The method's per-step gradient transformation, with the state threaded through."""
+        grad, self.method_state = self.method.transform_gradient(self.method_state, step)
+        return grad
 
     def steps(self):
         """Algorithms 1 and 2 as a generator of (m, k, losses) after every inner step, so callers can interleave
@@ -111,14 +136,17 @@ class MetaTrainer:
         for m in range(m0, M):
             resumed = m == m0 and k0 > 0
             if not resumed:
-                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)
-                method.start_trajectory(m)
+                self.pop.reset(cfg.reset_optimizer_state, cfg.reset_heads, cfg.reset_batchnorm)     # l.6
+                self.method_state = method.start_trajectory(self.method_state, m)
             for k in range(k0 + 1 if resumed else 1, K + 1):
-                losses, metagrad = method.step(m, k)
-                if metagrad is not None:
-                    self.meta_update(metagrad)
+                step = data_step(m, k, K)
+                losses = self.pop.inner_step(step, self._transform_or_none)                                # l.8-10
+                info = StepInfo(m, k, step, losses)
+                out, self.method_state = method.update(self.method_state, info)                    # l.11
+                self.apply(out, info)                                                              # l.12-13
                 if k % cfg.log_every == 0 or k == K:
-                    self.readback.queue(m, k, self.inner_steps, self.meta_updates, losses, method.gap_norm())
+                    self.readback.queue(m, k, self.inner_steps, self.meta_updates, losses,
+                                        method.gap_norm(out.metagrad))
                 self.position = {"m": m, "k": k}
                 if (m * K + k) % self.sync_every == 0:
                     self.sync()
@@ -129,9 +157,9 @@ class MetaTrainer:
                 for cb in MetaTrainer.after_checkpoint_callbacks:
                     cb(self)
                 yield m, k, losses
-            metagrad = method.end_trajectory(m)                   # Algorithm 1, l.11-12
-            if metagrad is not None:
-                self.meta_update(metagrad)
+            info = StepInfo(m, K, data_step(m, K, K))
+            out, self.method_state = method.end_trajectory(self.method_state, info)           # Algorithm 1, l.11
+            self.apply(out, info)                                                              # Algorithm 1, l.12
             self.position = {"m": m + 1, "k": 0}
             synced = self.sync()          # once per trajectory: its rows, its checks, ||Delta|| after its end
             self.metrics.write({"event": "trajectory_end", "trajectory": m + 1, "inner_steps": self.inner_steps,

@@ -175,19 +175,26 @@ def _targets(value, path):
 
 @dataclass
 class MetaTestConfig:
-    targets: list = opt(check=_targets, doc="dataset names or paths, or task specs {dataset, classes, resolution}")
+    targets: list = opt(check=_targets, doc="dataset names or paths to image folders/archives (class folders or "
+                        "manifest.csv), or task specs {dataset, classes, resolution}; comma-separated on the command line")
     init: str | None = opt(None, doc="None: from scratch")
     model: dict = opt(factory=lambda: {"name": "resnet20"}, check=_model)
     protocol: str = opt("paper", check=check_protocol)
-    steps: int | None = opt(None, low=1)
-    seeds: int = opt(5, low=1)
-    resolution: int | None = opt(None, low=4, doc="default: the dataset's registered resolution (32 for paths)")
-    train_images: int | None = opt(None, low=1, doc="default: the protocol's")
-    images_per_class: list[int] | None = opt(None, items=Rule(low=1), doc="low-data regime: one meta-test each")
+    steps: int | None = opt(None, low=1, doc="finetuning steps (default: the protocol's 1000)")
+    seeds: int = opt(5, low=1, doc="finetuning runs per target")
+    resolution: int | None = opt(None, low=4, doc="image side in pixels (default: each dataset's registered "
+                                 "resolution; 32 for a path)")
+    train_images: int | None = opt(None, low=1, doc="subsample the target's training set (default: the protocol's)")
+    images_per_class: list[int] | None = opt(None, items=Rule(low=1), doc=(
+        "low-data regime: subsample each target's training split to exactly N images per class (seeded by the seed: "
+        "the same subsample for every initialization; the test split stays whole); several values give one meta-test "
+        "each, e.g. 5,20,100 (report: Fig. 9's gain against N)"))
     augment: str = opt("crop+flip", choices=tuple(AUGMENTATIONS), doc="finetuning batches (the paper's crop+flip)")
-    batch_size: int | None = opt(None, low=1)
-    data_root: str | None = opt(None)
-    cache_dir: str | None = opt(None)
+    batch_size: int | None = opt(None, low=1, doc="finetuning batch (default: the protocol's; never more than the "
+                                 "training set)")
+    data_root: str | None = opt(None, doc="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, "
+                                "../shared/data)")
+    cache_dir: str | None = opt(None, doc="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
     device: str = opt("cpu")
     meta_params: dict | None = opt(None, doc="the head split of the init (default: init.json beside it, else fc.*)")
 

@@ -3,27 +3,25 @@ trajshift/learners.py for the interface, and docs/design.md for why storage-shar
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .batched import BatchedForward, batched_unsupported_reason
+from .backends import (
+    AUTOCAST_DTYPES,
+    BACKEND_CHOICES,
+    BACKENDS,
+    Backend,
+    fastest_backend,
+)
+from .backends.vmap import batched_unsupported_reason
 from .errors import ConfigError
 from .flat import FlatSpec
-from .learners import (
-    AUTOCAST_DTYPES,
-    BACKENDS,
-    DEFAULT_HEAD_PATTERNS,
-    Learners,
-    select_meta_names,
-)
+from .learners import DEFAULT_HEAD_PATTERNS, Learners, select_meta_names
 from .schema import opt, parse
 
 log = logging.getLogger(__name__)
@@ -32,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExecutionConfig:
     """How the T learners run (trajshift.learners.ModuleLearners); none of these changes the mathematics."""
-    backend: str = opt("auto", choices=BACKENDS)
+    backend: str = opt("auto", choices=BACKEND_CHOICES)
     channels_last: bool = opt(False)
     autocast: str | None = opt(None, choices=tuple(AUTOCAST_DTYPES))
     compile: bool = opt(False)
@@ -56,11 +54,11 @@ class ModuleLearners(Learners):
 
     Execution options (none changes the mathematics; docs/PERFORMANCE.md measures each):
 
-    * ``backend``: "loop" runs the replicas one after another; "batched" runs all tasks in one vmapped forward and
-      backward (trajshift/batched.py; needs equal input shapes); "auto" times both on the first step's batches
-      (``auto_rounds`` rounds each, BatchNorm statistics and gradients restored afterwards) and keeps the faster,
-      falling back to "loop" when batching is impossible. The choice is kept in checkpoints, so a resumed run
-      continues on the same backend.
+    * ``backend`` (a strategy of trajshift/backends/): "loop" runs the replicas one after another; "batched" runs
+      all tasks in one vmapped forward and backward (needs equal input shapes); "auto" times both on the first
+      step's batches (``auto_rounds`` rounds each, BatchNorm statistics and gradients restored afterwards) and keeps
+      the faster, falling back to "loop" when batching is impossible. The choice is kept in checkpoints, so a
+      resumed run continues on the same backend.
     * ``backward`` (loop backend): "per-task" (forward+backward one task at a time) or "summed".
     * ``channels_last`` (loop backend): inputs in NHWC memory format.
     * ``autocast``: None, "bf16" or "fp16": forward under ``torch.autocast``; parameters, gradients and optimizer
@@ -83,13 +81,13 @@ class ModuleLearners(Learners):
         parse(ExecutionConfig, {"backend": backend, "channels_last": bool(channels_last), "autocast": autocast,
                                 "compile": bool(compile)}, "execution")
         self.backward_mode = backward
-        self.backend = backend
+        self.requested_backend = backend
+        self.engine: Backend | None = None                # the strategy, built at bind (auto: at the first backward)
         self.backend_timings: dict[str, float] = {}       # ms per backward, when backend "auto" measured them
         self.channels_last = bool(channels_last)
         self.autocast = autocast
         self.compile = bool(compile)
         self.auto_rounds = int(auto_rounds)
-        self._batched: BatchedForward | None = None
         self.modules = list(modules)
         self.num_tasks = len(self.modules)
         self.batch_fn = batch_fn
@@ -166,16 +164,17 @@ class ModuleLearners(Learners):
         self._bindings = [[(p, p.data, p.grad) for p in m.parameters()] for m in self.modules]
         # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
         self._phi0 = None
-        if self.backend != "loop" and not self.batched_unsupported:
-            self._batched = BatchedForward(self.modules, self.spec, self.local_specs, self.local_offsets, self.loss,
-                                           compile=self.compile, autocast_dtype=AUTOCAST_DTYPES.get(self.autocast),
-                                           device=device)
-            self._batched.bind_buffers(self.modules)
-        elif self.backend == "auto":
-            self.backend = "loop"
-            log.info("backend auto: loop (batching impossible: %s)", self.batched_unsupported)
+        if self.requested_backend != "auto":
+            self.engine = BACKENDS.get(self.requested_backend)(self)
+        elif self.batched_unsupported:
+            self.engine, _ = fastest_backend(self, 0, "train")        # loop, with the reason logged
 
-    def _rebind(self, t: int) -> None:
+    @property
+    def backend(self) -> str:
+        """The backend's name: the chosen one, or "auto" until auto has measured."""
+        return self.engine.name if self.engine is not None else self.requested_backend
+
+    def rebind(self, t: int) -> None:
         """Re-point task ``t``'s parameters at their rows of theta (and ``local``) and their gradient views, if an
         ordinary call replaced them since the last step: ``module.zero_grad()`` (set_to_none, torch's default) drops
         ``.grad``, after which backward would write a fresh tensor and theta's gradient row would stay zero (the
@@ -193,119 +192,30 @@ class ModuleLearners(Learners):
                     p.grad = g
         log.debug("task %d: parameter binding restored (a zero_grad(set_to_none=True) or .to() of the module)", t)
 
-    def _autocast(self, device: torch.device):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.autocast])
+    def losses(self, step, split="train"):
+        return self._engine_for(step, split).losses(step, split)
 
-    def _batch(self, t, step, split):
+    def backward(self, step, split="train"):
+        return self._engine_for(step, split).backward(step, split)
+
+    def engine_batch(self, t: int, step: int, split: str):
+        """Task t's batch as every backend feeds it: inputs in the run's dtype (NHWC with channels_last)."""
         x, y = self.batch_fn(t, step, split)
         x = x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _stacked_batches(self, step, split):
-        """Every task's batch stacked: x [T, B, ...], y [T, B]; None (with the reason) when shapes differ."""
-        xs, ys = zip(*(self.batch_fn(t, step, split) for t in range(self.num_tasks)))
-        for t in range(1, self.num_tasks):
-            if xs[t].shape != xs[0].shape or ys[t].shape != ys[0].shape:
-                return None, (f"task {t}'s batch has inputs {tuple(xs[t].shape)} / targets {tuple(ys[t].shape)}, "
-                              f"task 0's {tuple(xs[0].shape)} / {tuple(ys[0].shape)}")
-        x = torch.stack(xs)
-        return (x.to(self.dtype) if x.is_floating_point() else x, torch.stack(ys)), None
-
-    def _batched_losses(self, step, split):
-        for t in range(self.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
-            self._rebind(t)
-        batch, reason = self._stacked_batches(step, split)
-        if batch is None:
-            raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
-                              f"use backend: loop (or auto)")
-        x, y = batch
-        return self._batched.losses(self.modules, self.theta, self.local, x, y, split == "train")
-
-    def _loop_losses(self, step, split):
-        out = []
-        for t, m in enumerate(self.modules):
-            m.train(split == "train")
-            x, y = self._batch(t, step, split)
-            self._rebind(t)
-            with self._autocast(x.device):
-                out.append(self.loss(m(x), y))
-        return torch.stack(out)
-
-    def _loop_backward(self, step, split):
-        # Default: forward and backward one task at a time, so each task's activations are freed before the next
-        # task's forward. "summed" (one backward over the sum of all T graphs) keeps every task's activations alive
-        # at once (T x the activation memory); on CPU it measured 1.08x slower with 1 thread, 0.95x with 2
-        # (docs/PERFORMANCE.md).
-        if self.backward_mode == "summed":
-            losses = self._loop_losses(step, split)
-            losses.sum().backward()
-            return losses.detach()
-        out = torch.empty(self.num_tasks, dtype=self.dtype, device=self.theta.device)
-        for t, m in enumerate(self.modules):
-            m.train(split == "train")
-            x, y = self._batch(t, step, split)
-            self._rebind(t)
-            with self._autocast(x.device):
-                loss = self.loss(m(x), y)
-            loss.backward()
-            out[t] = loss.detach()
-        return out
-
-    def _batched_backward(self, step, split):
-        losses = self._batched_losses(step, split)
-        losses.sum().backward()
-        return losses.detach().to(self.dtype)
-
-    def _choose_backend(self, step, split) -> None:
-        """backend "auto": time both backends on this step's batches, keep the faster, undo every side effect."""
-        batch, reason = self._stacked_batches(step, split)
-        if batch is None:
-            self.backend = "loop"
-            log.info("backend auto: loop (batching impossible: %s)", reason)
-            return
-        saved = copy.deepcopy(self.state_dict())
-        sync = torch.cuda.synchronize if self.theta.is_cuda else (lambda: None)
-        runs = {"loop": self._loop_backward, "batched": self._batched_backward}
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for r in range(self.auto_rounds + 1):            # round 0 warms up (and compiles, with compile: true)
-            for name, run in runs.items():
-                sync()
-                t0 = time.perf_counter()
-                run(step, split)
-                sync()
-                if r:
-                    times[name].append(1e3 * (time.perf_counter() - t0))
-        self.load_state_dict(saved)
-        with torch.no_grad():
-            self.theta.grad.zero_()
-            if self.local_grad is not None:
-                self.local_grad.zero_()
-        self.backend_timings = {k: statistics.median(v) for k, v in times.items()}
-        self.backend = min(self.backend_timings, key=self.backend_timings.get)
-        log.info("backend auto: %s (ms per backward of all tasks: %s)", self.backend,
-                 ", ".join(f"{k} {v:.1f}" for k, v in self.backend_timings.items()))
-
-    def losses(self, step, split="train"):
-        if self.backend == "batched":
-            return self._batched_losses(step, split)
-        return self._loop_losses(step, split)
-
-    def backward(self, step, split="train"):
-        if self.backend == "auto":
-            self._choose_backend(step, split)
-        if self.backend == "batched":
-            return self._batched_backward(step, split)
-        return self._loop_backward(step, split)
+    def _engine_for(self, step: int, split: str) -> Backend:
+        if self.engine is None:                             # backend auto, first call: measure once
+            self.engine, self.backend_timings = fastest_backend(self, step, split, self.auto_rounds)
+        return self.engine
 
     def losses_at(self, theta, step, split="train"):
         out = []
         for t, m in enumerate(self.modules):
             m.train(split == "train")
-            x, y = self._batch(t, step, split)
+            x, y = self.engine_batch(t, step, split)
             state = {n: b.clone() for n, b in m.named_buffers()}    # leave the real BatchNorm statistics alone
             state.update(self.spec.views(theta[t]))
             out.append(self.loss(torch.func.functional_call(m, state, (x,)), y))
@@ -331,8 +241,8 @@ class ModuleLearners(Learners):
     @torch.no_grad()
     def load_state_dict(self, state):
         # A run resumed with backend "auto" continues on the backend it chose (same floating-point path).
-        if self.backend == "auto" and state.get("backend") in ("loop", "batched"):
-            self.backend = state["backend"]
+        if self.engine is None and state.get("backend") in BACKENDS:
+            self.engine = BACKENDS.get(state["backend"])(self)
         for m, bufs in zip(self.modules, state["buffers"]):
             own = dict(m.named_buffers())
             for n, v in bufs.items():
@@ -343,7 +253,7 @@ class ModuleLearners(Learners):
     def task_state_dict(self, task: int, phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Task ``task``'s full module state_dict, with the meta-learned part taken from ``phi`` when given."""
         if hasattr(self, "_bindings"):
-            self._rebind(task)
+            self.rebind(task)
         sd = {k: v.detach().clone() for k, v in self.modules[task].state_dict().items()}
         if phi is not None:
             sd.update(self.spec.to_state_dict(phi))

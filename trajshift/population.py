@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -17,7 +18,20 @@ from .errors import DivergenceError
 from .learners import Learners
 from .optim import build_optimizer
 
-GradHook = Callable[["Population"], None]
+# A per-step gradient transformation (the method contract's transform_gradient, bound to its state by the loop):
+# given the step's GradientStep, a new gradient [T, P] or None.
+GradientTransform = Callable[["GradientStep"], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class GradientStep:
+    """An inner step between its backward and its optimizer step: theta [T, P] (detached, before the step), the
+    gradient [T, P] the optimizer is about to use, phi [P], the per-task losses [T] and the data step."""
+    theta: torch.Tensor
+    grad: torch.Tensor
+    phi: torch.Tensor
+    losses: torch.Tensor
+    data_step: int
 
 
 class Population:
@@ -35,7 +49,6 @@ class Population:
         self._initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.clip_grad_norm: float | None = None   # per-task gradient-norm clipping (meta part and head together)
         self._local_task = learners.local_task_index() if learners.local is not None else None
-        self.grad_hooks: list[GradHook] = []   # run after backward, before the optimizer step
         self.last_losses: torch.Tensor | None = None
         self.steps_taken = 0                   # inner steps per task so far (replays of cts-accurate included)
         # Finiteness is watched on the device, without a host read per step: per task, the first data step whose
@@ -48,11 +61,6 @@ class Population:
     @property
     def num_tasks(self) -> int:
         return self.theta.shape[0]
-
-    def add_grad_hook(self, hook: GradHook) -> None:
-        """``hook(population)`` runs after every inner step's backward, before its optimizer step (a method's way
-        to change the inner gradient: iMAML's proximal term, MTL's task mean) or to record it (Leap)."""
-        self.grad_hooks.append(hook)
 
     def losses_at(self, theta: torch.Tensor, step: int, split: str = "train") -> torch.Tensor:
         """Per-task losses [T] as a differentiable function of a given theta [T, P]; no state changes."""
@@ -70,13 +78,17 @@ class Population:
         self.last_losses = self.learners.backward(step, split)
         return self.last_losses
 
-    def inner_step(self, step: int) -> torch.Tensor:
+    def inner_step(self, step: int, transform: GradientTransform | None = None) -> torch.Tensor:
         """One inner step for all T tasks (Algorithm 2, l.8-10); returns the per-task losses [T] before the step.
-        Non-finite losses and parameters are recorded on the device (no host read here; see check_finite)."""
+        ``transform`` (a method's per-step gradient transformation) runs between the backward and the optimizer
+        step and may replace the gradient. Non-finite losses and parameters are recorded on the device (no host
+        read here; see check_finite)."""
         losses = self.backward(step, "train")
         self._watch(self.first_bad_loss_step, ~torch.isfinite(losses.detach()), step, losses.detach())
-        for hook in self.grad_hooks:
-            hook(self)
+        if transform is not None:
+            new_grad = transform(GradientStep(self.theta.detach(), self.theta_grad, self.phi, losses, step))
+            if new_grad is not None:
+                self.theta_grad.copy_(new_grad)
         if self.clip_grad_norm is not None:
             self.clip_task_gradients(self.clip_grad_norm)
         self.optimizer.step()

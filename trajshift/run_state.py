@@ -55,7 +55,7 @@ def state_dict(tr) -> dict:
         "position": dict(tr.position), "phi": tr.phi.clone(), "theta": tr.pop.theta.detach().clone(),
         "learners": tr.pop.learners.state_dict(), "optimizer": tr.pop.optimizer.state_dict(),
         "meta_optimizer": None if tr.meta_optimizer is None else tr.meta_optimizer.state_dict(),
-        "method": tr.method.state_dict(), "torch_rng": torch.get_rng_state(), "inner_steps": tr.inner_steps,
+        "method": tr.method.state_to_dict(tr.method_state), "torch_rng": torch.get_rng_state(), "inner_steps": tr.inner_steps,
         "meta_updates": tr.meta_updates, "last_delta_norm": tr.readback.delta_norm.clone(),
         "config": tr.cfg.to_dict(), "world_size": tr.comm.world_size, "rank": tr.comm.rank,
         "task_ids": tr.task_ids, "metrics_rows": tr.metrics.rows, "identity": tr.identity,
@@ -70,7 +70,7 @@ def load_state_dict(tr, state: dict) -> None:
     tr.pop.optimizer.load_state_dict(state["optimizer"])
     if tr.meta_optimizer is not None and state["meta_optimizer"] is not None:
         tr.meta_optimizer.load_state_dict(state["meta_optimizer"])
-    tr.method.load_state_dict(state["method"])
+    tr.method_state = tr.method.state_from_dict(state["method"])
     torch.set_rng_state(state["torch_rng"])
     tr.pop.steps_taken, tr.meta_updates = int(state["inner_steps"]), int(state["meta_updates"])
     tr.readback.delta_norm = torch.as_tensor(state["last_delta_norm"], dtype=tr.phi.dtype).to(tr.phi.device)

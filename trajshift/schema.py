@@ -129,16 +129,22 @@ def fields_of(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def parse(cls, data, where: str, flags: bool = False):
+def parse(cls, data, where: str, flags: bool | dict = False):
     """Build schema dataclass ``cls`` from a mapping: unknown keys refused ("did you mean"), missing required keys
-    named, every value checked by its field's rule. ``flags``: name keys as command-line flags (--images-per-class).
+    named, every value checked by its field's rule. ``flags``: name keys as command-line flags (--images-per-class;
+    a dict maps a field to its flag).
     A ``validate_fields(self, where)`` method on ``cls`` then checks what involves several fields."""
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         data = {f: getattr(data, f) for f in fields_of(cls)}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of options, got {data!r}")
     known = fields_of(cls)
-    name = (lambda k: f"--{k.replace('_', '-')}") if flags else (lambda k: f"{where}.{k}" if where else k)
+    if isinstance(flags, dict):        # field -> the flag that sets it (trajshift/cli_options.py)
+        name = lambda k: flags.get(k, f"--{k.replace('_', '-')}")
+    elif flags:
+        name = lambda k: f"--{k.replace('_', '-')}"
+    else:
+        name = lambda k: f"{where}.{k}" if where else k
     for key in data:
         if key not in known:
             raise ConfigError(f"{name(str(key))}: unknown key; {did_you_mean(key, known)}allowed keys: "

@@ -22,21 +22,24 @@ from ..stats import mean_ci95
 
 @dataclass
 class ApproxErrorConfig:
-    datasets: list[str] = opt(factory=lambda: ["quickdraw", "omniglot"])
-    resolution: int = opt(28, low=4)
+    """The approximation-error study's options: the one declaration (the command line derives its flags from it)."""
+    datasets: list[str] = opt(factory=lambda: ["quickdraw", "omniglot"], doc="source tasks")
+    resolution: int = opt(28, low=4, doc="image side in pixels")
     model: dict = opt(factory=lambda: {"name": "conv4", "width": 32})
     batch_size: int = opt(32, low=1)
     momentum: float = opt(0.9, low=0)
-    alpha: float = opt(0.01, low=0, open_low=True, doc="the base point of every sweep")
-    beta: float = opt(0.01, low=0)
-    k: int = opt(50, low=1)
-    alphas: list[float] = opt(factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1], items=Rule(low=0, open_low=True))
-    betas: list[float] = opt(factory=lambda: [0.001, 0.01, 0.1, 1.0], items=Rule(low=0))
-    ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 100], items=Rule(low=1))
+    alpha: float = opt(0.01, low=0, open_low=True, doc="base inner learning rate (the base point of every sweep)")
+    beta: float = opt(0.01, low=0, doc="base meta learning rate")
+    k: int = opt(50, low=1, doc="base trajectory length")
+    alphas: list[float] = opt(factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1], items=Rule(low=0, open_low=True),
+                              doc="alpha sweep")
+    betas: list[float] = opt(factory=lambda: [0.001, 0.01, 0.1, 1.0], items=Rule(low=0), doc="beta sweep")
+    ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 100], items=Rule(low=1), doc="k sweep")
     activations: list[str] = opt(factory=lambda: ["relu", "softplus"])
-    draws: int = opt(10, low=2, doc="a confidence interval needs 2")
-    data_root: str | None = opt(None)
-    cache_dir: str | None = opt(None)
+    draws: int = opt(10, low=2, doc="draws per point (a confidence interval needs 2)")
+    data_root: str | None = opt(None, doc="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, "
+                                "../shared/data)")
+    cache_dir: str | None = opt(None, doc="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
 
     def validate(self, flags: bool = False) -> ApproxErrorConfig:
         return revalidate(self, flags=flags)

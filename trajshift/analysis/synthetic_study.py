@@ -42,24 +42,29 @@ def _points(value, path):
 
 @dataclass
 class SyntheticStudyConfig:
-    methods: list[str] = opt(factory=lambda: ["cts", "cts-accurate", "reptile"], check=_non_empty)
+    """The synthetic study's options: the one declaration (the command line derives its flags from it)."""
+    methods: list[str] = opt(factory=lambda: ["cts", "cts-accurate", "reptile"], check=_non_empty,
+                             doc="comma-separated method names (see `trajshift list`)")
     grid: int = opt(3, low=1, doc="N: starting points on an N x N grid over [-5, 15]^2")
     starts: list[list] | None = opt(None, check=_points, doc="explicit starting points [[x, y], ...]; replace grid")
-    task_seeds: list[int] = opt(factory=lambda: [0], check=_non_empty)
+    task_seeds: list[int] = opt(factory=lambda: [0], check=_non_empty, doc="seeds of the tasks' random rotations")
     num_tasks: int = opt(8, low=1)
-    template: str = opt("scaled", choices=tuple(TEMPLATES))
-    inner_steps: int = opt(100, low=1, doc="K")
-    trajectories: int = opt(3, low=1, doc="M (for CTS; other methods get the same number of meta-updates)")
-    alpha: float = opt(0.05, low=0)
-    beta: float = opt(0.1, low=0)
-    momentum: float = opt(0.9, low=0)
+    template: str = opt("scaled", choices=tuple(TEMPLATES), doc="the task template: scaled (the reference code's) "
+                        "or paper")
+    inner_steps: int = opt(100, low=1, doc="K, inner steps per trajectory")
+    trajectories: int = opt(3, low=1, doc="M, trajectories for CTS; every method gets M*K meta-updates")
+    alpha: float = opt(0.05, low=0, doc="inner learning rate")
+    beta: float = opt(0.1, low=0, doc="meta learning rate")
+    momentum: float = opt(0.9, low=0, doc="inner SGD momentum")
     reset_optimizer_state: bool = opt(True, doc="U_k(phi) starts from a fresh optimizer, as in the paper's notation")
     map_resolution: int = opt(100, low=1, doc="quality map: R x R grid (Fig. 5c-d background)")
-    fixed_point_ks: list[int] = opt(factory=lambda: [10, 100], items=Rule(low=1))
-    fixed_point_grid: int = opt(41, low=1)
-    fixed_point_iters: int = opt(1000, low=1)
-    horizon_ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 75, 100], items=Rule(low=1))
-    optimizer: str = opt("sgd", doc="inner optimizer; momentum applies to sgd only")
+    fixed_point_ks: list[int] = opt(factory=lambda: [10, 100], items=Rule(low=1),
+                                    doc="Reptile inner lengths for Fig. 5a-b")
+    fixed_point_grid: int = opt(41, low=1, doc="starting grid for Fig. 5a-b")
+    fixed_point_iters: int = opt(1000, low=1, doc="max Reptile iterations for Fig. 5a-b")
+    horizon_ks: list[int] = opt(factory=lambda: [1, 5, 10, 25, 50, 75, 100], items=Rule(low=1),
+                                doc="meta-training horizons for Fig. 4c")
+    optimizer: str = opt("sgd", doc="inner optimizer name; momentum applies to sgd only")
 
     def inner_optimizer(self) -> dict:
         spec = {"name": self.optimizer, "lr": self.alpha}

@@ -1,28 +1,41 @@
-"""What a method is: its options, and what to do at a step and at a trajectory's end.
+"""What a method is: rules in the style of optax's gradient transformations, and one State that they thread.
 
-The loop (trajshift/loop.py) is Algorithms 1 and 2 at once; a method answers it through four hooks:
+The loop (trajshift/loop.py) runs Algorithms 1 and 2 and makes every change to phi and theta itself; a method
+only computes. Its contract, for every registered method:
 
-    for m in 1..M:                                   # trajectories
-        theta <- phi                                 # Population.reset (Algorithm 2, l.6)
-        method.start_trajectory(m)
+    state = method.init()                                          # a State dataclass; the checkpoint saves it whole
+    for m in 1..M:                                                 # trajectories
+        theta <- phi                                               # Algorithm 2, l.6
+        state = method.start_trajectory(state, m)
         for k in 1..K:
-            losses, g = method.step(m, k)            # default: one inner step for all tasks (l.8-10), g = None
-            if g is not None: meta-update with g     # CTS (Algorithm 2, l.11-12)
-        g = method.end_trajectory(m)                 # Algorithm 1 methods (Reptile, Leap, ...) return g here
-        if g is not None: meta-update with g
-    after each meta-update: method.after_meta_update(Delta)    # CTS's shift (Algorithm 2, l.13)
+            inner step for all tasks (l.8-10); between its backward and its optimizer step
+                grad, state = method.transform_gradient(state, GradientStep)   # iMAML, MTL change it; Leap records it
+            out, state = method.update(state, StepInfo)            # l.11: out.metagrad = mean_t MetaGrad, or None
+            apply(out)
+        out, state = method.end_trajectory(state, StepInfo)        # Algorithm 1, l.11 (Reptile, FOMAML, Leap, iMAML)
+        apply(out)
 
-A method receives only what it uses, at ``setup``: the population's public operations (theta, phi, inner steps,
-per-task gradients and losses, gradient hooks), the comm (means over tasks, across processes) and its options. It
-imports nothing of the loop. The meta-gradient math lives in pure functions (methods/rules.py).
+    apply(out):  Delta = -beta * out.metagrad (or the meta optimizer's step);  phi <- phi + Delta       (l.12)
+                 shift, state = method.shift(state, Delta, StepInfo);          theta^(t) <- theta^(t) + shift  (l.13)
+
+A method keeps no mutable attributes: what it carries between calls (Leap's accumulator, FOMAML++'s sum, the random
+shift's generator, cts-accurate's trajectory start) is in its State, so a checkpoint cannot miss it
+(tests/test_checkpoint.py resumes every registered method and checks that none keeps state elsewhere). What a method
+reads at ``setup`` (the population's public operations, the comm, K and the seed) is its environment, fixed for
+the run. The meta-gradient math lives in pure functions (methods/rules.py); the shift rules in methods/shifts.py.
+
+A new method is one file with a class and one registry line in methods/__init__.py (docs/design.md shows a toy one).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..errors import ConfigError
+from ..population import GradientStep
 from ..sampling import data_step
 from ..schema import parse
 
@@ -30,10 +43,42 @@ if TYPE_CHECKING:
     from ..comm import LocalComm
     from ..population import Population
 
+__all__ = ["NOTHING", "GradientStep", "MetaStep", "Method", "NoOptions", "State", "StepInfo"]
+
 
 @dataclass
 class NoOptions:
     pass
+
+
+@dataclass
+class State:
+    """A method's state between calls: tensors (and plain numbers), saved whole in every checkpoint."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the loop is: trajectory m (0-based), inner step k (1-based; K at a trajectory's end), the data step of
+    that inner step, and its per-task losses [T] (before the step)."""
+    m: int
+    k: int
+    data_step: int
+    losses: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MetaStep:
+    """What a method asks of the loop after a step or at a trajectory's end.
+
+    metagrad: mean_t MetaGrad(phi; theta^(t)) [P] (Algorithm 2, l.11); the loop turns it into Delta and applies
+              l.12 and the method's shift (l.13).
+    set_phi:  phi <- this, with no meta-update and no shift (MTL and pretrain: phi follows the shared body).
+    """
+    metagrad: torch.Tensor | None = None
+    set_phi: torch.Tensor | None = None
+
+
+NOTHING = MetaStep()
 
 
 class Method:
@@ -54,16 +99,13 @@ class Method:
         return 1
 
     def setup(self, pop: Population, comm: LocalComm, inner_steps: int, seed: int) -> None:
-        """Called once before training. Subclasses extend it (gradient hooks, buffers) and call super()."""
+        """The environment, once before training: the population's public operations, the comm (means over tasks,
+        across processes), K and the run's seed. Subclasses may check them (and raise ConfigError); never state."""
         self.pop, self.comm, self.inner_steps, self.seed = pop, comm, inner_steps, seed
 
-    # ----- the operations methods build on -------------------------------------------------------------------
+    # ----- operations methods build on ------------------------------------------------------------------------
     def data_step(self, m: int, k: int) -> int:
         return data_step(m, k, self.inner_steps)
-
-    def inner_step(self, m: int, k: int) -> torch.Tensor:
-        """Inner step k of trajectory m for every task (Algorithm 2, l.8-10); the per-task losses [T]."""
-        return self.pop.inner_step(self.data_step(m, k))
 
     def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
         """The mean over all tasks (all processes) of a per-task quantity [T_local, ...]."""
@@ -72,31 +114,52 @@ class Method:
     def theta_mean(self) -> torch.Tensor:
         return self.task_mean(self.pop.theta.detach())
 
-    def gap_norm(self) -> torch.Tensor:
+    # ----- the contract ---------------------------------------------------------------------------------------
+    def init(self) -> State:
+        """The state before the first trajectory."""
+        return State()
+
+    def start_trajectory(self, state: State, m: int) -> State:
+        """After theta <- phi (l.6) of trajectory m."""
+        return state
+
+    def transform_gradient(self, state: State, step: GradientStep) -> tuple[torch.Tensor | None, State]:
+        """The per-step gradient transformation: a new gradient [T, P] for the inner optimizer, or None to keep
+        ``step.grad`` as it is. Called between every inner step's backward and its optimizer step."""
+        return None, state
+
+    def update(self, state: State, info: StepInfo) -> tuple[MetaStep, State]:
+        """After inner step info.k of trajectory info.m: a meta-gradient to apply now (CTS, l.11), or NOTHING."""
+        return NOTHING, state
+
+    def end_trajectory(self, state: State, info: StepInfo) -> tuple[MetaStep, State]:
+        """At a trajectory's end (after its K-th step and update): Algorithm 1's meta-gradient, or NOTHING."""
+        return NOTHING, state
+
+    def shift(self, state: State, delta: torch.Tensor, info: StepInfo) -> tuple[torch.Tensor | None, State]:
+        """Algorithm 2, l.13: what to add to every theta^(t) after the meta-update Delta, or None (Algorithm 1)."""
+        return None, state
+
+    def gap_norm(self, metagrad: torch.Tensor | None) -> torch.Tensor:
         """||gap_k|| = ||mean_t theta_k^(t) - phi_k|| after step k (on the device; logged as ``gap_norm``). For CTS
         the shift moves theta and phi alike, so gap_k = u_1 + ... + u_k, the sum of the mean inner updates, and over a
-        trajectory phi_K - phi_0 = beta (gap_1 + ... + gap_K) (``trajshift diagnose``). One all-reduce per logged
-        row when tasks span processes: raise ``log_every`` there if that matters."""
+        trajectory phi_K - phi_0 = beta (gap_1 + ... + gap_K) (``trajshift diagnose``). ``metagrad`` is the step's
+        (None if it made no meta-update). One all-reduce per logged row when tasks span processes: raise
+        ``log_every`` there if that matters."""
         return (self.theta_mean() - self.pop.phi.detach()).norm()
 
-    # ----- hooks ---------------------------------------------------------------------------------------------
-    def start_trajectory(self, m: int) -> None:
-        pass
+    # ----- checkpoints: the State, whole ----------------------------------------------------------------------
+    @staticmethod
+    def state_to_dict(state: State) -> dict:
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
-    def step(self, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Inner step k (1-based) of trajectory m: (the per-task losses [T], a meta-gradient [P] or None)."""
-        return self.inner_step(m, k), None
-
-    def end_trajectory(self, m: int) -> torch.Tensor | None:
-        """A meta-gradient [P] to apply at the trajectory's end, or None."""
-        return None
-
-    def after_meta_update(self, delta: torch.Tensor) -> None:
-        """Called with Delta = phi_new - phi_old after every meta-update."""
-
-    def state_dict(self) -> dict:
-        """What the method carries between steps of a trajectory (accumulators), for checkpoints."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def state_from_dict(self, saved: dict) -> State:
+        """The State of a checkpoint. A checkpoint whose method state has other fields (another version, another
+        method) is refused with both lists, never half-loaded."""
+        cls = type(self.init())
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(saved) != names:
+            raise ConfigError(f"method {self.name}: the checkpoint's method state has the fields {sorted(saved)}, "
+                              f"this version's {cls.__name__} has {sorted(names)}; resume with the trajshift "
+                              f"version that wrote the checkpoint, or start the run in a new folder")
+        return cls(**saved)

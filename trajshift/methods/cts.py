@@ -1,17 +1,17 @@
-"""Continual trajectory shifting (Algorithm 2) and its ablations.
+"""Continual trajectory shifting (Algorithm 2) and its ablations, as one composition:
+CTS = Reptile's meta-gradient at every inner step + a shift rule (methods/shifts.py).
 
 After inner step k (every ``meta_every`` steps):
-    Delta_k = -beta * mean_t MetaGrad(phi; theta_k^(t))          (l.11)
-    phi <- phi + Delta_k                                           (l.12)
-    theta_k^(t) <- theta_k^(t) + Delta_k for every t              (l.13, the shift)
+    Delta_k = -beta * mean_t MetaGrad(phi; theta_k^(t))          (l.11, here)
+    phi <- phi + Delta_k                                           (l.12, the loop)
+    theta_k^(t) <- theta_k^(t) + Delta_k for every t              (l.13, the loop adds what the shift rule returns)
 MetaGrad is phi - theta_k (Reptile-style, default) or the task's gradient at theta_k on the step's training batch
-(``metagrad: gradient``, the paper's footnote 2). ``shift: none`` skips l.13; ``shift: random`` adds a vector of
-norm ||Delta_k|| in a uniformly random direction instead (the paper's ablations, Fig. 8).
+(``metagrad: gradient``, the paper's footnote 2). The registry's entries differ only in the shift rule:
 
-``cts-accurate`` ("Ours Accurate", Section 4.1) replaces the approximation of Eq. (1),
-U_1(... U_1(U_1(phi) + Delta_1) ... + Delta_{k-1}), by the exact U_k(phi + Delta_1 + ... + Delta_{k-1}): after every
-meta-update it re-runs the first k inner steps (same batches, same starting optimizer state) from the current phi.
-That costs k inner steps for the k-th meta-update, K(K+1)/2 per trajectory: for small problems only.
+    cts               shift: cts      theta += Delta (Eq. 1's approximation of U_k(phi + Delta))
+    cts-no-shift      shift: none     (Fig. 8)
+    cts-random-shift  shift: random   a random direction of norm ||Delta|| (Fig. 8)
+    cts-accurate      shift: exact    theta <- U_k(phi + Delta), re-run ("Ours Accurate", Section 4.1)
 """
 from __future__ import annotations
 
@@ -22,25 +22,32 @@ import torch
 
 from ..sampling import stream_seed
 from ..schema import opt
-from .base import Method
-from .rules import random_direction_like, reptile_metagrad
+from .base import NOTHING, MetaStep, Method, State, StepInfo
+from .rules import reptile_metagrad
+from .shifts import SHIFT_RULES
 
-SHIFTS = ("cts", "none", "random")
 METAGRADS = ("reptile", "gradient")
 
 
 @dataclass
 class CTSOptions:
     meta_every: int = opt(1, low=1, doc="a meta-update every n inner steps")
-    shift: str = opt("cts", choices=SHIFTS, doc="l.13: the shift, none, or a random direction of norm ||Delta||")
+    shift: str = opt("cts", choices=tuple(SHIFT_RULES),
+                     doc="l.13: the shift, none, a random direction of norm ||Delta||, or exact (re-run)")
     metagrad: str = opt("reptile", choices=METAGRADS, doc="phi - theta_k, or the task gradient at theta_k")
 
 
-def cts_metagrad(method: Method, m: int, k: int, kind: str) -> torch.Tensor:
+@dataclass
+class CTSState(State):
+    rng: torch.Tensor | None = None        # shift: random; the generator's state
+    start: dict | None = None              # shift: exact; the population at the trajectory's reset
+
+
+def cts_metagrad(method: Method, info: StepInfo, kind: str) -> torch.Tensor:
     """Task-mean MetaGrad(phi; theta_k) of Algorithm 2, l.11."""
     if kind == "reptile":
         return reptile_metagrad(method.pop.phi, method.theta_mean())
-    grads, _ = method.pop.task_gradients(method.data_step(m, k), "train")
+    grads, _ = method.pop.task_gradients(info.data_step, "train")
     return method.task_mean(grads)
 
 
@@ -52,42 +59,31 @@ class CTS(Method):
     def updates_per_trajectory(cls, inner_steps, options=None):
         return inner_steps // cls.parse_options(options or {}).meta_every
 
-    def setup(self, pop, comm, inner_steps, seed):
-        super().setup(pop, comm, inner_steps, seed)
+    def init(self):
         # The same seed on every process: the random-shift direction must be identical everywhere.
-        self.generator = torch.Generator().manual_seed(stream_seed(seed, 0xC75))
+        rng = torch.Generator().manual_seed(stream_seed(self.seed, 0xC75)).get_state() \
+            if self.opts.shift == "random" else None
+        return CTSState(rng=rng)
 
-    def step(self, m, k):
-        losses = self.inner_step(m, k)                                           # l.8-10
-        self._gap = None
-        if k % self.opts.meta_every == 0:
-            metagrad = cts_metagrad(self, m, k, self.opts.metagrad)              # l.11 (the loop does l.12)
-            if self.opts.metagrad == "reptile" and self.opts.shift == "cts":
-                self._gap = metagrad         # phi - mean_t theta_k; the shift leaves the gap as it is
-            return losses, metagrad
-        return losses, None
+    def start_trajectory(self, state, m):
+        if self.opts.shift == "exact":
+            state.start = self.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset
+        return state
 
-    def gap_norm(self):
+    def update(self, state, info):
+        if info.k % self.opts.meta_every:
+            return NOTHING, state
+        return MetaStep(metagrad=cts_metagrad(self, info, self.opts.metagrad)), state      # l.11
+
+    def shift(self, state, delta, info):
+        return SHIFT_RULES[self.opts.shift](self, state, delta, info)                      # l.13
+
+    def gap_norm(self, metagrad):
         """With the Reptile meta-gradient and the shift, l.11 has just measured the gap (phi - mean_t theta_k) and
         l.12-13 move phi and theta alike: its norm, without a second task mean (or all-reduce)."""
-        if getattr(self, "_gap", None) is not None:
-            return self._gap.norm()
-        return super().gap_norm()
-
-    @torch.no_grad()
-    def after_meta_update(self, delta):
-        """Algorithm 2, l.13: theta_k^(t) <- theta_k^(t) + Delta_k for every task t (or the ablations)."""
-        if self.opts.shift == "cts":
-            self.pop.theta.add_(delta)
-        elif self.opts.shift == "random":
-            self.pop.theta.add_(random_direction_like(delta, self.generator))
-
-    def state_dict(self):
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state):
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
+        if metagrad is not None and self.opts.metagrad == "reptile" and self.opts.shift == "cts":
+            return metagrad.norm()
+        return super().gap_norm(metagrad)
 
 
 class CTSNoShift(CTS):
@@ -100,31 +96,6 @@ class CTSRandomShift(CTS):
     defaults: ClassVar[dict] = {"shift": "random"}
 
 
-@dataclass
-class AccurateOptions:
-    metagrad: str = opt("reptile", choices=METAGRADS)
-
-
-class CTSAccurate(Method):
+class CTSAccurate(CTS):
     name = "cts-accurate"
-    Options = AccurateOptions
-
-    @classmethod
-    def updates_per_trajectory(cls, inner_steps, options=None):
-        return inner_steps
-
-    def start_trajectory(self, m):
-        self._start = self.pop.snapshot()    # theta = phi, optimizer state, heads, BN statistics at the reset
-
-    def state_dict(self):
-        return {"start": self._start}
-
-    def load_state_dict(self, state):
-        self._start = state["start"]
-
-    def step(self, m, k):
-        self.pop.restore(self._start)
-        self.pop.reset()                     # U_k(.) starts from the *current* phi
-        for j in range(1, k + 1):
-            losses = self.inner_step(m, j)
-        return losses, cts_metagrad(self, m, k, self.opts.metagrad)
+    defaults: ClassVar[dict] = {"shift": "exact"}

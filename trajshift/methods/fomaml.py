@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schema import opt
-from .base import Method
+from .base import NOTHING, MetaStep, Method, State
 
 
 @dataclass
@@ -35,8 +35,9 @@ class FOMAML(Method):
     name = "fomaml"
     Options = FOMAMLOptions
 
-    def end_trajectory(self, m):
-        return self.task_mean(val_gradient(self, m, self.inner_steps, self.opts.val_batches))
+    def end_trajectory(self, state, info):
+        return MetaStep(metagrad=self.task_mean(
+            val_gradient(self, info.m, self.inner_steps, self.opts.val_batches))), state
 
 
 @dataclass
@@ -45,26 +46,27 @@ class FOMAMLPlusOptions:
     val_batches: int = opt(1, low=1)
 
 
+@dataclass
+class GradientSum(State):
+    sum: torch.Tensor | None = None       # [T, P]: the validation gradients gathered so far in this trajectory
+    count: int = 0
+
+
 class FOMAMLPlusPlus(Method):
     name = "fomaml++"
     Options = FOMAMLPlusOptions
 
-    def start_trajectory(self, m):
-        self._sum = torch.zeros_like(self.pop.theta_grad)
-        self._count = 0
+    def init(self):
+        return GradientSum()
 
-    def step(self, m, k):
-        losses = self.inner_step(m, k)
-        if k % self.opts.every == 0 or k == self.inner_steps:
-            self._sum += val_gradient(self, m, k, self.opts.val_batches)
-            self._count += 1
-        return losses, None
+    def start_trajectory(self, state, m):
+        return GradientSum(sum=torch.zeros_like(self.pop.theta_grad), count=0)
 
-    def state_dict(self):
-        return {"sum": self._sum, "count": self._count}
+    def update(self, state, info):
+        if info.k % self.opts.every == 0 or info.k == self.inner_steps:
+            state.sum += val_gradient(self, info.m, info.k, self.opts.val_batches)
+            state.count += 1
+        return NOTHING, state
 
-    def load_state_dict(self, state):
-        self._sum, self._count = state["sum"].clone(), int(state["count"])
-
-    def end_trajectory(self, m):
-        return self.task_mean(self._sum / self._count)
+    def end_trajectory(self, state, info):
+        return MetaStep(metagrad=self.task_mean(state.sum / state.count)), state

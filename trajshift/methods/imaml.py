@@ -1,7 +1,7 @@
 """iMAML (Rajeswaran et al., 2019) as an Algorithm 1 method.
 
 Inner loss: L_train(theta) + lambda/2 ||theta - phi||^2 (``proximal``; its gradient lambda (theta - phi) is added to
-the gradient buffer directly). At theta_K, for each task solve (I + H/lambda) x = g_val by ``cg_iters`` conjugate-
+the gradient by ``transform_gradient``). At theta_K, for each task solve (I + H/lambda) x = g_val by ``cg_iters`` conjugate-
 gradient iterations, with H the Hessian of the training loss (Hessian-vector products by double backward on the
 last inner step's batch) and g_val the validation gradient (mean over ``val_batches`` batches);
 phi <- phi - beta * mean_t x_t.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schema import opt
-from .base import Method
+from .base import MetaStep, Method
 from .fomaml import val_gradient
 from .rules import imaml_metagrad
 
@@ -30,16 +30,14 @@ class IMAML(Method):
     name = "imaml"
     Options = IMAMLOptions
 
-    def setup(self, pop, comm, inner_steps, seed):
-        super().setup(pop, comm, inner_steps, seed)
-        if self.opts.proximal:
-            pop.add_grad_hook(self._proximal_grad)
+    def transform_gradient(self, state, step):
+        """The proximal term's gradient: g + lambda (theta - phi)."""
+        if not self.opts.proximal:
+            return None, state
+        return torch.add(step.grad, step.theta - step.phi, alpha=self.opts.lam), state
 
-    def _proximal_grad(self, pop):
-        pop.theta_grad.add_(pop.theta.detach() - pop.phi, alpha=self.opts.lam)
-
-    def end_trajectory(self, m):
-        K = self.inner_steps
+    def end_trajectory(self, state, info):
+        K, m = self.inner_steps, info.m
         g_val = val_gradient(self, m, K, self.opts.val_batches)
         theta = self.pop.theta.detach().clone().requires_grad_(True)
         losses = self.pop.losses_at(theta, self.data_step(m, K), "train")
@@ -49,4 +47,4 @@ class IMAML(Method):
             (hv,) = torch.autograd.grad(grad, theta, grad_outputs=v, retain_graph=True)
             return hv.detach()
 
-        return self.task_mean(imaml_metagrad(hvp, g_val, self.opts.lam, self.opts.cg_iters))
+        return MetaStep(metagrad=self.task_mean(imaml_metagrad(hvp, g_val, self.opts.lam, self.opts.cg_iters))), state

@@ -4,7 +4,8 @@ phi <- phi - beta * g.
 
 Loss differences use the losses the inner loop computes anyway: dL_i = L_{i+1}(theta_i) - L_i(theta_{i-1}) on
 consecutive batches, as the reference Leap code does; the last increment uses one extra forward pass at theta_K on
-batch K. With deterministic losses (the synthetic tasks) this is the exact formula.
+batch K. With deterministic losses (the synthetic tasks) this is the exact formula. Leap reads each inner step's
+gradient through ``transform_gradient`` (and leaves it unchanged).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schema import opt
-from .base import Method
+from .base import MetaStep, Method, State
 from .rules import leap_increment
 
 
@@ -24,39 +25,38 @@ class LeapOptions:
     stabilizer: bool = opt(True, doc="dL -> -|dL| (the reference Leap code's mu)")
 
 
+@dataclass
+class LeapState(State):
+    acc: torch.Tensor | None = None           # [T, P]: the meta-gradient accumulated over this trajectory
+    prev_theta: torch.Tensor | None = None    # the previous step's point on the manifold: theta_{i} [T, P],
+    prev_loss: torch.Tensor | None = None     # its loss [T]
+    prev_grad: torch.Tensor | None = None     # and its gradient [T, P] (None before the trajectory's first step)
+
+
 class Leap(Method):
     name = "leap"
     Options = LeapOptions
 
-    def setup(self, pop, comm, inner_steps, seed):
-        super().setup(pop, comm, inner_steps, seed)
-        pop.add_grad_hook(self._record)
+    def init(self):
+        return LeapState()
 
-    def start_trajectory(self, m):
-        self._acc = torch.zeros_like(self.pop.theta_grad)
-        self._prev = None
+    def start_trajectory(self, state, m):
+        return LeapState(acc=torch.zeros_like(self.pop.theta_grad))
 
-    def _increment(self, theta, loss):
-        if self._prev is not None:
-            p_theta, p_loss, p_grad = self._prev
-            self._acc += leap_increment(p_theta, theta, p_grad, p_loss, loss, norm=self.opts.norm,
-                                        use_loss=self.opts.loss, stabilizer=self.opts.stabilizer)
+    def _increment(self, state: LeapState, theta: torch.Tensor, loss: torch.Tensor) -> None:
+        if state.prev_theta is not None:
+            state.acc += leap_increment(state.prev_theta, theta, state.prev_grad, state.prev_loss, loss,
+                                        norm=self.opts.norm, use_loss=self.opts.loss, stabilizer=self.opts.stabilizer)
 
-    def _record(self, pop):
-        # Called after backward, before the optimizer step: theta is theta_{k-1}, the gradient is at theta_{k-1}.
-        theta = pop.theta.detach().clone()
-        self._increment(theta, pop.last_losses)
-        self._prev = (theta, pop.last_losses, pop.theta_grad.clone())
+    def transform_gradient(self, state, step):
+        # After backward, before the optimizer step: theta is theta_{k-1}, the gradient is at theta_{k-1}.
+        theta = step.theta.clone()
+        self._increment(state, theta, step.losses)
+        state.prev_theta, state.prev_loss, state.prev_grad = theta, step.losses, step.grad.clone()
+        return None, state
 
-    def state_dict(self):
-        return {"acc": self._acc, "prev": list(self._prev) if self._prev is not None else None}
-
-    def load_state_dict(self, state):
-        self._acc = state["acc"].clone()
-        self._prev = tuple(t.clone() for t in state["prev"]) if state["prev"] is not None else None
-
-    def end_trajectory(self, m):
+    def end_trajectory(self, state, info):
         with torch.no_grad():
-            final = self.pop.losses_at(self.pop.theta.detach(), self.data_step(m, self.inner_steps), "train")
-        self._increment(self.pop.theta.detach().clone(), final.detach())
-        return self.task_mean(self._acc)
+            final = self.pop.losses_at(self.pop.theta.detach(), self.data_step(info.m, self.inner_steps), "train")
+        self._increment(state, self.pop.theta.detach().clone(), final.detach())
+        return MetaStep(metagrad=self.task_mean(state.acc)), state

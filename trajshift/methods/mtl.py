@@ -1,7 +1,7 @@
 """Multi-task learning baselines as methods of the same engine.
 
 mtl: multi-headed joint training of one shared body on all source tasks, minimising mean_t L^(t). The meta-learned
-rows start equal; after every backward each row's gradient is replaced by the mean over tasks (one all-reduce, like
+rows start equal; after every backward each row's gradient is replaced by the mean over tasks (``transform_gradient``) (one all-reduce, like
 data-parallel training), so every row takes the same optimizer step from the same state: exactly joint training,
 for any element-wise optimizer (SGD, momentum, Adam, ...). Heads and BatchNorm statistics stay per task.
 phi follows the shared body. Resets (theta <- phi) are then no-ops, so M and K only set the total steps.
@@ -10,27 +10,18 @@ pretrain: the same on a single task (the paper's "TIN finetuning" source: train 
 """
 from __future__ import annotations
 
-import torch
-
 from ..errors import ConfigError
-from .base import Method
+from .base import MetaStep, Method
 
 
 class MTL(Method):
     name = "mtl"
 
-    def setup(self, pop, comm, inner_steps, seed):
-        super().setup(pop, comm, inner_steps, seed)
-        pop.add_grad_hook(self._average_gradients)
+    def transform_gradient(self, state, step):
+        return self.task_mean(step.grad).expand_as(step.grad), state
 
-    def _average_gradients(self, pop):
-        pop.theta_grad.copy_(self.task_mean(pop.theta_grad).expand_as(pop.theta_grad))
-
-    def step(self, m, k):
-        losses = self.inner_step(m, k)
-        with torch.no_grad():
-            self.pop.phi.copy_(self.pop.theta[0])       # phi follows the shared body
-        return losses, None
+    def update(self, state, info):
+        return MetaStep(set_phi=self.pop.theta.detach()[0]), state       # phi follows the shared body
 
 
 class Pretrain(MTL):

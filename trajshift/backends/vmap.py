@@ -1,7 +1,7 @@
-"""The batched backend: all T task learners in one forward and one backward, by ``torch.func.vmap`` over the rows
-of theta.
+"""The batched backend (``VmapBackend``, backend "batched"): all T task learners in one forward and one backward, by
+``torch.func.vmap`` over the rows of theta.
 
-The loop backend (``ModuleLearners`` default) runs the T replicas one after another. This backend instead calls
+The loop backend (backends/loop.py) runs the T replicas one after another. This backend instead calls
 one template module through ``torch.func.functional_call`` under ``vmap``, with, for task t,
 
 * meta-learned parameters: views of row t of theta (``theta[:, off:off + n].view(T, *shape)``: no copy; autograd
@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .flat import FlatSpec
+from ..errors import ConfigError
+from ..flat import FlatSpec
+from .base import AUTOCAST_DTYPES
+
+if TYPE_CHECKING:
+    from ..module_learners import ModuleLearners
 
 
 def _set_by_name(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -160,3 +165,50 @@ class BatchedForward:
         self.template.train(train)
         extra = () if self.mask is None else (self.mask,)
         return self._fn(params, self.buffers, x, y, *extra)
+
+
+class VmapBackend:
+    """backend "batched": the strategy around BatchedForward (built once, at the first use of these learners)."""
+    name = "batched"
+
+    def __init__(self, learners: ModuleLearners):
+        if learners.batched_unsupported:
+            raise ConfigError(f"backend: batched cannot run these task learners: {learners.batched_unsupported}; "
+                              f"use backend: loop or auto")
+        self.learners = learners
+        self.forward = BatchedForward(learners.modules, learners.spec, learners.local_specs, learners.local_offsets,
+                                      learners.loss, compile=learners.compile,
+                                      autocast_dtype=AUTOCAST_DTYPES.get(learners.autocast),
+                                      device=learners.theta.device)
+        self.forward.bind_buffers(learners.modules)
+
+    @staticmethod
+    def stacked_batches(learners: ModuleLearners, step: int, split: str):
+        """Every task's batch stacked: x [T, B, ...], y [T, B]; None (with the reason) when shapes differ."""
+        xs, ys = zip(*(learners.batch_fn(t, step, split) for t in range(learners.num_tasks)))
+        for t in range(1, learners.num_tasks):
+            if xs[t].shape != xs[0].shape or ys[t].shape != ys[0].shape:
+                return None, (f"task {t}'s batch has inputs {tuple(xs[t].shape)} / targets {tuple(ys[t].shape)}, "
+                              f"task 0's {tuple(xs[0].shape)} / {tuple(ys[0].shape)}")
+        x = torch.stack(xs)
+        return (x.to(learners.dtype) if x.is_floating_point() else x, torch.stack(ys)), None
+
+    @staticmethod
+    def cannot_stack(learners: ModuleLearners, step: int, split: str) -> str | None:
+        return VmapBackend.stacked_batches(learners, step, split)[1]
+
+    def losses(self, step, split="train"):
+        ln = self.learners
+        for t in range(ln.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
+            ln.rebind(t)
+        batch, reason = self.stacked_batches(ln, step, split)
+        if batch is None:
+            raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
+                              f"use backend: loop (or auto)")
+        x, y = batch
+        return self.forward.losses(ln.modules, ln.theta, ln.local, x, y, split == "train")
+
+    def backward(self, step, split="train"):
+        losses = self.losses(step, split)
+        losses.sum().backward()
+        return losses.detach().to(self.learners.dtype)
