@@ -161,7 +161,7 @@ def peak_gflops(n: int, device: str, repeats: int = 10) -> float:
 
 def dist_child(args) -> None:
     """Under torchrun: cts on this rank's shard; time spent in the task-mean all-reduce against the whole step."""
-    from trajshift.comm import DistributedComm, init_from_env, shard
+    from trajshift.engine.comm import DistributedComm, init_from_env, shard
     init_from_env(args.device)
 
     class TimedComm(DistributedComm):

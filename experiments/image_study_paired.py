@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trajshift.atomic import write_json
-from trajshift.stats import mean_ci95
+from trajshift.core.atomic import write_json
+from trajshift.core.stats import mean_ci95
 
 
 def paired(a: list[float], b: list[float]) -> dict:

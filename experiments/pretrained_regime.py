@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from trajshift.stats import mean_ci95
+from trajshift.core.stats import mean_ci95
 
 METHODS = ("cts", "reptile", "mtl")
 SEEDS = (0, 1, 2)

@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from faults import at_step, send
 
-from trajshift.cli import main
-from trajshift.loop import MetaTrainer
+from trajshift.commands.cli import main
+from trajshift.training.loop import MetaTrainer
 
 if __name__ == "__main__":
     step, rank, once = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -30,12 +30,12 @@ def send(sig: int):
 
 def install(monkeypatch, step: int, action) -> None:
     """In this process: fire ``action`` after loop step ``step`` of every trainer until the test ends."""
-    from trajshift.loop import MetaTrainer
+    from trajshift.training.loop import MetaTrainer
     monkeypatch.setattr(MetaTrainer, "after_checkpoint_callbacks", [at_step(step, action)])
 
 
 def uninstall(monkeypatch) -> None:
-    from trajshift.loop import MetaTrainer
+    from trajshift.training.loop import MetaTrainer
     monkeypatch.setattr(MetaTrainer, "after_checkpoint_callbacks", [])
 
 

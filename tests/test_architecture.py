@@ -96,7 +96,7 @@ def test_no_method_module_imports_the_loop():
     graph = _graph(top_level_only=False)
     for name, deps in graph.items():
         if name.startswith("trajshift.methods"):
-            assert not {"trajshift.loop", "trajshift.run_state", "trajshift.meta_train"} & deps, (name, deps)
+            assert not {"trajshift.training.loop", "trajshift.training.run_state", "trajshift.commands.meta_train"} & deps, (name, deps)
 
 
 def test_range_messages_are_written_in_one_place():
@@ -107,17 +107,26 @@ def test_range_messages_are_written_in_one_place():
     assert len(hand_written) <= 2, hand_written
 
 
-LAYERS = [
-    ("foundations", {"errors", "schema", "sampling", "atomic", "flat", "registry", "stats", "yamlio"}),
+LAYERS = [          # docs/design.md's table: each layer is a folder of trajshift/ (math: one module of methods/)
+    ("core", {"core"}),
     ("math", {"methods.rules"}),
-    ("engine", {"learners", "module_learners", "backends", "optim", "population", "comm", "models"}),
+    ("engine", {"engine", "models"}),
     ("methods", {"methods"}),
-    ("loop", {"config", "loop", "readback", "metrics", "run_state", "checkpoint", "stopping", "progress",
-              "tensorboard", "wandb_log"}),
-    ("data", {"data", "tasks", "init_file"}),
-    ("commands", {"run_config", "meta_train", "meta_test", "validation", "sweep", "demo", "analysis", "cli",
-                  "cli_parser", "cli_meta_test", "cli_options", "seed_cache", "diagnose", "__main__", "", "api"}),
+    ("training", {"training"}),
+    ("data", {"data", "tasks"}),
+    ("commands", {"commands", "analysis", "__main__", ""}),
 ]
+
+
+def test_the_folders_are_the_layers():
+    """The package root holds only the package's entry points; every folder is (part of) one layer."""
+    folders = {m for _, members in LAYERS for m in members if m and "." not in m and m != "__main__"}
+    root = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert root == folders | {"__init__.py", "__main__.py"}, root ^ (folders | {"__init__.py", "__main__.py"})
+    text = (PACKAGE.parent / "docs" / "design.md").read_text()
+    for layer, members in LAYERS:
+        for m in members - {"", "__main__"}:
+            assert f"{m.replace('.', '/')}/" in text or f"{m.replace('.', '/')}.py" in text, (layer, m)
 
 
 def _layer(module: str) -> int:
@@ -156,11 +165,11 @@ def test_the_head_is_what_meta_params_leaves_out_everywhere():
     left out of init.pt, and is not loaded by the meta-test (the fresh model keeps its own weights there)."""
     import torch
 
-    from trajshift.meta_test import load_body
-    from trajshift.meta_train import build_models, init_state_dict
+    from trajshift.commands.meta_test import load_body
+    from trajshift.commands.meta_train import build_models, init_state_dict
+    from trajshift.engine.module_learners import ModuleLearners
+    from trajshift.engine.population import Population
     from trajshift.models import build_model
-    from trajshift.module_learners import ModuleLearners
-    from trajshift.population import Population
 
     spec, mp = {"name": "conv4", "width": 4}, {"include": ["*"], "exclude": ["fc.*", "body.12.*"]}
     models = build_models(spec, [3, 4], seed=0, meta_params=mp)

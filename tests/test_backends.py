@@ -1,4 +1,4 @@
-"""Execution backends and options (trajshift/backends/, ModuleLearners): the batched (vmap) backend, backend
+"""Execution backends and options (trajshift/engine/backends/, ModuleLearners): the batched (vmap) backend, backend
 "auto", autocast, channels_last and torch.compile give the mathematics of plain per-task modules."""
 import copy
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import trajshift as ts
-from trajshift.errors import ConfigError
-from trajshift.run_config import check_execution
+from trajshift.commands.run_config import check_execution
+from trajshift.core.errors import ConfigError
 
 CLASSES = [3, 5, 2]
 

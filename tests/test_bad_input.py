@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import trajshift as ts
-from trajshift.cli import main
+from trajshift.commands.cli import main
 
 
 @pytest.mark.parametrize("changes,needle", [
@@ -86,13 +86,13 @@ def test_set_overrides_follow_the_same_rules_as_the_file(tmp_path, capsys):
 
 
 def test_command_line_flags_are_derived_from_the_config_dataclasses(capsys):
-    """One declaration per option (trajshift/cli_options.py): no flag given gives the dataclass defaults; each flag
+    """One declaration per option (trajshift/commands/cli_options.py): no flag given gives the dataclass defaults; each flag
     sets its field; a bad value is named by its flag, by the schema's own rule."""
     from trajshift.analysis.approx_error import ApproxErrorConfig
     from trajshift.analysis.synthetic_study import SyntheticStudyConfig
-    from trajshift.cli import build_parser
-    from trajshift.cli_options import config_from_args
-    from trajshift.cli_parser import APPROX_ERROR_FLAGS, SYNTHETIC_FLAGS
+    from trajshift.commands.cli import build_parser
+    from trajshift.commands.cli_options import config_from_args
+    from trajshift.commands.cli_parser import APPROX_ERROR_FLAGS, SYNTHETIC_FLAGS
     parser = build_parser()
     args = parser.parse_args(["synthetic", "--out", "x"])
     assert config_from_args(SyntheticStudyConfig, args, SYNTHETIC_FLAGS) == SyntheticStudyConfig()

@@ -9,9 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 import trajshift as ts
-from trajshift.checkpoint import RunLock, list_checkpoints, load_latest, save_checkpoint
 from trajshift.methods import METHODS
 from trajshift.tasks.synthetic import HimmelblauTasks
+from trajshift.training.checkpoint import (
+    RunLock,
+    list_checkpoints,
+    load_latest,
+    save_checkpoint,
+)
 
 
 def make_trainer(method, tmp_path, every=7, **cfg):
@@ -116,7 +121,7 @@ def _image_config(tmp_path, method="cts"):
 
 @pytest.mark.parametrize("method", ["cts", "leap"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
-    from trajshift.cli import main
+    from trajshift.commands.cli import main
     cfg = _image_config(tmp_path, method)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
     args = ["meta-train", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
@@ -140,7 +145,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, method):
 
 
 def test_meta_train_refuses_a_folder_in_use(tmp_path, capsys):
-    from trajshift.cli import main
+    from trajshift.commands.cli import main
     cfg = _image_config(tmp_path)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "fresh"), "--resume"]) == 2
     assert "holds no checkpoint to resume from" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_backends import make_batch_fn, make_modules
 
 import trajshift as ts
-from trajshift.cli import main
+from trajshift.commands.cli import main
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

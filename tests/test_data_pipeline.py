@@ -6,12 +6,12 @@ import pytest
 import torch
 from image_files import images, write_cifar_batch, write_class_tree, write_idx
 
+from trajshift.core.errors import ConfigError
 from trajshift.data import DataError
 from trajshift.data.augment import normalize, random_crop, random_flip, to_float
 from trajshift.data.cache import prepare
 from trajshift.data.registry import load_dataset
 from trajshift.data.tasks import ImageTask, TaskSpec, select_classes
-from trajshift.errors import ConfigError
 
 
 @pytest.fixture

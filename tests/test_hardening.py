@@ -12,8 +12,8 @@ import yaml
 from safetensors.torch import load_file
 from test_image_end_to_end import make_dataset
 
-from trajshift.checkpoint import list_checkpoints, load_latest
-from trajshift.cli import main
+from trajshift.commands.cli import main
+from trajshift.training.checkpoint import list_checkpoints, load_latest
 
 
 class _Killed(BaseException):
@@ -104,7 +104,7 @@ def test_another_task_list_is_named(tmp_path, sources, capsys):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, sources, monkeypatch, capsys):
-    from trajshift import atomic
+    from trajshift.core import atomic
     real_sync, calls = atomic._sync, {"n": 0}
 
     run = tmp_path / "run"
@@ -280,7 +280,7 @@ def test_config_values_are_checked_before_any_work(tmp_path, sources, capsys):
     # YAML 1.2 numbers: 1e-2 is a number, not the string "1e-2".
     text = ok.read_text().replace("meta_lr: 0.3", "meta_lr: 1e-2").replace("lr: 0.05", "lr: 5e-2")
     ok.write_text(text)
-    from trajshift.meta_train import load_config
+    from trajshift.commands.meta_train import load_config
     cfg = load_config(ok)
     assert cfg.meta.meta_lr == 0.01 and cfg.meta.inner_optimizer["lr"] == 0.05
     out = tmp_path / "never"
@@ -339,7 +339,7 @@ def test_accuracy_error_bars_stay_within_0_and_100():
 def test_every_command_line_option_has_help():
     import argparse
 
-    from trajshift.cli import build_parser
+    from trajshift.commands.cli import build_parser
     missing = []
     for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
         missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
@@ -406,7 +406,7 @@ def test_a_resumed_auto_run_logs_the_backend_it_chose(tmp_path, sources, monkeyp
 
 def test_meta_test_shows_progress_over_every_finetuning_step(tmp_path, sources, monkeypatch):
     """The bar's total is settings x targets x seeds x steps, and it advances once per finetuning step."""
-    from trajshift import progress
+    from trajshift.training import progress
 
     class Recorder:
         disable = True
@@ -487,7 +487,7 @@ def test_meta_test_pairs_with_the_runs_own_starting_weights_and_resumes(tmp_path
     assert r["difference"]["all"]["per_seed"] == [0.0, 0.0, 0.0]
     assert "paired difference" in capsys.readouterr().out
     # Ctrl-C after two finished seeds; the rerun finetunes only the third, and gives the uninterrupted result.
-    from trajshift import meta_test as mt
+    from trajshift.commands import meta_test as mt
     real, calls = mt.finetune, []
 
     def counted(*a, **k):

@@ -8,7 +8,7 @@ import yaml
 from image_files import png_bytes
 from safetensors.torch import load_file
 
-from trajshift.cli import main
+from trajshift.commands.cli import main
 from trajshift.models import build_model
 
 
@@ -165,7 +165,7 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
 def test_shipped_configs_validate(name):
     from pathlib import Path
 
-    from trajshift.meta_train import load_config
+    from trajshift.commands.meta_train import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.meta.method == "cts" and len(cfg.tasks) >= 2
 

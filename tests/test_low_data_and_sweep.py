@@ -10,11 +10,11 @@ import yaml
 from safetensors.torch import load_file
 from test_image_end_to_end import make_dataset
 
-from trajshift.cli import main
+from trajshift.commands.cli import main
+from trajshift.commands.sweep import choose, parse_grid
+from trajshift.core.errors import ConfigError
 from trajshift.data.cache import prepare
 from trajshift.data.tasks import ImageTask, TaskSpec, per_class_subsample
-from trajshift.errors import ConfigError
-from trajshift.sweep import choose, parse_grid
 
 
 @pytest.fixture
@@ -222,5 +222,5 @@ def test_report_pairs_gains_with_the_common_initialization(tmp_path, folders):
                                            (0.01, 0.02, ("The difference, +1.0 points (95% CI -1.0 to 3.0), includes "
                                                         "zero"))])
 def test_the_demo_says_what_its_interval_shows(gain, ci, start):
-    from trajshift.demo import conclusion
+    from trajshift.commands.demo import conclusion
     assert conclusion(gain, ci).startswith(start)

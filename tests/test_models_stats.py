@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from trajshift.errors import ConfigError
+from trajshift.core.errors import ConfigError
+from trajshift.core.stats import mean_ci95, t975
 from trajshift.models import build_model
-from trajshift.stats import mean_ci95, t975
 
 
 def test_resnet20_body_has_269072_parameters_and_takes_any_size():

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import trajshift as ts
-from trajshift.cli import main
-from trajshift.errors import ConfigError
-from trajshift.init_file import read_init
+from trajshift.commands.cli import main
+from trajshift.core.errors import ConfigError
+from trajshift.data.init_file import read_init
 from trajshift.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_init_from_a_missing_file_is_refused_before_any_work(tmp_path, sources, 
 # --- the one initialization format -----------------------------------------------------------------------------------
 def test_safetensors_round_trip_and_old_init_pt_files(tmp_path):
     sd = {"a.weight": torch.randn(3, 2), "bn.running_mean": torch.randn(3), "bn.num_batches_tracked": torch.tensor(5)}
-    path = ts.init_file.save_init(tmp_path / "x", sd, {"model": {"name": "conv4"}})
+    path = ts.data.init_file.save_init(tmp_path / "x", sd, {"model": {"name": "conv4"}})
     assert path.name == "init.safetensors"
     raw = load_file(path)                                   # any safetensors reader, not ours
     assert set(raw) == set(sd) and all(torch.equal(raw[k], sd[k]) for k in sd)
@@ -230,12 +230,12 @@ def test_fit_with_beta_zero_is_plain_torch_training_of_each_task():
                     batch_size=8, head="out", dtype="float64",
                     optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
     assert result.learners.spec.names == ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")
-    torch.manual_seed(ts.sampling.stream_seed(0, 0, 0x4EAD))
+    torch.manual_seed(ts.core.sampling.stream_seed(0, 0, 0x4EAD))
     ref = OutNet(3).double()
     opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
     x, y = data[0].tensors
     for step in range(5):
-        idx = ts.batch_indices(24, 8, step, ts.sampling.stream_seed(0, 1), 0)
+        idx = ts.batch_indices(24, 8, step, ts.core.sampling.stream_seed(0, 1), 0)
         opt.zero_grad()
         nn.functional.cross_entropy(ref(x[idx].double()), y[idx]).backward()
         opt.step()
@@ -301,7 +301,7 @@ def test_a_head_not_named_fc_is_not_meta_learned_silently():
 
 
 def test_optimizers_as_torch_classes_partials_or_dicts():
-    from trajshift.optim import optimizer_spec
+    from trajshift.engine.optim import optimizer_spec
     assert optimizer_spec(torch.optim.Adam) == {"name": "adam"}
     assert optimizer_spec(functools.partial(torch.optim.SGD, lr=0.1, nesterov=True, momentum=0.9)) == \
         {"name": "sgd", "lr": 0.1, "nesterov": True, "momentum": 0.9}
@@ -361,7 +361,7 @@ def test_tasks_take_their_classes_from_a_group_file(tmp_path):
 
 
 def test_the_shipped_section_4_3_configs_parse(tmp_path, monkeypatch):
-    from trajshift.run_config import load_config
+    from trajshift.commands.run_config import load_config
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigError, match="imagenet-groups.csv"):   # the paper's groups: the user's file
         load_config(ROOT / "configs" / "paper-4.3.yaml")

@@ -10,8 +10,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trajshift.checkpoint import load_latest, save_checkpoint
-from trajshift.config import MetaConfig
+from trajshift.commands.meta_test import load_init
+from trajshift.commands.meta_train import ExperimentConfig
+from trajshift.core.errors import ConfigError, TrajshiftError
 from trajshift.data.formats import (
     read_idx,
     read_image_tree,
@@ -19,9 +20,8 @@ from trajshift.data.formats import (
     read_tiny_imagenet,
     safe_unpickle,
 )
-from trajshift.errors import ConfigError, TrajshiftError
-from trajshift.meta_test import load_init
-from trajshift.meta_train import ExperimentConfig
+from trajshift.training.checkpoint import load_latest, save_checkpoint
+from trajshift.training.config import MetaConfig
 
 # TRAJSHIFT_FUZZ_EXAMPLES=1000 for a deeper run (docs/RELIABILITY.md).
 FUZZ = settings(max_examples=int(os.environ.get("TRAJSHIFT_FUZZ_EXAMPLES", "60")), deadline=None,
@@ -227,7 +227,7 @@ def test_fuzz_experiment_config(data):
                                            "meta: {method: cts, options: {1: 2}}", "device: quantum"]),
                           max_size=5).map("\n".join)))
 def test_fuzz_yaml_config_files(tmp_path, text):
-    from trajshift.meta_train import load_config
+    from trajshift.commands.meta_train import load_config
     p = tmp_path / "c.yaml"
     p.write_text(text)
     try:

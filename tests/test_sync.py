@@ -69,7 +69,7 @@ def test_rows_and_results_do_not_depend_on_the_read_back_period(tmp_path):
 
 
 def test_a_late_read_back_still_names_the_task_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from trajshift.checkpoint import list_checkpoints
+    from trajshift.training.checkpoint import list_checkpoints
     tr = _trainer(tmp_path, sync_every=10, learners=_learners(blow_up=(1, 2)), checkpoint_dir=tmp_path / "ckpt",
                   checkpoint_every=2)
     with pytest.raises(ts.DivergenceError, match=r"task 1: inner loss is (nan|inf) at data step 2\b"):
@@ -93,6 +93,6 @@ def test_image_batches_use_device_permutations_with_the_same_indices(tmp_path):
     prepared = prepare(str(data), 8, cache_dir=tmp_path / "c")
     task = ImageTask(TaskSpec.from_dict({"dataset": str(data), "resolution": 8}, "t"), prepared, 16, 3, 2)
     n = len(task.y["train"])
-    seed = ts.sampling.stream_seed(3, 1)
+    seed = ts.core.sampling.stream_seed(3, 1)
     for step in range(12):                       # 16-image batches of 40 images: crossing epochs
         assert torch.equal(task.indices("train", n, seed, step), ts.batch_indices(n, 16, step, seed, 2))

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trajshift.cli import main
+from trajshift.commands.cli import main
 from trajshift.tasks.synthetic import HimmelblauTasks, meta_test_loss
 
 

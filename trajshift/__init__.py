@@ -1,15 +1,15 @@
 """trajshift: large-scale meta-learning of shared initializations with continual trajectory shifting
 (Shin, Lee, Gong & Hwang, ICML 2021), its ablations and the first-order baselines."""
-from .api import FitResult, finetune, fit
-from .config import MetaConfig
-from .errors import ConfigError, DivergenceError, TrajshiftError
-from .flat import FlatSpec
-from .learners import FunctionLearners
-from .loop import MetaTrainer, TrainResult
+from .commands.api import FitResult, finetune, fit
+from .core.errors import ConfigError, DivergenceError, TrajshiftError
+from .core.flat import FlatSpec
+from .core.sampling import batch_indices
+from .engine.learners import FunctionLearners
+from .engine.module_learners import ModuleLearners
+from .engine.population import Population
 from .methods import METHODS
-from .module_learners import ModuleLearners
-from .population import Population
-from .sampling import batch_indices
+from .training.config import MetaConfig
+from .training.loop import MetaTrainer, TrainResult
 
 __version__ = "0.1.0"
 

@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import write_json
-from ..module_learners import ModuleLearners
-from ..schema import Rule, opt, revalidate
-from ..stats import mean_ci95
+from ..core.atomic import write_json
+from ..core.schema import Rule, opt, revalidate
+from ..core.stats import mean_ci95
+from ..engine.module_learners import ModuleLearners
 
 
 @dataclass
@@ -49,12 +49,12 @@ def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: i
                         seed: int) -> float:
     """||eps|| for one draw: mean over tasks of the per-task norm (float64 learners).
 
-    The CTS side runs the library's own loop (trajshift.loop.MetaTrainer with method cts) for k - 1 inner steps,
+    The CTS side runs the library's own loop (trajshift.training.loop.MetaTrainer with method cts) for k - 1 inner steps,
     each followed by its meta-update and shift, then takes the k-th inner step; the exact side restores the state
     at the start and takes k inner steps from the final phi = phi + Delta_1 + ... + Delta_{k-1}."""
-    from ..config import MetaConfig
-    from ..loop import MetaTrainer
-    from ..meta_train import build_models
+    from ..commands.meta_train import build_models
+    from ..training.config import MetaConfig
+    from ..training.loop import MetaTrainer
     models = build_models(model_spec, [t.num_classes for t in tasks], seed)
     learners = ModuleLearners(models, lambda t, step, split: tasks[t].batch(step + 7919 * seed, split))
     cfg = MetaConfig(method="cts", inner_steps=k, trajectories=1, meta_lr=beta, dtype="float64", progress=False,
@@ -85,7 +85,7 @@ def run_study(out: str | Path, cfg: ApproxErrorConfig, log=print) -> dict:
     t0 = time.perf_counter()
     sweeps = {"alpha": cfg.alphas, "beta": cfg.betas, "k": cfg.ks}
     results: dict = {"config": asdict(cfg), "sweeps": {}}
-    from ..progress import bar
+    from ..training.progress import bar
     progress = bar(len(cfg.activations) * sum(len(v) for v in sweeps.values()) * cfg.draws, "approx-error", "draw")
     for act in cfg.activations:
         spec = {**cfg.model, "activation": act}

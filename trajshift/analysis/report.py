@@ -15,16 +15,16 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import write_json, write_text
-from ..meta_test import MetaTestConfig, meta_test
-from ..stats import mean_ci95
+from ..commands.meta_test import MetaTestConfig, meta_test
+from ..core.atomic import write_json, write_text
+from ..core.stats import mean_ci95
 
 
 def read_run(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss_mean" in r]
-    from ..init_file import run_init, snapshot_files
+    from ..data.init_file import run_init, snapshot_files
     snaps = snapshot_files(run)
     # A run folder of a sweep is named after its grid point (meta_lr=0.1): name it with its method folder.
     name = f"{run.parent.name} {run.name}" if "=" in run.name else run.name

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import MetaConfig
-from ..errors import ConfigError, DivergenceError
-from ..learners import FunctionLearners
-from ..loop import MetaTrainer
+from ..core.errors import ConfigError, DivergenceError
+from ..core.schema import Rule, opt, revalidate
+from ..core.stats import mean_ci95
+from ..engine.learners import FunctionLearners
 from ..methods import METHODS
-from ..schema import Rule, opt, revalidate
-from ..stats import mean_ci95
 from ..tasks.synthetic import TEMPLATES, HimmelblauTasks, adapt, meta_test_loss
+from ..training.config import MetaConfig
+from ..training.loop import MetaTrainer
 
 BOX = (-5.0, 15.0)
 
@@ -257,7 +257,7 @@ def run_study(out: str | Path, cfg: SyntheticStudyConfig, log=print) -> dict:
     plots.horizon(out / "horizon.png", horizons)
     plots.cost(out / "cost.png", runs, curves, cfg)
     plots.meta_test_curves(out / "meta_test_vs_inner_steps.png", curves, cfg)
-    from ..atomic import write_json
+    from ..core.atomic import write_json
     write_json(out / "results.json", results)        # atomic; a non-finite loss is written as null
     return results
 

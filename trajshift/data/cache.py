@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import DiskFullError, write_json, write_with
+from ..core.atomic import DiskFullError, write_json, write_with
 from .errors import DataError
 from .formats import ImageData, Split, file_signature
 from .registry import load_dataset

@@ -1,4 +1,4 @@
-from ..errors import TrajshiftError
+from ..core.errors import TrajshiftError
 
 
 class DataError(TrajshiftError, OSError):

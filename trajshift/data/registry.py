@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .errors import DataError
 from .formats import (
     ImageData,

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..sampling import batch_indices, epoch_permutation, stream_seed
-from ..schema import opt, parse
+from ..core.errors import ConfigError
+from ..core.sampling import batch_indices, epoch_permutation, stream_seed
+from ..core.schema import opt, parse
 from .augment import default_padding, normalize, random_crop, random_flip, to_float
 from .cache import PreparedData, prepare
 from .formats import Split

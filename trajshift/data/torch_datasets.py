@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ..errors import ConfigError
-from ..sampling import batch_indices, stream_seed
+from ..core.errors import ConfigError
+from ..core.sampling import batch_indices, stream_seed
 
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 

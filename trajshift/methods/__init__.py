@@ -1,5 +1,5 @@
 """Method registry: name -> Method class. Configs name methods (method: cts); ``METHODS.get(name)``."""
-from ..registry import Registry
+from ..core.registry import Registry
 from .base import Method
 from .cts import CTS, CTSAccurate, CTSNoShift, CTSRandomShift
 from .fomaml import FOMAML, FOMAMLPlusPlus

@@ -1,6 +1,6 @@
 """What a method is: rules in the style of optax's gradient transformations, and one State that they thread.
 
-The loop (trajshift/loop.py) runs Algorithms 1 and 2 and makes every change to phi and theta itself; a method
+The loop (trajshift/training/loop.py) runs Algorithms 1 and 2 and makes every change to phi and theta itself; a method
 only computes. Its contract, for every registered method:
 
     state = method.init()                                          # a State dataclass; the checkpoint saves it whole
@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..errors import ConfigError
-from ..population import GradientStep
-from ..sampling import data_step
-from ..schema import parse
+from ..core.errors import ConfigError
+from ..core.sampling import data_step
+from ..core.schema import parse
+from ..engine.population import GradientStep
 
 if TYPE_CHECKING:
-    from ..comm import LocalComm
-    from ..population import Population
+    from ..engine.comm import LocalComm
+    from ..engine.population import Population
 
 __all__ = ["NOTHING", "GradientStep", "MetaStep", "Method", "NoOptions", "State", "StepInfo"]
 

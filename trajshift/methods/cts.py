@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import torch
 
-from ..sampling import stream_seed
-from ..schema import opt
+from ..core.sampling import stream_seed
+from ..core.schema import opt
 from .base import NOTHING, MetaStep, Method, State, StepInfo
 from .rules import reptile_metagrad
 from .shifts import SHIFT_RULES

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schema import opt
+from ..core.schema import opt
 from .base import MetaStep, Method
 from .fomaml import val_gradient
 from .rules import imaml_metagrad

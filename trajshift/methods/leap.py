@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schema import opt
+from ..core.schema import opt
 from .base import MetaStep, Method, State
 from .rules import leap_increment
 

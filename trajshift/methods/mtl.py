@@ -10,7 +10,7 @@ pretrain: the same on a single task (the paper's "TIN finetuning" source: train 
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import MetaStep, Method
 
 

@@ -1,5 +1,5 @@
 """Model registry: name -> constructor(num_classes, activation=..., pooling=...)."""
-from ..registry import Registry
+from ..core.registry import Registry
 from .conv4 import Conv4
 from .resnet import ResNet18, ResNet20
 
@@ -13,7 +13,7 @@ def import_factory(path: str, option: str = "model.factory"):
     """The callable named by ``"package.module:function"`` (or ``package.module.function``)."""
     import importlib
 
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
     module_name, _sep, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"{option}: expected 'package.module:function', got {path!r}")

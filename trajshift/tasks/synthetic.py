@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..schema import Rule, check_value
+from ..core.schema import Rule, check_value
 
 TEMPLATES = {"scaled": (1.0 / 3.0, 0.738, 0.995), "paper": (1.0, 1.0 / 3.0, 1.0 / 3.0)}
 
@@ -77,7 +77,7 @@ class HimmelblauTasks:
 def adapt(tasks: HimmelblauTasks, phis: torch.Tensor, steps: int, optimizer: dict) -> torch.Tensor:
     """U_K for many initializations at once: ``steps`` inner steps from each phi in phis [G, 2] on every task, with
     a fresh inner optimizer; returns the final task parameters [G, T, 2]."""
-    from ..optim import build_optimizer
+    from ..engine.optim import build_optimizer
     theta = phis[:, None, :].expand(-1, tasks.num_tasks, -1).clone()
     opt = build_optimizer([theta], optimizer, "inner_optimizer")
     for _ in range(steps):

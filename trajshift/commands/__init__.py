@@ -1,0 +1,1 @@
+"""The commands layer (docs/design.md)."""

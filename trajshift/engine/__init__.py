@@ -1,0 +1,1 @@
+"""The engine layer (docs/design.md)."""

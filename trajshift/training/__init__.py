@@ -1,0 +1,1 @@
+"""The training layer (docs/design.md)."""
