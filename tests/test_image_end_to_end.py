@@ -180,7 +180,13 @@ def test_the_offline_config_runs_as_shipped(tmp_path, monkeypatch):
                  "--set", "meta.trajectories=2", "--set", "snapshot_every=3"]) == 0
     assert (run / "init.safetensors").exists()
     assert main(["validate", str(run), "--quiet"]) == 0
-    assert 0 <= json.loads((run / "validation.json").read_text())["score"] <= 1
+    final = json.loads((run / "validation.json").read_text())
+    assert 0 <= final["score"] <= 1
+    # Every snapshot scored alike (a best-over-beta curve per budget); the last snapshot is the final init.
+    assert main(["validate", str(run), "--snapshots", "--quiet"]) == 0
+    snaps = json.loads((run / "validation-snapshots.json").read_text())
+    assert list(snaps) == ["0", "3", "6"] and snaps["6"]["score"] == final["score"]
+    assert snaps["0"]["key"] != snaps["6"]["key"]
 
 
 def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, datasets, capsys):

@@ -95,8 +95,14 @@ def _sweep(args) -> int:
 
 
 def _validate(args) -> int:
-    from .validation import score_run
-    r = score_run(args.run, log=log_of(args))
+    from .validation import score_run, score_snapshots
+    if args.snapshots:
+        quiet = {"log": log_of(args), "progress": False if args.quiet else None}
+        for steps, r in score_snapshots(args.run, **quiet).items():
+            ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
+            print(f"{args.run} at {int(steps):,} inner steps: meta-validation accuracy {100 * r['score']:.2f}% +- {ci}")
+        return 0
+    r = score_run(args.run, log=log_of(args), progress=False if args.quiet else None)
     ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
     print(f"{args.run}: meta-validation accuracy {100 * r['score']:.2f}% +- {ci} ({len(r['per_seed'])} seeds)")
     return 0

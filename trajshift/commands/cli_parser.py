@@ -126,6 +126,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="meta-validation score of a finished run (held-out source classes of its "
                         "config's validation block); cached in RUN/validation.json")
     va.add_argument("run", help="meta-train run folder")
+    va.add_argument("--snapshots", action="store_true", help="score every snapshot (snapshots/step-N) instead of the "
+                    "final init; cached in RUN/validation-snapshots.json (a best-over-beta curve per budget)")
     _quiet(va)
     va.set_defaults(func=handlers["validate"])
     dg = sub.add_parser("diagnose", help="each trajectory's effective Reptile step (beta K rho for CTS) from the "

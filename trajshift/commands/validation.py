@@ -86,41 +86,78 @@ def check_held_out(sources: list, validation: ValidationConfig, data_root=None, 
                                   f"meta-training: choose disjoint class ranges")
 
 
-def score_run(run: str | Path, data_root=None, cache_dir=None, log=print) -> dict:
-    """Meta-validation score of a finished meta-train run (its init.pt), cached in RUN/validation.json (keyed by the
-    validation settings and the init file)."""
+def _run_settings(run: Path, data_root, cache_dir):
     import yaml
-
-    from .meta_test import MetaTestConfig, meta_test, write_json
-    run = Path(run)
     raw = yaml.safe_load((run / "config.yaml").read_text())
     if not raw.get("validation"):
         raise ConfigError(f"{run}/config.yaml: no validation block; add validation: {{tasks: [...]}} (held-out "
                           f"source classes) to the config")
     val = ValidationConfig.from_dict(raw["validation"])
-    from ..data.init_file import run_init
-    init = run_init(run)
-    if init is None:
-        raise ConfigError(f"{run}: no init.safetensors (the meta-train run has not finished)")
     data_root = data_root if data_root is not None else raw.get("data_root")
     cache_dir = cache_dir if cache_dir is not None else raw.get("cache_dir")
-    key = hashlib.sha256(json.dumps({"validation": val.to_dict(), "init": hashlib.sha256(init.read_bytes())
-                                     .hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
-    cached = run / "validation.json"
-    if cached.is_file():
-        old = json.loads(cached.read_text())
-        if old.get("key") == key:
-            return old
+    return raw, val, data_root, cache_dir
+
+
+def _score(init: Path, raw: dict, val: ValidationConfig, data_root, cache_dir, log, progress=None) -> dict:
+    """The validation score of one initialization file, with the key its cache entry is stored under."""
+    from .meta_test import MetaTestConfig, meta_test
+    key = _key(init, val)
     cfg = MetaTestConfig(targets=val.tasks, init=str(init), model=raw["model"], protocol=val.protocol,
                          steps=val.steps, seeds=val.seeds, batch_size=val.batch_size, augment=val.augment,
                          images_per_class=[val.images_per_class] if val.images_per_class else None,
                          data_root=data_root, cache_dir=cache_dir)
-    report = meta_test(cfg, None, log=log)
+    report = meta_test(cfg, None, log=log, progress=progress)
     setting = report["by_images_per_class"][str(val.images_per_class)] if val.images_per_class else report
-    result = {"key": key, "run": str(run), "score": setting["average"]["mean"], "ci95": setting["average"]["ci95"],
-              "per_seed": setting["average"]["per_seed"],
-              "tasks": {k: {"mean": v["mean"], "ci95": v["ci95"], "accs": v["accs"]}
-                        for k, v in setting["targets"].items()},
-              "validation": val.to_dict()}
+    return {"key": key, "score": setting["average"]["mean"], "ci95": setting["average"]["ci95"],
+            "per_seed": setting["average"]["per_seed"],
+            "tasks": {k: {"mean": v["mean"], "ci95": v["ci95"], "accs": v["accs"]}
+                      for k, v in setting["targets"].items()},
+            "validation": val.to_dict()}
+
+
+def _key(init: Path, val: ValidationConfig) -> str:
+    return hashlib.sha256(json.dumps({"validation": val.to_dict(), "init": hashlib.sha256(init.read_bytes())
+                                      .hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def score_run(run: str | Path, data_root=None, cache_dir=None, log=print, progress: bool | None = None) -> dict:
+    """Meta-validation score of a finished meta-train run (its init.pt), cached in RUN/validation.json (keyed by the
+    validation settings and the init file)."""
+    from .meta_test import write_json
+    run = Path(run)
+    raw, val, data_root, cache_dir = _run_settings(run, data_root, cache_dir)
+    from ..data.init_file import run_init
+    init = run_init(run)
+    if init is None:
+        raise ConfigError(f"{run}: no init.safetensors (the meta-train run has not finished)")
+    cached = run / "validation.json"
+    if cached.is_file():
+        old = json.loads(cached.read_text())
+        if old.get("key") == _key(init, val):
+            return old
+    result = {**_score(init, raw, val, data_root, cache_dir, log, progress), "run": str(run)}
     write_json(cached, result)
     return result
+
+
+def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
+                    progress: bool | None = None) -> dict:
+    """Meta-validation score of every snapshot of a run (snapshots/step-N), so that a method's curve can be the
+    best over its meta learning rates at each budget (the issue "Evidence II", item 4). Cached per snapshot in
+    RUN/validation-snapshots.json (keyed like validation.json), so an interrupted scoring resumes and snapshots
+    written later (a run still training) are scored on the next call. Returns {inner_steps: result}."""
+    from ..data.init_file import snapshot_files
+    from .meta_test import write_json
+    run = Path(run)
+    raw, val, data_root, cache_dir = _run_settings(run, data_root, cache_dir)
+    files = snapshot_files(run)
+    if not files:
+        raise ConfigError(f"{run}: no snapshots; set snapshot_every in the config (e.g. K, one per trajectory)")
+    cached = run / "validation-snapshots.json"
+    scores = json.loads(cached.read_text()) if cached.is_file() else {}
+    for path in files:
+        steps = str(int(path.stem.split("-")[1]))
+        if scores.get(steps, {}).get("key") != _key(path, val):
+            scores[steps] = {**_score(path, raw, val, data_root, cache_dir, log, progress), "snapshot": path.name}
+            write_json(cached, dict(sorted(scores.items(), key=lambda kv: int(kv[0]))))
+    return {k: scores[k] for k in sorted(scores, key=int)}
