@@ -9,7 +9,7 @@
 #                   (CTS beta K rho with rho about 0.6), and MTL, K = 1,000, M = 10, a snapshot at every trajectory's
 #                   end; for Fig. 6c, CTS at K = 100 and 300 over the same budget (10,000 inner steps per task)
 #   stage validate: every snapshot of every run scored on meta-validation (trajshift validate RUN --snapshots)
-#   then: python experiments/convergence_regime.py "$OUT" (envelopes; which snapshots to meta-test) -- not written yet
+#   then: python experiments/convergence_regime.py "$OUT" (envelopes; the snapshots to meta-test, meta-test-jobs.txt)
 #
 # Every stage resumes (finished runs and scored snapshots are skipped). Sizes can be shrunk for a smoke run:
 #   K=10 M=2 SEEDS=0 JOBS=1 OUT=runs/conv-smoke EXTRA="--set validation.steps=3 --set validation.seeds=2" \
