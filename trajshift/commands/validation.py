@@ -98,10 +98,10 @@ def _run_settings(run: Path, data_root, cache_dir):
     return raw, val, data_root, cache_dir
 
 
-def _score(init: Path, raw: dict, val: ValidationConfig, data_root, cache_dir, log, progress=None) -> dict:
-    """The validation score of one initialization file, with the key its cache entry is stored under."""
+def _score(init: Path, key: str, raw: dict, val: ValidationConfig, data_root, cache_dir, log,
+           progress=None) -> dict:
+    """The validation score of one initialization file, stored with its cache key (``_key``)."""
     from .meta_test import MetaTestConfig, meta_test
-    key = _key(init, val)
     cfg = MetaTestConfig(targets=val.tasks, init=str(init), model=raw["model"], protocol=val.protocol,
                          steps=val.steps, seeds=val.seeds, batch_size=val.batch_size, augment=val.augment,
                          images_per_class=[val.images_per_class] if val.images_per_class else None,
@@ -130,12 +130,12 @@ def score_run(run: str | Path, data_root=None, cache_dir=None, log=print, progre
     init = run_init(run)
     if init is None:
         raise ConfigError(f"{run}: no init.safetensors (the meta-train run has not finished)")
-    cached = run / "validation.json"
+    cached, key = run / "validation.json", _key(init, val)
     if cached.is_file():
         old = json.loads(cached.read_text())
-        if old.get("key") == _key(init, val):
+        if old.get("key") == key:
             return old
-    result = {**_score(init, raw, val, data_root, cache_dir, log, progress), "run": str(run)}
+    result = {**_score(init, key, raw, val, data_root, cache_dir, log, progress), "run": str(run)}
     write_json(cached, result)
     return result
 
@@ -148,6 +148,7 @@ def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
     written later (a run still training) are scored on the next call. Returns {inner_steps: result}."""
     from ..data.init_file import snapshot_files
     from .meta_test import write_json
+    from .meta_train import tr_inner
     run = Path(run)
     raw, val, data_root, cache_dir = _run_settings(run, data_root, cache_dir)
     files = snapshot_files(run)
@@ -156,8 +157,9 @@ def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
     cached = run / "validation-snapshots.json"
     scores = json.loads(cached.read_text()) if cached.is_file() else {}
     for path in files:
-        steps = str(int(path.stem.split("-")[1]))
-        if scores.get(steps, {}).get("key") != _key(path, val):
-            scores[steps] = {**_score(path, raw, val, data_root, cache_dir, log, progress), "snapshot": path.name}
+        steps, key = str(tr_inner(path)), _key(path, val)
+        if scores.get(steps, {}).get("key") != key:
+            scores[steps] = {**_score(path, key, raw, val, data_root, cache_dir, log, progress),
+                             "snapshot": path.name}
             write_json(cached, dict(sorted(scores.items(), key=lambda kv: int(kv[0]))))
     return {k: scores[k] for k in sorted(scores, key=int)}

@@ -140,7 +140,7 @@ class MetaTrainer:
                 self.method_state = method.start_trajectory(self.method_state, m)
             for k in range(k0 + 1 if resumed else 1, K + 1):
                 step = data_step(m, k, K)
-                losses = self.pop.inner_step(step, self._transform_or_none)                                # l.8-10
+                losses = self.pop.inner_step(step, self._transform_or_none)                        # l.8-10
                 info = StepInfo(m, k, step, losses)
                 out, self.method_state = method.update(self.method_state, info)                    # l.11
                 self.apply(out, info)                                                              # l.12-13
