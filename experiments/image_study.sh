@@ -51,10 +51,11 @@ if [[ $stage == extend ]]; then
 fi
 
 # 2c. Issue "Evidence II", item 1: the corrected explanation says CTS at beta is Reptile at beta K rho (about 1.44 for
-#     the chosen CTS run). Reptile on a fine grid around it, validation only; meta_lr=1 again as a rerun check of the
-#     sweep's run. Read by experiments/image_study_displacement.py (displacement, cosine with CTS, validation).
+#     the chosen CTS run). Reptile on a fine grid around it, validation only; meta_lr=1 is the sweep's run
+#     (docs/image-study/inits/reptile.pt), not run again. Read by experiments/image_study_displacement.py
+#     (displacement, cosine with CTS, validation).
 if [[ $stage == fine ]]; then
-  $TS sweep $CFG --out $OUT/sweep-reptile-fine --grid meta.meta_lr=0.3,0.5,1,1.5,2,3,5 --methods reptile --jobs $JOBS
+  $TS sweep $CFG --out $OUT/sweep-reptile-fine --grid meta.meta_lr=0.3,0.5,1.5,2,3,5 --methods reptile --jobs $JOBS
 fi
 
 # 3. Meta-test (touched once, at the end): every chosen run, its snapshots (Fig. 7) and scratch (snapshot 0).
