@@ -11,6 +11,10 @@ For every run of the study's sweeps (the archive in docs/image-study/runs/), thi
 meta-validation score, and for CTS the Reptile meta learning rate the explanation maps it to.
 
     python experiments/image_study_displacement.py [--runs docs/image-study/runs] [--out docs/image-study/displacement.json]
+        [--fine runs/image-study/sweep-reptile-fine]
+
+--fine adds the Reptile runs on the fine grid around CTS's beta K rho (`bash experiments/image_study.sh fine`): the
+test of the corrected mapping. Every row also gives its cosine with the chosen CTS run (beta 0.01).
 """
 from __future__ import annotations
 
@@ -27,7 +31,11 @@ from trajshift.core.atomic import write_json
 
 def flat(path: Path) -> torch.Tensor:
     """The meta-learned parameters of an init file as one float64 vector (BatchNorm statistics left out)."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     return torch.cat([v.flatten().double() for k, v in sorted(sd.items())
                       if "running_" not in k and "num_batches" not in k])
 
@@ -47,17 +55,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="docs/image-study/runs")
     ap.add_argument("--out", default="docs/image-study/displacement.json")
+    ap.add_argument("--fine", default=None, help="the sweep folder of the fine Reptile grid (image_study.sh fine)")
     args = ap.parse_args()
     runs = Path(args.runs)
-    scores = {}
-    for sweep in runs.glob("*/sweep.json"):
+    # The sweep records committed beside the archive first (the archive's sweep-first-order/sweep.json was written
+    # before FOMAML++ finished), then the archive's own.
+    sweeps = sorted((runs.parent / "sweeps").glob("sweep*.json")) + list(runs.glob("*/sweep.json"))
+    inits = sorted(runs.glob("*/*/meta_lr=*/init.pt"))
+    if args.fine:
+        fine = Path(args.fine)
+        sweeps.append(fine / "sweep.json")
+        inits += sorted(fine.glob("*/meta_lr=*/init.safetensors"))
+    scores, per_seed = {}, {}
+    for sweep in sweeps:
         for method, entry in json.loads(sweep.read_text())["methods"].items():
             for p in entry["points"]:
+                if p.get("score") is None and (method, float(p["values"]["meta.meta_lr"])) in scores:
+                    continue
                 scores[(method, float(p["values"]["meta.meta_lr"]))] = p.get("score")
+                per_seed[(method, float(p["values"]["meta.meta_lr"]))] = p.get("per_seed")
     phi0 = flat(runs / "sweep" / "reptile" / "meta_lr=1" / "snapshots" / "step-00000000.pt")
     reference = flat(runs / "sweep" / "reptile" / "meta_lr=1" / "init.pt") - phi0
+    cts_chosen = flat(runs / "sweep" / "cts" / "meta_lr=0.01" / "init.pt") - phi0
     rows = []
-    for init in sorted(runs.glob("*/*/meta_lr=*/init.pt")):
+    for init in inits:
         method, beta = init.parent.parent.name, float(init.parent.name.split("=")[1])
         config = init.parent / "config.yaml"
         k = None
@@ -66,21 +87,26 @@ def main() -> None:
             k = yaml.safe_load(config.read_text())["meta"]["inner_steps"]
         d = flat(init) - phi0
         norm = float(d.norm())
-        cos = float(d @ reference / (d.norm() * reference.norm())) if norm > 0 and norm < 1e6 else None
+        finite = 0 < norm < 1e6
+        cos = float(d @ reference / (d.norm() * reference.norm())) if finite else None
+        cos_cts = float(d @ cts_chosen / (d.norm() * cts_chosen.norm())) if finite else None
         rows.append({"method": method, "meta_lr": beta, "displacement": norm, "cos_with_reptile_1": cos,
-                     "validation": scores.get((method, beta)),
+                     "cos_with_cts_0.01": cos_cts, "fine_grid": init.suffix == ".safetensors",
+                     "validation": scores.get((method, beta)), "validation_per_seed": per_seed.get((method, beta)),
                      "reptile_equivalent_meta_lr": _equivalent(method, beta, k, init.parent)})
     write_json(args.out, {"phi0": "the common random initialization (snapshot 0)", "reference": "reptile meta_lr=1",
                           "rows": rows})
-    print("| method | meta_lr | Reptile-equivalent meta_lr (CTS: beta K rho; no shift: 1-(1-b)^K) | ||phi - phi_0|| | cos with Reptile 1 | "
-          "meta-validation % |")
-    print("|---|---|---|---|---|---|")
+    print("| method | meta_lr | Reptile-equivalent meta_lr (CTS: beta K rho; no shift: 1-(1-b)^K) | ||phi - phi_0|| | "
+          "cos with Reptile 1 | cos with CTS 0.01 | meta-validation % |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         eq = "" if r["reptile_equivalent_meta_lr"] is None else f"{r['reptile_equivalent_meta_lr']:.3f}"
         cos = "" if r["cos_with_reptile_1"] is None else f"{r['cos_with_reptile_1']:.3f}"
+        cos_cts = "" if r["cos_with_cts_0.01"] is None else f"{r['cos_with_cts_0.01']:.3f}"
         val = "failed" if r["validation"] is None else f"{100 * r['validation']:.2f}"
         disp = f"{r['displacement']:.3g}"
-        print(f"| {r['method']} | {r['meta_lr']:g} | {eq} | {disp} | {cos} | {val} |")
+        name = r["method"] + (" (fine grid)" if r["fine_grid"] else "")
+        print(f"| {name} | {r['meta_lr']:g} | {eq} | {disp} | {cos} | {cos_cts} | {val} |")
     print(f"wrote {args.out}")
 
 
