@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from trajshift.core.stats import mean_ci95
 
-METHODS = ("cts", "reptile", "cts-no-shift", "mtl")
+METHODS = ("cts", "reptile", "cts-no-shift", "mtl", "cts-random-shift")
 # What the study's verdicts compare: each method with scratch, and CTS with each other method.
 PAIRS = [(m, "scratch") for m in METHODS] + [("cts", m) for m in METHODS[1:]]
 

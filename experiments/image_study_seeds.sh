@@ -2,11 +2,11 @@
 # Evidence II, item 2: meta-training seeds 1 and 2 of the random-init image study (docs/image-study.md), so that its
 # verdicts rest on 3 meta-training seeds. Seed 0 is the study itself (docs/image-study/report.json).
 #
-#   stage train: CTS, Reptile, CTS without shift and MTL on configs/image-study.yaml at the meta learning rates
+#   stage train: CTS, Reptile, CTS without shift, MTL and CTS with a random shift on configs/image-study.yaml at the meta learning rates
 #                seed 0 chose on meta-validation (docs/image-study/sweeps/*.json; not chosen again per seed), with
 #                --set seed=S: each seed has its own random initial weights, heads, validation split and data order,
-#                shared by its four methods and its scratch baseline;
-#   stage test:  each seed's four final initializations and its scratch (the runs' common start,
+#                shared by its five methods and its scratch baseline;
+#   stage test:  each seed's five final initializations and its scratch (the runs' common start,
 #                snapshots/step-00000000) meta-tested once with the study's flags (CIFAR-10 and MNIST at 5 / 20 /
 #                100 images per class, Table 1 protocol, 200 steps, batch 64, crop, finetuning seeds 0-4);
 #   then:        python experiments/image_study_seeds.py "$OUT" (docs/image-study/meta-seeds.json).
@@ -31,7 +31,7 @@ chosen() {  # METHOD FILE: the meta_lr seed 0 chose on meta-validation
     python3 -c "import json; print(json.load(open('$SWEEPS/$2.json'))['methods']['$1']['chosen']['meta.meta_lr'])"
 }
 METHODS="cts:$(chosen cts sweep) reptile:$(chosen reptile sweep) cts-no-shift:$(chosen cts-no-shift sweep-ablations) \
-mtl:$(chosen mtl sweep-mtl)"
+mtl:$(chosen mtl sweep-mtl) cts-random-shift:$(chosen cts-random-shift sweep-ablations)"
 export TS CFG OUT EXTRA="${EXTRA:-}" TEST_EXTRA="${TEST_EXTRA:-}"
 
 if [[ $stage == all || $stage == train ]]; then

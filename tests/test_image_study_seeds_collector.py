@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2DF = 4.302652729749464          # Student's t, 0.975 quantile, 2 degrees of freedom
-METHODS = ("cts", "reptile", "cts-no-shift", "mtl")
+METHODS = ("cts", "reptile", "cts-no-shift", "mtl", "cts-random-shift")
 
 
 def by_size(cifar: list[float], mnist: list[float]) -> dict:
@@ -48,7 +48,7 @@ def test_intervals_are_over_meta_training_seeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tree / "out.json").read_text())
     assert out["meta_training_seeds"] == [0, 1, 2]
-    assert out["comparisons_read"] == 7 * 2 * 3     # 7 pairs, 2 sizes, average + 2 targets
+    assert out["comparisons_read"] == 9 * 2 * 3     # 9 pairs, 2 sizes, average + 2 targets
     cifar = out["differences"]["cts - scratch"]["20"]["cifar10"]
     assert [round(v, 9) for v in cifar["per_meta_seed"]] == [1.0, 2.0, 3.0]
     assert math.isclose(cifar["mean"], 2.0)
