@@ -2,8 +2,8 @@
 # Evidence II, item 2: meta-training seeds 1 and 2 of the random-init image study (docs/image-study.md), so that its
 # verdicts rest on 3 meta-training seeds. Seed 0 is the study itself (docs/image-study/report.json).
 #
-#   stage train: CTS, Reptile, CTS without shift, MTL and CTS with a random shift on configs/image-study.yaml at the meta learning rates
-#                seed 0 chose on meta-validation (docs/image-study/sweeps/*.json; not chosen again per seed), with
+#   stage train: CTS, Reptile, CTS without shift, MTL and CTS with a random shift on configs/image-study.yaml at
+#                the meta learning rates seed 0 chose on meta-validation (docs/image-study/sweeps/*.json; not chosen again per seed), with
 #                --set seed=S: each seed has its own random initial weights, heads, validation split and data order,
 #                shared by its five methods and its scratch baseline;
 #   stage test:  each seed's five final initializations and its scratch (the runs' common start,
