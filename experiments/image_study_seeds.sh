@@ -4,8 +4,8 @@
 #
 #   stage train: CTS, Reptile, CTS without shift, MTL and CTS with a random shift on configs/image-study.yaml at
 #                the meta learning rates seed 0 chose on meta-validation (docs/image-study/sweeps/*.json; not
-#                chosen again per seed), with --set seed=S: each seed has its own random initial weights, heads, validation split and data order,
-#                shared by its five methods and its scratch baseline;
+#                chosen again per seed), with --set seed=S: each seed has its own random initial weights, heads,
+#                validation split and data order, shared by its five methods and its scratch baseline;
 #   stage test:  each seed's five final initializations and its scratch (the runs' common start,
 #                snapshots/step-00000000) meta-tested once with the study's flags (CIFAR-10 and MNIST at 5 / 20 /
 #                100 images per class, Table 1 protocol, 200 steps, batch 64, crop, finetuning seeds 0-4);
