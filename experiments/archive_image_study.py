@@ -2,9 +2,12 @@
 
     python experiments/archive_image_study.py save     # runs/image-study -> docs/image-study/runs (compact)
     python experiments/archive_image_study.py restore  # docs/image-study/runs -> runs/image-study
+    # any other tree of runs, e.g. the convergence regime, whose every snapshot can be meta-tested:
+    python experiments/archive_image_study.py save --runs runs/conv --archive docs/evidence/convergence-regime/runs \
+        --all-snapshots
 
 A run folder keeps what the study needs from it: config.yaml, summary.json, validation.json, failed.json, its
-report-cache (meta-test results), init.pt (a finished run is then skipped by the sweep), its snapshots (for the
+report-cache (meta-test results), validation-snapshots.json, init.pt or init.safetensors (a finished run is then skipped by the sweep), its snapshots (for the
 report's Fig. 7) and metrics.jsonl (gzip; Fig. 6a); an unfinished run also keeps its newest checkpoint, so the
 sweep resumes it where it stopped. Sweep folders keep sweep.json and sweep.png.
 """
@@ -15,7 +18,8 @@ import gzip
 import shutil
 from pathlib import Path
 
-KEEP = ("config.yaml", "summary.json", "validation.json", "failed.json", "init.pt", "init.json")
+KEEP = ("config.yaml", "summary.json", "validation.json", "validation-snapshots.json", "failed.json", "init.pt",
+        "init.safetensors", "init.json")
 
 
 def _best_runs(runs: Path) -> set[Path]:
@@ -34,8 +38,8 @@ def _best_runs(runs: Path) -> set[Path]:
     return keep | {run for _, run in best.values()}
 
 
-def save(runs: Path, archive: Path) -> None:
-    needed = _best_runs(runs)
+def save(runs: Path, archive: Path, all_snapshots: bool = False) -> None:
+    needed = {p.parent for p in runs.rglob("config.yaml")} if all_snapshots else _best_runs(runs)
     for f in runs.rglob("*"):
         if not f.is_file():
             continue
@@ -86,8 +90,10 @@ if __name__ == "__main__":
     ap.add_argument("action", choices=["save", "restore"])
     ap.add_argument("--runs", default="runs/image-study")
     ap.add_argument("--archive", default="docs/image-study/runs")
+    ap.add_argument("--all-snapshots", action="store_true",
+                    help="keep every run's snapshots (default: only the best run's per method folder)")
     args = ap.parse_args()
     if args.action == "save":
-        save(Path(args.runs), Path(args.archive))
+        save(Path(args.runs), Path(args.archive), args.all_snapshots)
     else:
         restore(Path(args.archive), Path(args.runs))

@@ -1,0 +1,56 @@
+"""experiments/archive_image_study.py: what a later session needs to resume long runs is kept (the newest checkpoint
+of an unfinished run only, finished runs' inits, metrics gzipped) and comes back on restore."""
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "archive_image_study.py"), *args],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def make_runs(root: Path) -> None:
+    done = root / "s0" / "cts" / "meta_lr=0.01"
+    going = root / "s0" / "reptile" / "meta_lr=1"
+    for r in (done, going):
+        (r / "snapshots").mkdir(parents=True)
+        (r / "checkpoints").mkdir()
+        (r / "config.yaml").write_text("meta: {}\n")
+        (r / "metrics.jsonl").write_text('{"step": 1}\n' * 50)
+        (r / "snapshots" / "step-00000000.safetensors").write_bytes(b"s0")
+    (done / "summary.json").write_text("{}")
+    (done / "init.safetensors").write_bytes(b"phi")
+    (done / "validation.json").write_text('{"score": 0.3}')
+    (done / "validation-snapshots.json").write_text("{}")
+    for step in (100, 200):
+        (going / "checkpoints" / f"ckpt-{step:010d}.pt").write_bytes(b"c")
+        (going / "checkpoints" / f"ckpt-{step:010d}.pt.sha256").write_text("x")
+    (root / "s0" / "sweep.json").write_text("{}")
+
+
+def test_save_keeps_what_resumes_and_restore_puts_it_back(tmp_path):
+    runs, archive, back = tmp_path / "runs", tmp_path / "archive", tmp_path / "back"
+    make_runs(runs)
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots")
+    done = archive / "s0" / "cts" / "meta_lr=0.01"
+    going = archive / "s0" / "reptile" / "meta_lr=1"
+    assert (done / "init.safetensors").read_bytes() == b"phi"
+    assert (done / "validation-snapshots.json").exists()
+    assert not (done / "metrics.jsonl").exists()
+    assert gzip.decompress((done / "metrics.jsonl.gz").read_bytes()) == b'{"step": 1}\n' * 50
+    assert sorted(p.name for p in (going / "checkpoints").iterdir()) == ["ckpt-0000000200.pt",
+                                                                        "ckpt-0000000200.pt.sha256"]
+    assert (going / "snapshots" / "step-00000000.safetensors").exists()      # --all-snapshots: every run's
+    assert (archive / "s0" / "sweep.json").exists()
+    # The run finishes; saving again drops its archived checkpoint.
+    (runs / "s0" / "reptile" / "meta_lr=1" / "summary.json").write_text("{}")
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots")
+    assert not list((going / "checkpoints").glob("ckpt-*"))
+    run("restore", "--runs", str(back), "--archive", str(archive))
+    assert (back / "s0" / "cts" / "meta_lr=0.01" / "metrics.jsonl").read_text() == '{"step": 1}\n' * 50
+    assert (back / "s0" / "cts" / "meta_lr=0.01" / "init.safetensors").read_bytes() == b"phi"
