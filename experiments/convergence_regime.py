@@ -9,12 +9,28 @@ Writes OUT/envelopes.json and OUT/meta-test-jobs.txt: for the longest K, the env
 experiments/pretrained_regime.sh).
 
     python experiments/convergence_regime.py runs/conv
+    python experiments/convergence_regime.py runs/conv --final [--none FILE] [--out docs/evidence/convergence-regime]
+
+--final (after `bash experiments/convergence_regime.sh test` has run the jobs) reads the meta-tests
+(OUT/test/NAME/results.json, CIFAR-10 at 100 images per class) and None's (the base's meta-test of the Table 1
+regime, the same finetuning seeds, hence the same subsamples), and writes convergence-regime.json and .png:
+* per meta-training seed s, d_s = mean over finetuning seeds of the paired difference, and a t-interval over the
+  seeds (with Bonferroni for the 11 comparisons the design fixed: CTS - Reptile, CTS - None and Reptile - None at
+  1/5, 1/2 and all of the budget; CTS at K = 1,000 minus CTS at each shorter K);
+* Fig. 6a: the task-average adapted loss at each trajectory's K-th inner step (metrics.jsonl), for the beta each
+  method's envelope holds at the end of the budget;
+* Fig. 7: the envelopes (meta-validation against cumulative inner steps); Fig. 6c: meta-test accuracy against K.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = ("fifth", "half", "all")
 
 
 def envelopes(out: Path) -> dict:
@@ -50,10 +66,139 @@ def meta_test_jobs(env: dict, out: Path) -> list[tuple[str, str]]:
     return jobs
 
 
+def _accs(path: Path, images_per_class: str = "100") -> list[float]:
+    """CIFAR-10 accuracy per finetuning seed of one meta-test."""
+    report = json.loads(path.read_text())
+    return report["by_images_per_class"][images_per_class]["targets"]["cifar10"]["accs"]
+
+
+def _interval(values: list[float], comparisons: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from scipy.stats import t
+
+    from trajshift.core.stats import mean_ci95
+    mean, ci = mean_ci95(values)
+    n = len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    bonf = float(t.ppf(1 - 0.025 / comparisons, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "ci95": ci, "ci95_bonferroni": bonf, "per_meta_seed": values,
+            "excludes_zero": bool(abs(mean) > ci), "excludes_zero_bonferroni": bool(abs(mean) > bonf)}
+
+
+def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
+    """Fig. 6a: (cumulative inner steps, task-average training loss) at each trajectory's K-th inner step."""
+    points = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("step") == k and "loss_mean" in r:
+            points.append((int(r["inner_steps"]), float(r["loss_mean"])))
+    return points
+
+
+def final(out: Path, none_results: Path, dest: Path) -> dict:
+    """The design's 11 comparisons over meta-training seeds, Fig. 6a's losses, and the figure."""
+    env = json.loads((out / "envelopes.json").read_text())
+    none = _accs(none_results)
+    test = out / "test"
+    seeds = sorted(s for s, by_k in env.items()
+                   if all((test / f"s{s}-k{max(by_k, key=int)}-{m}-{b}" / "results.json").is_file()
+                          for m in ("cts", "reptile") for b in BUDGETS))
+    if not seeds:
+        raise SystemExit(f"no meta-training seed has its CTS and Reptile meta-tests in {test}; run the test stage")
+
+    def acc(name: str) -> float | None:
+        path = test / name / "results.json"
+        return 100 * sum(_accs(path)) / len(none) if path.is_file() else None
+
+    def gain(name: str) -> float | None:
+        path = test / name / "results.json"
+        if not path.is_file():
+            return None
+        return 100 * sum(a - b for a, b in zip(_accs(path), none)) / len(none)
+
+    longest = {s: max(env[s], key=int) for s in seeds}
+    shorter = sorted({k for s in seeds for k in env[s] if k != longest[s]}, key=int)
+    comparisons = 3 * len(BUDGETS) + len(shorter)
+    diffs: dict = {}
+    for b in BUDGETS:
+        per = {m: [gain(f"s{s}-k{longest[s]}-{m}-{b}") for s in seeds] for m in ("cts", "reptile")}
+        diffs[f"cts - none @ {b}"] = _interval(per["cts"], comparisons)
+        diffs[f"reptile - none @ {b}"] = _interval(per["reptile"], comparisons)
+        diffs[f"cts - reptile @ {b}"] = _interval([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
+    for k in shorter:
+        pairs = [(gain(f"s{s}-k{longest[s]}-cts-all"), gain(f"s{s}-k{k}-cts-all")) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if pairs:
+            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = _interval([a - b for a, b in pairs],
+                                                                               comparisons)
+    fig6a: dict = {}
+    for s in seeds:
+        for method, curve in env[s][longest[s]].items():
+            beta = curve[-1]["meta_lr"]
+            run = Path(curve[-1]["snapshot"]).parent.parent
+            fig6a.setdefault(method, {})[s] = {"meta_lr": beta, "points": adapted_loss(run, int(longest[s]))}
+    fig6c = {k: [acc(f"s{s}-k{k}-cts-all") for s in seeds] for k in shorter}
+    fig6c[max(longest.values(), key=int)] = [acc(f"s{s}-k{longest[s]}-cts-all") for s in seeds]
+    result = {"meta_training_seeds": seeds, "none_mean": 100 * sum(none) / len(none),
+              "interval": "t over meta-training seeds of the per-seed mean paired difference (points)",
+              "comparisons_read": comparisons, "differences": diffs, "fig6a_adapted_loss": fig6a,
+              "fig6c_meta_test_by_k": fig6c, "envelopes": {s: env[s] for s in seeds}}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    _figure(result, dest.with_suffix(".png"))
+    return result
+
+
+def _figure(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for method, by_seed in result["fig6a_adapted_loss"].items():
+        for i, (seed, r) in enumerate(sorted(by_seed.items())):
+            xs, ys = zip(*r["points"]) if r["points"] else ((), ())
+            axes[0].plot(xs, ys, color="C0" if method == "cts" else "C1" if method == "reptile" else "C2",
+                         alpha=0.8, label=method if i == 0 else None)
+    axes[0].set(title="Fig. 6a: adapted loss at each trajectory's end", xlabel="inner steps per task",
+                ylabel="task-average training loss")
+    for method in ("cts", "reptile", "mtl"):
+        for i, (seed, by_k) in enumerate(sorted(result["envelopes"].items())):
+            curve = by_k[max(by_k, key=int)].get(method)
+            if curve:
+                axes[1].plot([p["inner_steps"] for p in curve], [100 * p["score"] for p in curve],
+                             color={"cts": "C0", "reptile": "C1", "mtl": "C2"}[method], alpha=0.8,
+                             label=method if i == 0 else None)
+    axes[1].set(title="Fig. 7: best-over-beta meta-validation", xlabel="inner steps per task",
+                ylabel="meta-validation accuracy (%)")
+    ks = sorted(result["fig6c_meta_test_by_k"], key=int)
+    for k in ks:
+        values = [v for v in result["fig6c_meta_test_by_k"][k] if v is not None]
+        axes[2].scatter([int(k)] * len(values), values, color="C0")
+    axes[2].axhline(result["none_mean"], color="k", linestyle=":", label="None (the base)")
+    axes[2].set(title="Fig. 6c: meta-test against K (same budget)", xlabel="K", ylabel="CIFAR-10 accuracy (%)",
+                xscale="log")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
+    ap.add_argument("--final", action="store_true", help="collect the meta-tests (after the test stage)")
+    ap.add_argument("--none", type=Path, default=ROOT / "docs" / "evidence" / "pretrained-regime" / "none-results.json",
+                    help="None's meta-test (the base; default: the Table 1 regime's)")
+    ap.add_argument("--dest", type=Path, default=ROOT / "docs" / "evidence" / "convergence-regime.json")
     args = ap.parse_args()
+    if args.final:
+        result = final(args.out, args.none, args.dest)
+        for key, d in result["differences"].items():
+            print(f"{key}: {d['mean']:+.2f} ± {d['ci95']:.2f} (Bonferroni ± {d['ci95_bonferroni']:.2f}; "
+                  f"seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])})")
+        print(f"wrote {args.dest} and {args.dest.with_suffix('.png')}")
+        return
     env = envelopes(args.out)
     (args.out / "envelopes.json").write_text(json.dumps(env, indent=1) + "\n")
     jobs = meta_test_jobs(env, args.out)

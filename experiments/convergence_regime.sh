@@ -10,6 +10,9 @@
 #                   end; for Fig. 6c, CTS at K = 100 and 300 over the same budget (10,000 inner steps per task)
 #   stage validate: every snapshot of every run scored on meta-validation (trajshift validate RUN --snapshots)
 #   then: python experiments/convergence_regime.py "$OUT" (envelopes; the snapshots to meta-test, meta-test-jobs.txt)
+#   stage test:     the meta-tests of meta-test-jobs.txt (CIFAR-10, 100 images per class, Table 1 protocol, 500 steps,
+#                   finetuning seeds 0-4: None's are the Table 1 regime's, docs/evidence/pretrained-regime)
+#   then: python experiments/convergence_regime.py "$OUT" --final (docs/evidence/convergence-regime.{json,png})
 #
 # Every stage resumes (finished runs and scored snapshots are skipped). Sizes can be shrunk for a smoke run:
 #   K=10 M=2 SEEDS=0 JOBS=1 OUT=runs/conv-smoke EXTRA="--set validation.steps=3 --set validation.seeds=2" \
@@ -50,4 +53,13 @@ if [[ $stage == all || $stage == validate ]]; then
     [ -f "$run/init.safetensors" ] || continue
     OMP_NUM_THREADS=$((2 / JOBS > 0 ? 2 / JOBS : 1)) $TS validate "$run" --snapshots --quiet
   done
+fi
+
+if [[ $stage == test ]]; then
+  python3 experiments/convergence_regime.py "$OUT"
+  mkdir -p "$OUT/test"
+  export TS
+  xargs -P "$JOBS" -L 1 bash -c '[ -f "$1/results.json" ] && exit 0; OMP_NUM_THREADS=1 $TS meta-test --init "$0" \
+      --out "$1" --targets cifar10 --images-per-class 100 --protocol table1 --steps 500 --seeds 5 --quiet \
+      > "$1.log" 2>&1' < "$OUT/meta-test-jobs.txt"
 fi

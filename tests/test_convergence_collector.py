@@ -35,3 +35,46 @@ def test_envelope_takes_the_best_beta_at_each_budget(tmp_path):
     assert by_name["s0-k100-cts-all"].parent.parent.name == "meta_lr=0.001"
     assert by_name["s0-k10-cts-all"].name == "step-00000500.safetensors"
     assert len(jobs) == 7
+
+
+def _results(accs):
+    return json.dumps({"by_images_per_class": {"100": {"targets": {"cifar10": {"accs": accs}}}}})
+
+
+def test_final_reads_the_meta_tests_paired_with_none_over_meta_training_seeds(tmp_path):
+    none = [0.50, 0.52, 0.48, 0.51, 0.49]
+    (tmp_path / "none.json").write_text(_results(none))
+    for seed in (0, 1, 2):
+        for k, methods in ((100, ("cts", "reptile")), (10, ("cts",))):
+            for method in methods:
+                run = tmp_path / f"s{seed}" / f"k{k}" / method / "meta_lr=0.01"
+                run.mkdir(parents=True)
+                (run / "validation-snapshots.json").write_text(json.dumps(
+                    {"0": {"score": 0.1, "snapshot": "step-00000000.safetensors"},
+                     "500": {"score": 0.3, "snapshot": f"step-{500:08d}.safetensors"}}))
+                # two trajectories of K steps; the adapted loss is the loss_mean at step K
+                lines = [{"step": s, "inner_steps": t * k + s, "loss_mean": 2.0 - t - s / (10 * k)}
+                         for t in range(2) for s in range(1, k + 1)]
+                (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        for method, lift in (("cts", 0.01 * (seed + 1)), ("reptile", 0.01)):   # points over None: 1, 2, 3 / 1
+            for budget in ("fifth", "half", "all"):
+                d = tmp_path / "test" / f"s{seed}-k100-{method}-{budget}"
+                d.mkdir(parents=True)
+                (d / "results.json").write_text(_results([a + lift for a in none]))
+        d = tmp_path / "test" / f"s{seed}-k10-cts-all"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(_results(none))                           # K = 10: None's accuracy
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "experiments" / "convergence_regime.py"), *args],
+                              capture_output=True, text=True, check=False, timeout=120)
+    assert run(str(tmp_path)).returncode == 0
+    proc = run(str(tmp_path), "--final", "--none", str(tmp_path / "none.json"), "--dest", str(tmp_path / "c.json"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "c.json").read_text())
+    assert out["comparisons_read"] == 3 * 3 + 1
+    d = out["differences"]["cts - reptile @ fifth"]
+    assert [round(v, 9) for v in d["per_meta_seed"]] == [0.0, 1.0, 2.0]
+    assert abs(d["ci95"] - 4.302652729749464 / 3 ** 0.5) < 1e-6                 # t_{.975,2} * sd 1 / sqrt 3
+    assert [round(v, 9) for v in out["differences"]["cts K=100 - K=10"]["per_meta_seed"]] == [1.0, 2.0, 3.0]
+    assert out["fig6a_adapted_loss"]["cts"]["0"]["points"] == [[100, 1.9], [200, 0.9]]
+    assert (tmp_path / "c.png").stat().st_size > 0
