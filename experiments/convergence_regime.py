@@ -106,15 +106,22 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
     if not seeds:
         raise SystemExit(f"no meta-training seed has its CTS and Reptile meta-tests in {test}; run the test stage")
 
-    def acc(name: str) -> float | None:
-        path = test / name / "results.json"
-        return 100 * sum(_accs(path)) / len(none) if path.is_file() else None
-
-    def gain(name: str) -> float | None:
+    def paired(name: str) -> list[float] | None:
         path = test / name / "results.json"
         if not path.is_file():
             return None
-        return 100 * sum(a - b for a, b in zip(_accs(path), none)) / len(none)
+        accs = _accs(path)
+        if len(accs) != len(none):
+            raise SystemExit(f"{path}: {len(accs)} finetuning seeds, None has {len(none)}; they must be paired")
+        return accs
+
+    def acc(name: str) -> float | None:
+        accs = paired(name)
+        return None if accs is None else 100 * sum(accs) / len(accs)
+
+    def gain(name: str) -> float | None:
+        accs = paired(name)
+        return None if accs is None else 100 * sum(a - b for a, b in zip(accs, none)) / len(none)
 
     longest = {s: max(env[s], key=int) for s in seeds}
     shorter = sorted({k for s in seeds for k in env[s] if k != longest[s]}, key=int)

@@ -58,8 +58,8 @@ fi
 if [[ $stage == test ]]; then
   python3 experiments/convergence_regime.py "$OUT"
   mkdir -p "$OUT/test"
-  export TS
+  export TS TEST_EXTRA="${TEST_EXTRA:-}"   # a smoke run: TEST_EXTRA="--steps 2"
   xargs -P "$JOBS" -L 1 bash -c '[ -f "$1/results.json" ] && exit 0; OMP_NUM_THREADS=1 $TS meta-test --init "$0" \
       --out "$1" --targets cifar10 --images-per-class 100 --protocol table1 --steps 500 --seeds 5 --quiet \
-      > "$1.log" 2>&1' < "$OUT/meta-test-jobs.txt"
+      $TEST_EXTRA > "$1.log" 2>&1' < "$OUT/meta-test-jobs.txt"
 fi
