@@ -13,13 +13,15 @@ meta-validation score, and for CTS the Reptile meta learning rate the explanatio
     python experiments/image_study_displacement.py [--runs docs/image-study/runs] [--out docs/image-study/displacement.json]
         [--fine runs/image-study/sweep-reptile-fine]
 
---fine adds the Reptile runs on the fine grid around CTS's beta K rho (`bash experiments/image_study.sh fine`): the
+--fine (default: RUNS/sweep-reptile-fine, its archive, when there) adds the Reptile runs on the fine grid around CTS's beta K rho (`bash experiments/image_study.sh fine`): the
 test of the corrected mapping. Every row also gives its cosine with the chosen CTS run (beta 0.01).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -51,6 +53,36 @@ def _equivalent(method: str, beta: float, k: int | None, run: Path) -> float | N
     return beta if method == "reptile" else None
 
 
+def fine_grid_reading(rows: list[dict], predicted: float | None = None, old: float | None = None) -> dict | None:
+    """The reading rule of docs/image-study.md, fixed before the fine grid ran: the Reptile beta_R whose displacement
+    equals the chosen CTS run's (interpolated in log beta_R between the grid points around it) must lie above the
+    midpoint of the two predictions (beta K rho and 1 - (1 - beta)^K) and at most 2, and the cosine with CTS must
+    peak at beta_R in [1, 2]: confirmed; a match below 1 or a peak outside [1, 2]: refuted; else not resolved."""
+    cts = next((r for r in rows if r["method"] == "cts" and r["meta_lr"] == 0.01), None)
+    reptile = sorted((r for r in rows if r["method"] == "reptile" and 0.3 <= r["meta_lr"] <= 5),
+                     key=lambda r: r["meta_lr"])
+    if cts is None or len(reptile) < 3 or not any(r.get("fine_grid") for r in reptile):
+        return None
+    predicted = cts["reptile_equivalent_meta_lr"] if predicted is None else predicted
+    old = 1 - (1 - 0.01) ** 200 if old is None else old
+    match = None
+    for lo, hi in itertools.pairwise(reptile):
+        if lo["displacement"] <= cts["displacement"] <= hi["displacement"]:
+            f = (cts["displacement"] - lo["displacement"]) / (hi["displacement"] - lo["displacement"])
+            match = math.exp(math.log(lo["meta_lr"]) + f * (math.log(hi["meta_lr"]) - math.log(lo["meta_lr"])))
+    peak = max(reptile, key=lambda r: r["cos_with_cts_0.01"])
+    midpoint = (predicted + old) / 2
+    if match is not None and midpoint < match <= 2 and 1 <= peak["meta_lr"] <= 2:
+        verdict = "confirmed"
+    elif match is None or match < 1 or not 1 <= peak["meta_lr"] <= 2:
+        verdict = "refuted"
+    else:
+        verdict = "not resolved"
+    return {"cts_displacement": cts["displacement"], "predicted_beta_K_rho": predicted, "old_formula": old,
+            "midpoint": midpoint, "displacement_match": match, "cosine_peak": peak["meta_lr"],
+            "cosine_peak_value": peak["cos_with_cts_0.01"], "verdict": verdict}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="docs/image-study/runs")
@@ -62,8 +94,8 @@ def main() -> None:
     # before FOMAML++ finished), then the archive's own.
     sweeps = sorted((runs.parent / "sweeps").glob("sweep*.json")) + list(runs.glob("*/sweep.json"))
     inits = sorted(runs.glob("*/*/meta_lr=*/init.pt"))
-    if args.fine:
-        fine = Path(args.fine)
+    fine = Path(args.fine) if args.fine else runs / "sweep-reptile-fine"
+    if fine.is_dir():
         sweeps.append(fine / "sweep.json")
         inits += sorted(fine.glob("*/meta_lr=*/init.safetensors"))
     scores, per_seed = {}, {}
@@ -94,8 +126,9 @@ def main() -> None:
                      "cos_with_cts_0.01": cos_cts, "fine_grid": init.suffix == ".safetensors",
                      "validation": scores.get((method, beta)), "validation_per_seed": per_seed.get((method, beta)),
                      "reptile_equivalent_meta_lr": _equivalent(method, beta, k, init.parent)})
+    reading = fine_grid_reading(rows)
     write_json(args.out, {"phi0": "the common random initialization (snapshot 0)", "reference": "reptile meta_lr=1",
-                          "rows": rows})
+                          "rows": rows, "fine_grid_reading": reading})
     print("| method | meta_lr | Reptile-equivalent meta_lr (CTS: beta K rho; no shift: 1-(1-b)^K) | ||phi - phi_0|| | "
           "cos with Reptile 1 | cos with CTS 0.01 | meta-validation % |")
     print("|---|---|---|---|---|---|---|")
@@ -107,6 +140,10 @@ def main() -> None:
         disp = f"{r['displacement']:.3g}"
         name = r["method"] + (" (fine grid)" if r["fine_grid"] else "")
         print(f"| {name} | {r['meta_lr']:g} | {eq} | {disp} | {cos} | {cos_cts} | {val} |")
+    if reading:
+        print(f"fine grid: Reptile's displacement equals CTS's at beta_R = {reading['displacement_match']:.3g}; "
+              f"cosine with CTS peaks at beta_R = {reading['cosine_peak']:g} ({reading['cosine_peak_value']:.3f}): "
+              f"{reading['verdict']}")
     print(f"wrote {args.out}")
 
 
