@@ -27,32 +27,38 @@ CTS_GRID=${CTS_GRID:-0.0005,0.0015,0.005}     # beta K rho = 0.3, 0.9, 3 at K = 
 REPTILE_GRID=${REPTILE_GRID:-0.3,1,3}
 stage=${1:-all}
 budget=$((K * M))
-read -r -a extra <<< "${EXTRA:-}"             # more --set overrides (a smoke run: tiny validation)
-common=(--set init_from="$BASE" --set snapshot_every=$K --set checkpoint_every=$K --quiet "${extra[@]}")
 
 if [[ $stage == all || $stage == train ]]; then
+  # One job per run, two at a time, in an order that makes the early runs the most useful: for each seed, the
+  # K = 1,000 CTS and Reptile grids interleaved (middle beta first), MTL, then Fig. 6c's shorter K. The run folders
+  # are laid out as a sweep's (OUT/sS/kK/METHOD/meta_lr=BETA); a stopped run resumes from its newest checkpoint and a
+  # finished one is skipped.
+  jobs_file=$OUT/train-jobs.txt; mkdir -p "$OUT"; : > "$jobs_file"
   for seed in $SEEDS; do
-    $TS sweep $CFG --out "$OUT/s$seed/k$K" --methods cts --grid meta.meta_lr=$CTS_GRID --jobs $JOBS \
-        --set seed=$seed --set meta.inner_steps=$K --set meta.trajectories=$M "${common[@]}"
-    $TS sweep $CFG --out "$OUT/s$seed/k$K" --methods reptile --grid meta.meta_lr=$REPTILE_GRID --jobs $JOBS \
-        --set seed=$seed --set meta.inner_steps=$K --set meta.trajectories=$M "${common[@]}"
-    $TS sweep $CFG --out "$OUT/s$seed/k$K" --methods mtl --grid meta.meta_lr=1 --jobs 1 \
-        --set seed=$seed --set meta.inner_steps=$K --set meta.trajectories=$M "${common[@]}"
-    for k in $((K / 10)) $((3 * K / 10)); do      # Fig. 6c: the same budget with shorter trajectories
+    IFS=, read -r -a cts <<< "$CTS_GRID"; IFS=, read -r -a rep <<< "$REPTILE_GRID"
+    for i in 1 0 2; do
+      echo "$seed $K $M cts ${cts[$i]}" >> "$jobs_file"; echo "$seed $K $M reptile ${rep[$i]}" >> "$jobs_file"
+    done
+    echo "$seed $K $M mtl 1" >> "$jobs_file"
+    for k in $((3 * K / 10)) $((K / 10)); do      # Fig. 6c: the same budget with shorter trajectories
       [ "$k" -ge 1 ] || continue
-      grid=$(python3 -c "print(','.join(f'{b * $K / $k:.6g}' for b in map(float, '$CTS_GRID'.split(','))))")
-      $TS sweep $CFG --out "$OUT/s$seed/k$k" --methods cts --grid meta.meta_lr=$grid --jobs $JOBS \
-          --set seed=$seed --set meta.inner_steps=$k --set meta.trajectories=$((budget / k)) \
-          "${common[@]}"
+      for b in "${cts[@]}"; do
+        echo "$seed $k $((budget / k)) cts $(python3 -c "print(f'{$b * $K / $k:.6g}')")" >> "$jobs_file"
+      done
     done
   done
+  export TS CFG BASE OUT EXTRA="${EXTRA:-}"
+  xargs -P "$JOBS" -L 1 bash -c 'd="$OUT/s$0/k$1/$3/meta_lr=$4"; [ -f "$d/init.safetensors" ] && exit 0
+      mkdir -p "$(dirname "$d")"; OMP_NUM_THREADS=1 $TS meta-train $CFG --out "$d" --quiet --set init_from="$BASE" \
+      --set seed=$0 --set meta.inner_steps=$1 --set meta.trajectories=$2 --set meta.method=$3 --set meta.meta_lr=$4 \
+      --set snapshot_every=$1 --set checkpoint_every=$1 $EXTRA > "$d.log" 2>&1' < "$jobs_file"
 fi
 
 if [[ $stage == all || $stage == validate ]]; then
-  for run in "$OUT"/s*/k*/*/meta_lr=*; do
-    [ -f "$run/init.safetensors" ] || continue
-    OMP_NUM_THREADS=$((2 / JOBS > 0 ? 2 / JOBS : 1)) $TS validate "$run" --snapshots --quiet
-  done
+  # finished runs, and the snapshots a stopped run has written (scores are cached per snapshot)
+  export TS
+  for run in "$OUT"/s*/k*/*/meta_lr=*/; do [ -d "$run/snapshots" ] && echo "$run"; done |
+    xargs -P "$JOBS" -L 1 bash -c 'OMP_NUM_THREADS=1 $TS validate "$0" --snapshots --quiet'
 fi
 
 if [[ $stage == test ]]; then
