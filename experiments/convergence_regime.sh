@@ -36,8 +36,11 @@ if [[ $stage == all || $stage == train ]]; then
   jobs_file=$OUT/train-jobs.txt; mkdir -p "$OUT"; : > "$jobs_file"
   for seed in $SEEDS; do
     IFS=, read -r -a cts <<< "$CTS_GRID"; IFS=, read -r -a rep <<< "$REPTILE_GRID"
-    for i in 1 0 2; do
-      echo "$seed $K $M cts ${cts[$i]}" >> "$jobs_file"; echo "$seed $K $M reptile ${rep[$i]}" >> "$jobs_file"
+    middle_first() { python3 -c "n = $1; print(*sorted(range(n), key=lambda i: (abs(i - n // 2), i)))"; }
+    read -r -a cts_order <<< "$(middle_first ${#cts[@]})"; read -r -a rep_order <<< "$(middle_first ${#rep[@]})"
+    for ((j = 0; j < ${#cts[@]} || j < ${#rep[@]}; j++)); do
+      if ((j < ${#cts[@]})); then echo "$seed $K $M cts ${cts[${cts_order[$j]}]}" >> "$jobs_file"; fi
+      if ((j < ${#rep[@]})); then echo "$seed $K $M reptile ${rep[${rep_order[$j]}]}" >> "$jobs_file"; fi
     done
     echo "$seed $K $M mtl 1" >> "$jobs_file"
     for k in $((3 * K / 10)) $((K / 10)); do      # Fig. 6c: the same budget with shorter trajectories
