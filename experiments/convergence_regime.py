@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -72,18 +71,6 @@ def _accs(path: Path, images_per_class: str = "100") -> list[float]:
     return report["by_images_per_class"][images_per_class]["targets"]["cifar10"]["accs"]
 
 
-def _interval(values: list[float], comparisons: int) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from scipy.stats import t
-
-    from trajshift.core.stats import mean_ci95
-    mean, ci = mean_ci95(values)
-    n = len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    bonf = float(t.ppf(1 - 0.025 / comparisons, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "ci95": ci, "ci95_bonferroni": bonf, "per_meta_seed": values,
-            "excludes_zero": bool(abs(mean) > ci), "excludes_zero_bonferroni": bool(abs(mean) > bonf)}
-
 
 def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
     """Fig. 6a: (cumulative inner steps, task-average training loss) at each trajectory's K-th inner step."""
@@ -97,6 +84,8 @@ def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
 
 def final(out: Path, none_results: Path, dest: Path) -> dict:
     """The design's 11 comparisons over meta-training seeds, Fig. 6a's losses, and the figure."""
+    sys.path.insert(0, str(ROOT))
+    from trajshift.core.stats import interval_over_seeds
     env = json.loads((out / "envelopes.json").read_text())
     none = _accs(none_results)
     test = out / "test"
@@ -129,14 +118,14 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
     diffs: dict = {}
     for b in BUDGETS:
         per = {m: [gain(f"s{s}-k{longest[s]}-{m}-{b}") for s in seeds] for m in ("cts", "reptile")}
-        diffs[f"cts - none @ {b}"] = _interval(per["cts"], comparisons)
-        diffs[f"reptile - none @ {b}"] = _interval(per["reptile"], comparisons)
-        diffs[f"cts - reptile @ {b}"] = _interval([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
+        diffs[f"cts - none @ {b}"] = interval_over_seeds(per["cts"], comparisons)
+        diffs[f"reptile - none @ {b}"] = interval_over_seeds(per["reptile"], comparisons)
+        diffs[f"cts - reptile @ {b}"] = interval_over_seeds([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
     for k in shorter:
         pairs = [(gain(f"s{s}-k{longest[s]}-cts-all"), gain(f"s{s}-k{k}-cts-all")) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
-            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = _interval([a - b for a, b in pairs],
+            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = interval_over_seeds([a - b for a, b in pairs],
                                                                                comparisons)
     fig6a: dict = {}
     for s in seeds:

@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from trajshift.core.stats import interval_over_seeds as interval
 from trajshift.core.stats import mean_ci95
 
 METHODS = ("cts", "reptile", "cts-no-shift", "mtl", "cts-random-shift")
 # What the study's verdicts compare: each method with scratch, and CTS with each other method.
 PAIRS = [(m, "scratch") for m in METHODS] + [("cts", m) for m in METHODS[1:]]
 
-
-def t_quantile(p: float, df: int) -> float:
-    from scipy.stats import t
-    return float(t.ppf(p, df))
 
 
 def accuracies(by_images_per_class: dict) -> dict[str, dict[str, list[float]]]:
@@ -80,14 +76,6 @@ def mean_accuracy(accs: dict, size: str, scope: str, targets: list[str]) -> floa
     chosen = targets if scope == "average" else [scope]
     return 100 * sum(sum(accs[size][t]) / len(accs[size][t]) for t in chosen) / len(chosen)
 
-
-def interval(values: list[float], comparisons: int) -> dict:
-    mean, ci = mean_ci95(values)
-    n = len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    bonf = t_quantile(1 - 0.025 / comparisons, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "ci95": ci, "ci95_bonferroni": bonf, "per_meta_seed": values,
-            "excludes_zero": bool(abs(mean) > ci), "excludes_zero_bonferroni": bool(abs(mean) > bonf)}
 
 
 def main() -> None:

@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from trajshift.core.stats import interval_over_seeds as interval
 from trajshift.core.stats import mean_ci95
 
 METHODS = ("cts", "reptile", "mtl")
 SEEDS = (0, 1, 2)
 
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with df degrees of freedom (for the Bonferroni intervals)."""
-    from scipy.stats import t
-    return float(t.ppf(p, df))
 
 
 def accs(test_dir: Path) -> dict[str, list[float]]:
@@ -40,14 +35,6 @@ def accs(test_dir: Path) -> dict[str, list[float]]:
     report = json.loads((test_dir / "results.json").read_text())
     return {str(n): r["targets"]["cifar10"]["accs"] for n, r in report["by_images_per_class"].items()}
 
-
-def interval(values: list[float], comparisons: int) -> dict:
-    mean, ci = mean_ci95(values)
-    n = len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    bonf = t_quantile(1 - 0.025 / comparisons, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "ci95": ci, "ci95_bonferroni": bonf, "per_meta_seed": values,
-            "excludes_zero": bool(abs(mean) > ci), "excludes_zero_bonferroni": bool(abs(mean) > bonf)}
 
 
 def main() -> None:

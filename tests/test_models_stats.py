@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trajshift.core.errors import ConfigError
-from trajshift.core.stats import mean_ci95, t975
+from trajshift.core.stats import interval_over_seeds, mean_ci95, t975
 from trajshift.models import build_model
 
 
@@ -51,6 +51,20 @@ def test_confidence_interval_against_hand_values():
     assert t975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-9)
     for df in (5, 12, 30, 31, 60, 120):
         assert t975(df) == pytest.approx(_t_quantile_975(df), abs=1.5e-3), df
+
+
+def test_interval_over_seeds_has_the_bonferroni_quantile_of_two_degrees_of_freedom():
+    r = interval_over_seeds([1.0, 2.0, 3.0], comparisons=10)          # mean 2, s = 1, n = 3
+    p = 1 - 0.025 / 10                                                 # t_p with 2 df: (2p - 1) / sqrt(2 p (1 - p))
+    assert r["ci95_bonferroni"] == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)) / math.sqrt(3), rel=1e-9)
+    assert r["ci95"] == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)) / math.sqrt(3), rel=1e-9)
+    assert not r["excludes_zero"]                                      # 2 < t(2) / sqrt(3) = 2.48
+    tight = interval_over_seeds([1.9, 2.0, 2.1], comparisons=1000)    # 95%: 0.25; Bonferroni for 1,000: 8.2
+    assert tight["excludes_zero"] and not tight["excludes_zero_bonferroni"]
+    assert interval_over_seeds([1.0, 2.0, 3.0])["ci95_bonferroni"] == pytest.approx(r["ci95"])
+    assert math.isnan(interval_over_seeds([0.4])["ci95_bonferroni"])
+    with pytest.raises(ValueError, match="comparisons"):
+        interval_over_seeds([1.0, 2.0], comparisons=0)
 
 
 def _t_quantile_975(df: int) -> float:
