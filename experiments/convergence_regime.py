@@ -9,7 +9,7 @@ Writes OUT/envelopes.json and OUT/meta-test-jobs.txt: for the longest K, the env
 experiments/pretrained_regime.sh).
 
     python experiments/convergence_regime.py runs/conv
-    python experiments/convergence_regime.py runs/conv --final [--none FILE] [--out docs/evidence/convergence-regime]
+    python experiments/convergence_regime.py runs/conv --final [--none FILE] [--dest FILE.json]
 
 --final (after `bash experiments/convergence_regime.sh test` has run the jobs) reads the meta-tests
 (OUT/test/NAME/results.json, CIFAR-10 at 100 images per class) and None's (the base's meta-test of the Table 1
@@ -71,7 +71,6 @@ def _accs(path: Path, images_per_class: str = "100") -> list[float]:
     return report["by_images_per_class"][images_per_class]["targets"]["cifar10"]["accs"]
 
 
-
 def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
     """Fig. 6a: (cumulative inner steps, task-average training loss) at each trajectory's K-th inner step."""
     points = []
@@ -84,8 +83,8 @@ def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
 
 def final(out: Path, none_results: Path, dest: Path) -> dict:
     """The design's 11 comparisons over meta-training seeds, Fig. 6a's losses, and the figure."""
-    sys.path.insert(0, str(ROOT))
-    from trajshift.core.stats import interval_over_seeds
+    sys.path.insert(0, str(ROOT))       # imported here: the envelope step runs without torch (python3 in the script)
+    from trajshift.core.stats import interval_over_seeds as interval
     env = json.loads((out / "envelopes.json").read_text())
     none = _accs(none_results)
     test = out / "test"
@@ -118,15 +117,14 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
     diffs: dict = {}
     for b in BUDGETS:
         per = {m: [gain(f"s{s}-k{longest[s]}-{m}-{b}") for s in seeds] for m in ("cts", "reptile")}
-        diffs[f"cts - none @ {b}"] = interval_over_seeds(per["cts"], comparisons)
-        diffs[f"reptile - none @ {b}"] = interval_over_seeds(per["reptile"], comparisons)
-        diffs[f"cts - reptile @ {b}"] = interval_over_seeds([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
+        diffs[f"cts - none @ {b}"] = interval(per["cts"], comparisons)
+        diffs[f"reptile - none @ {b}"] = interval(per["reptile"], comparisons)
+        diffs[f"cts - reptile @ {b}"] = interval([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
     for k in shorter:
         pairs = [(gain(f"s{s}-k{longest[s]}-cts-all"), gain(f"s{s}-k{k}-cts-all")) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
-            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = interval_over_seeds([a - b for a, b in pairs],
-                                                                               comparisons)
+            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = interval([a - b for a, b in pairs], comparisons)
     fig6a: dict = {}
     for s in seeds:
         for method, curve in env[s][longest[s]].items():

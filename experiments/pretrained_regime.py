@@ -29,12 +29,10 @@ METHODS = ("cts", "reptile", "mtl")
 SEEDS = (0, 1, 2)
 
 
-
 def accs(test_dir: Path) -> dict[str, list[float]]:
     """{images per class: [accuracy per finetuning seed]} of one meta-test (CIFAR-10)."""
     report = json.loads((test_dir / "results.json").read_text())
     return {str(n): r["targets"]["cifar10"]["accs"] for n, r in report["by_images_per_class"].items()}
-
 
 
 def main() -> None:
