@@ -7,9 +7,9 @@
         --all-snapshots
 
 A run folder keeps what the study needs from it: config.yaml, summary.json, validation.json, failed.json, its
-report-cache (meta-test results), validation-snapshots.json, init.pt or init.safetensors (a finished run is then skipped by the sweep), its snapshots (for the
-report's Fig. 7) and metrics.jsonl (gzip; Fig. 6a); an unfinished run also keeps its newest checkpoint, so the
-sweep resumes it where it stopped. Sweep folders keep sweep.json and sweep.png.
+report-cache (meta-test results), validation-snapshots.json, init.pt or init.safetensors (a finished run is then
+skipped by the sweep), its snapshots (for the report's Fig. 7) and metrics.jsonl (gzip; Fig. 6a); an unfinished run
+also keeps its newest checkpoint, so the sweep resumes it where it stopped. Sweep folders keep sweep.json and sweep.png.
 """
 from __future__ import annotations
 

@@ -34,10 +34,10 @@ if [[ $stage == all || $stage == train ]]; then
   # are laid out as a sweep's (OUT/sS/kK/METHOD/meta_lr=BETA); a stopped run resumes from its newest checkpoint and a
   # finished one is skipped.
   jobs_file=$OUT/train-jobs.txt; mkdir -p "$OUT"; : > "$jobs_file"
+  IFS=, read -r -a cts <<< "$CTS_GRID"; IFS=, read -r -a rep <<< "$REPTILE_GRID"
+  middle_first() { python3 -c "n = $1; print(*sorted(range(n), key=lambda i: (abs(i - n // 2), i)))"; }
+  read -r -a cts_order <<< "$(middle_first ${#cts[@]})"; read -r -a rep_order <<< "$(middle_first ${#rep[@]})"
   for seed in $SEEDS; do
-    IFS=, read -r -a cts <<< "$CTS_GRID"; IFS=, read -r -a rep <<< "$REPTILE_GRID"
-    middle_first() { python3 -c "n = $1; print(*sorted(range(n), key=lambda i: (abs(i - n // 2), i)))"; }
-    read -r -a cts_order <<< "$(middle_first ${#cts[@]})"; read -r -a rep_order <<< "$(middle_first ${#rep[@]})"
     for ((j = 0; j < ${#cts[@]} || j < ${#rep[@]}; j++)); do
       if ((j < ${#cts[@]})); then echo "$seed $K $M cts ${cts[${cts_order[$j]}]}" >> "$jobs_file"; fi
       if ((j < ${#rep[@]})); then echo "$seed $K $M reptile ${rep[${rep_order[$j]}]}" >> "$jobs_file"; fi

@@ -36,8 +36,10 @@ export TS CFG OUT EXTRA="${EXTRA:-}" TEST_EXTRA="${TEST_EXTRA:-}"
 
 if [[ $stage == all || $stage == train ]]; then
   echo "== train $(date -u +%H:%M:%S): $METHODS"
+  # A finished run is skipped by its init file (an archived run has no checkpoint to resume from).
   for seed in $SEEDS; do for m in $METHODS; do echo "$seed ${m%%:*} ${m##*:}"; done; done |
-    xargs -P "$JOBS" -L 1 bash -c 'OMP_NUM_THREADS=1 $TS meta-train $CFG --out "$OUT/s$0/$1" --quiet \
+    xargs -P "$JOBS" -L 1 bash -c '[ -f "$OUT/s$0/$1/init.safetensors" ] && exit 0
+        OMP_NUM_THREADS=1 $TS meta-train $CFG --out "$OUT/s$0/$1" --quiet \
         --set seed=$0 --set meta.method=$1 --set meta.meta_lr=$2 $EXTRA > "$OUT/s$0-$1.log" 2>&1'
 fi
 
