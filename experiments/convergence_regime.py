@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
     """The design's 11 comparisons over meta-training seeds, Fig. 6a's losses, and the figure."""
     sys.path.insert(0, str(ROOT))       # imported here: the envelope step runs without torch (python3 in the script)
     from trajshift.core.stats import interval_over_seeds as interval
+    from trajshift.core.stats import mean_ci95
     env = json.loads((out / "envelopes.json").read_text())
     none = _accs(none_results)
     test = out / "test"
@@ -107,24 +109,33 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
         accs = paired(name)
         return None if accs is None else 100 * sum(accs) / len(accs)
 
-    def gain(name: str) -> float | None:
-        accs = paired(name)
-        return None if accs is None else 100 * sum(a - b for a, b in zip(accs, none)) / len(none)
+    def per_finetuning_seed(name: str, minus: str | None = None) -> list[float] | None:
+        """100 * (name's accuracy - minus's, or None's) per finetuning seed: the paired differences."""
+        a, b = paired(name), (none if minus is None else paired(minus))
+        return None if a is None or b is None else [100 * (x - y) for x, y in zip(a, b)]
 
     longest = {s: max(env[s], key=int) for s in seeds}
     shorter = sorted({k for s in seeds for k in env[s] if k != longest[s]}, key=int)
     comparisons = 3 * len(BUDGETS) + len(shorter)
-    diffs: dict = {}
+    # name -> {seed: paired differences per finetuning seed}; the interval over meta-training seeds is of their means
+    named: dict = {}
     for b in BUDGETS:
-        per = {m: [gain(f"s{s}-k{longest[s]}-{m}-{b}") for s in seeds] for m in ("cts", "reptile")}
-        diffs[f"cts - none @ {b}"] = interval(per["cts"], comparisons)
-        diffs[f"reptile - none @ {b}"] = interval(per["reptile"], comparisons)
-        diffs[f"cts - reptile @ {b}"] = interval([c - r for c, r in zip(per["cts"], per["reptile"])], comparisons)
+        for s in seeds:
+            c, r = f"s{s}-k{longest[s]}-cts-{b}", f"s{s}-k{longest[s]}-reptile-{b}"
+            named.setdefault(f"cts - none @ {b}", {})[s] = per_finetuning_seed(c)
+            named.setdefault(f"reptile - none @ {b}", {})[s] = per_finetuning_seed(r)
+            named.setdefault(f"cts - reptile @ {b}", {})[s] = per_finetuning_seed(c, r)
+    top = max(longest.values(), key=int)
     for k in shorter:
-        pairs = [(gain(f"s{s}-k{longest[s]}-cts-all"), gain(f"s{s}-k{k}-cts-all")) for s in seeds]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if pairs:
-            diffs[f"cts K={max(longest.values(), key=int)} - K={k}"] = interval([a - b for a, b in pairs], comparisons)
+        by_seed = {s: per_finetuning_seed(f"s{s}-k{longest[s]}-cts-all", f"s{s}-k{k}-cts-all") for s in seeds}
+        if any(v is not None for v in by_seed.values()):
+            named[f"cts K={top} - K={k}"] = by_seed
+    diffs = {key: interval([sum(v) / len(v) for v in by_seed.values() if v is not None], comparisons)
+             for key, by_seed in named.items()}
+    # Beside it, each seed's own interval over its finetuning seeds: it leaves the meta-training variance out (the
+    # issue's point 2), so it is only what one seed can say, and the only interval while one seed has been run.
+    within = {key: {s: dict(zip(("mean", "ci95"), mean_ci95(v))) for s, v in by_seed.items() if v is not None}
+              for key, by_seed in named.items()}
     fig6a: dict = {}
     for s in seeds:
         for method, curve in env[s][longest[s]].items():
@@ -135,12 +146,26 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
     fig6c[max(longest.values(), key=int)] = [acc(f"s{s}-k{longest[s]}-cts-all") for s in seeds]
     result = {"meta_training_seeds": seeds, "none_mean": 100 * sum(none) / len(none),
               "interval": "t over meta-training seeds of the per-seed mean paired difference (points)",
-              "comparisons_read": comparisons, "differences": diffs, "fig6a_adapted_loss": fig6a,
+              "comparisons_read": comparisons, "differences": diffs,
+              "within_meta_seed": {"interval": "t over the finetuning seeds of one meta-training seed (leaves the "
+                                   "meta-training variance out)", "differences": within},
+              "fig6a_adapted_loss": fig6a,
               "fig6c_meta_test_by_k": fig6c, "envelopes": {s: env[s] for s in seeds}}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    dest.with_suffix(".json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
     _figure(result, dest.with_suffix(".png"))
     return result
+
+
+def _finite(value):
+    """NaN (an interval of one value) as null, so the JSON is strict."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _figure(result: dict, path: Path) -> None:
@@ -189,8 +214,11 @@ def main() -> None:
     if args.final:
         result = final(args.out, args.none, args.dest)
         for key, d in result["differences"].items():
+            own = ", ".join(f"{w['mean']:+.2f} ± {w['ci95']:.2f}"
+                            for w in result["within_meta_seed"]["differences"][key].values())
             print(f"{key}: {d['mean']:+.2f} ± {d['ci95']:.2f} (Bonferroni ± {d['ci95_bonferroni']:.2f}; "
-                  f"seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])})")
+                  f"seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])}; "
+                  f"within each seed {own})")
         print(f"wrote {args.dest} and {args.dest.with_suffix('.png')}")
         return
     env = envelopes(args.out)

@@ -78,3 +78,37 @@ def test_final_reads_the_meta_tests_paired_with_none_over_meta_training_seeds(tm
     assert [round(v, 9) for v in out["differences"]["cts K=100 - K=10"]["per_meta_seed"]] == [1.0, 2.0, 3.0]
     assert out["fig6a_adapted_loss"]["cts"]["0"]["points"] == [[100, 1.9], [200, 0.9]]
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_final_with_one_meta_training_seed_gives_only_the_within_seed_interval(tmp_path):
+    """One seed: the interval over meta-training seeds is undefined (null in strict JSON); the seed's own interval
+    over its finetuning seeds is t_{.975,4} * sd / sqrt(5) of the paired differences, computed here by hand."""
+    none = [0.50, 0.52, 0.48, 0.51, 0.49]
+    lift = [0.01, 0.03, 0.02, 0.00, 0.04]                       # CTS - None: 1, 3, 2, 0, 4 points; Reptile = None
+    (tmp_path / "none.json").write_text(_results(none))
+    run = tmp_path / "s0" / "k100" / "cts" / "meta_lr=0.01"
+    run.mkdir(parents=True)
+    (run / "validation-snapshots.json").write_text(json.dumps({"500": {"score": 0.3, "snapshot": "s.safetensors"}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "inner_steps": 100, "loss_mean": 1.0}) + "\n")
+    rep = tmp_path / "s0" / "k100" / "reptile" / "meta_lr=1"
+    rep.mkdir(parents=True)
+    (rep / "validation-snapshots.json").write_text(json.dumps({"500": {"score": 0.2, "snapshot": "r.safetensors"}}))
+    (rep / "metrics.jsonl").write_text("")
+    for method, accs in (("cts", [a + d for a, d in zip(none, lift)]), ("reptile", none)):
+        for budget in ("fifth", "half", "all"):
+            d = tmp_path / "test" / f"s0-k100-{method}-{budget}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(_results(accs))
+    script = str(ROOT / "experiments" / "convergence_regime.py")
+    assert subprocess.run([sys.executable, script, str(tmp_path)], check=False, timeout=60).returncode == 0
+    proc = subprocess.run([sys.executable, script, str(tmp_path), "--final", "--none", str(tmp_path / "none.json"),
+                           "--dest", str(tmp_path / "c.json")], capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "c.json").read_text())             # strict JSON: json.loads accepts no bare NaN
+    assert out["differences"]["cts - reptile @ all"]["ci95"] is None
+    own = out["within_meta_seed"]["differences"]["cts - reptile @ all"]["0"]
+    sd = (sum((x - 2.0) ** 2 for x in (1, 3, 2, 0, 4)) / 4) ** 0.5      # mean 2, sd sqrt(2.5)
+    assert abs(own["mean"] - 2.0) < 1e-9
+    assert abs(own["ci95"] - 2.7764451051977987 * sd / 5 ** 0.5) < 1e-9     # t_{.975,4}
+    assert "NaN" not in (tmp_path / "c.json").read_text()
