@@ -2,6 +2,10 @@
 and docs/evidence/pretrained-regime.png.
 
     python experiments/pretrained_regime.py runs/ev2 [--out docs/evidence]
+    python experiments/pretrained_regime.py runs/ev2-fashion-mnist --target fashion-mnist   # a further target
+
+A target other than CIFAR-10 (the meta-tests of experiments/pretrained_target.sh) is written to
+pretrained-regime-TARGET.json and .png.
 
 Statistics (fixed before the runs, docs/pretrained.md):
 * each meta-test finetunes with seeds 0-4, and a seed fixes the training subsample, so every initialization is
@@ -29,23 +33,27 @@ METHODS = ("cts", "reptile", "mtl")
 SEEDS = (0, 1, 2)
 
 
-def accs(test_dir: Path) -> dict[str, list[float]]:
-    """{images per class: [accuracy per finetuning seed]} of one meta-test (CIFAR-10)."""
+def accs(test_dir: Path, target: str = "cifar10") -> dict[str, list[float]]:
+    """{images per class: [accuracy per finetuning seed]} of one meta-test, on `target`."""
     report = json.loads((test_dir / "results.json").read_text())
-    return {str(n): r["targets"]["cifar10"]["accs"] for n, r in report["by_images_per_class"].items()}
+    return {str(n): r["targets"][target]["accs"] for n, r in report["by_images_per_class"].items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence")
+    ap.add_argument("--target", default="cifar10", help="the meta-test target (default: CIFAR-10, the design's first)")
     args = ap.parse_args()
-    none = accs(args.runs / "test" / "none")
+    name = "pretrained-regime" if args.target == "cifar10" else f"pretrained-regime-{args.target}"
+    none = accs(args.runs / "test" / "none", args.target)
     sizes = sorted(none, key=int)
-    found = {(s, m): accs(args.runs / "test" / f"s{s}-{m}") for s in SEEDS for m in METHODS
+    report = json.loads((args.runs / "test" / "none" / "results.json").read_text())
+    test_images = f"{report['targets'][args.target]['test_images']:,}"
+    found = {(s, m): accs(args.runs / "test" / f"s{s}-{m}", args.target) for s in SEEDS for m in METHODS
              if (args.runs / "test" / f"s{s}-{m}" / "results.json").is_file()}
     # The comparisons read: each method against None, and CTS against Reptile, at each size; and the trend per method.
-    comparisons = len(sizes) * (len(METHODS) + 1) + len(METHODS)
+    comparisons = len(sizes) * (len(METHODS) + 1) + (len(METHODS) if len(sizes) > 1 else 0)
 
     def gain(s, m, n):  # d_s: mean over finetuning seeds of the paired difference with None
         return sum(a - b for a, b in zip(found[(s, m)][n], none[n])) / len(none[n])
@@ -54,7 +62,8 @@ def main() -> None:
                              "sources": "4 groups of 40 classes of 0:160 (configs/tin-groups.csv)",
                              "meta_training": "configs/paper-4.3-cpu.yaml: K = 200, M = 10, batch 64, no weight decay",
                              "meta_validation": "Tiny ImageNet classes 160:200, 10 images per class, 200 steps, 5 seeds",
-                             "target": "CIFAR-10 (test set 10,000 images), 25/100/400 images per class",
+                             "target": f"{args.target} (test set {test_images} images), "
+                                       f"{'/'.join(sizes)} images per class",
                              "meta_test": "table1 protocol, 500 steps, finetuning seeds 0-4",
                              "interval": "t over meta-training seeds of the per-seed mean paired gain",
                              "comparisons_read": comparisons},
@@ -85,14 +94,14 @@ def main() -> None:
         out["cts_minus_reptile"] = {n: interval([gain(s, "cts", n) - gain(s, "reptile", n) for s in both],
                                                 comparisons) for n in sizes}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pretrained-regime.json").write_text(json.dumps(out, indent=1) + "\n")
-    _plot(args.out / "pretrained-regime.png", out, sizes)
+    (args.out / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    _plot(args.out / f"{name}.png", out, sizes, args.target)
     for m, by_n in out["gain_over_none"].items():
         print(m, "  ".join(f"{10 * int(n)} imgs: {100 * v['mean']:+.2f} ± {100 * v['ci95']:.2f}"
                             for n, v in by_n.items()))
 
 
-def _plot(path: Path, out: dict, sizes: list[str]) -> None:
+def _plot(path: Path, out: dict, sizes: list[str], target: str = "cifar10") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,7 +116,7 @@ def _plot(path: Path, out: dict, sizes: list[str]) -> None:
     ax.set_xscale("log")
     ax.set_xticks(x, [str(v) for v in x])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("CIFAR-10 training images")
+    ax.set_xlabel(f"{'CIFAR-10' if target == 'cifar10' else target} training images")
     ax.set_ylabel("test accuracy gain over None (points)")
     counts = ", ".join(f"{m} {len(by_n[sizes[0]]['per_meta_seed'])}" for m, by_n in out["gain_over_none"].items())
     ax.set_title(f"Gain over the pretrained base; 95% CI over meta-training seeds ({counts}; none with 1)",
