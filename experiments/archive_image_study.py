@@ -5,6 +5,9 @@
     # any other tree of runs, e.g. the convergence regime, whose every snapshot can be meta-tested:
     python experiments/archive_image_study.py save --runs runs/conv --archive docs/evidence/convergence-regime/runs \
         --all-snapshots
+    # ... and once snapshots are scored, only those a meta-test needs (the working tree stays small):
+    python experiments/archive_image_study.py save --runs runs/conv --archive docs/evidence/convergence-regime/runs \
+        --all-snapshots --scored-keep runs/conv/meta-test-jobs.txt
 
 A run folder keeps what the study needs from it: config.yaml, summary.json, validation.json, failed.json, its
 report-cache (meta-test results), validation-snapshots.json, init.pt or init.safetensors (a finished run is then
@@ -38,8 +41,24 @@ def _best_runs(runs: Path) -> set[Path]:
     return keep | {run for _, run in best.values()}
 
 
-def save(runs: Path, archive: Path, all_snapshots: bool = False) -> None:
+def _scored_but_unneeded(runs: Path, keep_file: Path) -> set[Path]:
+    """Snapshot files (relative to runs, with their .json sidecars) that their run's validation-snapshots.json has
+    scored and that no line of keep_file (e.g. meta-test-jobs.txt: "SNAPSHOT_FILE TEST_FOLDER") names: their score
+    is kept, the file is not needed any more."""
+    import json
+    named = {Path(line.split()[0]).resolve() for line in keep_file.read_text().splitlines() if line.strip()}
+    drop = set()
+    for scored in runs.rglob("validation-snapshots.json"):
+        for r in json.loads(scored.read_text()).values():
+            snap = scored.parent / "snapshots" / r["snapshot"]
+            if snap.resolve() not in named:
+                drop |= {snap.relative_to(runs), snap.with_suffix(".json").relative_to(runs)}
+    return drop
+
+
+def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: Path | None = None) -> None:
     needed = {p.parent for p in runs.rglob("config.yaml")} if all_snapshots else _best_runs(runs)
+    drop = _scored_but_unneeded(runs, scored_keep) if scored_keep else set()
     for f in runs.rglob("*"):
         if not f.is_file():
             continue
@@ -48,7 +67,7 @@ def save(runs: Path, archive: Path, all_snapshots: bool = False) -> None:
         target = archive / rel
         in_needed_run = any(f.is_relative_to(r) for r in needed)
         keep = (f.name in KEEP or f.name in ("sweep.json", "sweep.png", "scratch-validation.json")
-                or "report-cache" in parts or ("snapshots" in parts and in_needed_run))
+                or "report-cache" in parts or ("snapshots" in parts and in_needed_run and rel not in drop))
         if f.name == "metrics.jsonl":
             target = target.with_name("metrics.jsonl.gz")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +83,8 @@ def save(runs: Path, archive: Path, all_snapshots: bool = False) -> None:
         if keep:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
+    for rel in drop:                    # an earlier save may hold them
+        (archive / rel).unlink(missing_ok=True)
     # An earlier save may have kept a checkpoint of a run that has finished since: drop it (copying only adds).
     for ckpt in list(archive.rglob("checkpoints/ckpt-*")):
         if (ckpt.parent.parent / "summary.json").exists():
@@ -92,8 +113,11 @@ if __name__ == "__main__":
     ap.add_argument("--archive", default="docs/image-study/runs")
     ap.add_argument("--all-snapshots", action="store_true",
                     help="keep every run's snapshots (default: only the best run's per method folder)")
+    ap.add_argument("--scored-keep", type=Path, default=None, metavar="FILE",
+                    help="drop the snapshots already scored on meta-validation unless FILE names them (e.g. the "
+                         "convergence regime's meta-test-jobs.txt); unscored ones are kept")
     args = ap.parse_args()
     if args.action == "save":
-        save(Path(args.runs), Path(args.archive), args.all_snapshots)
+        save(Path(args.runs), Path(args.archive), args.all_snapshots, args.scored_keep)
     else:
         restore(Path(args.archive), Path(args.runs))

@@ -54,3 +54,25 @@ def test_save_keeps_what_resumes_and_restore_puts_it_back(tmp_path):
     run("restore", "--runs", str(back), "--archive", str(archive))
     assert (back / "s0" / "cts" / "meta_lr=0.01" / "metrics.jsonl").read_text() == '{"step": 1}\n' * 50
     assert (back / "s0" / "cts" / "meta_lr=0.01" / "init.safetensors").read_bytes() == b"phi"
+
+
+def test_scored_keep_drops_scored_snapshots_no_meta_test_names_and_keeps_the_rest(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    make_runs(runs)
+    done = runs / "s0" / "cts" / "meta_lr=0.01"
+    for step in (1000, 2000):
+        (done / "snapshots" / f"step-{step:08d}.safetensors").write_bytes(b"s")
+        (done / "snapshots" / f"step-{step:08d}.json").write_text("{}")
+    (done / "snapshots" / "step-00003000.safetensors").write_bytes(b"s")      # written, not scored yet
+    (done / "validation-snapshots.json").write_text(
+        '{"1000": {"score": 0.2, "snapshot": "step-00001000.safetensors"}, '
+        '"2000": {"score": 0.3, "snapshot": "step-00002000.safetensors"}}')
+    jobs = tmp_path / "meta-test-jobs.txt"
+    jobs.write_text(f"{done / 'snapshots' / 'step-00002000.safetensors'} {tmp_path / 'test' / 'x'}\n")
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots")     # an earlier save: all
+    kept = archive / "s0" / "cts" / "meta_lr=0.01" / "snapshots"
+    assert (kept / "step-00001000.safetensors").exists()
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots", "--scored-keep", str(jobs))
+    assert sorted(p.name for p in kept.iterdir()) == ["step-00000000.safetensors", "step-00002000.json",
+                                                      "step-00002000.safetensors", "step-00003000.safetensors"]
+    assert (archive / "s0" / "cts" / "meta_lr=0.01" / "validation-snapshots.json").exists()   # the scores stay
