@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -85,6 +84,7 @@ def adapted_loss(run: Path, k: int) -> list[tuple[int, float]]:
 def final(out: Path, none_results: Path, dest: Path) -> dict:
     """The design's 11 comparisons over meta-training seeds, Fig. 6a's losses, and the figure."""
     sys.path.insert(0, str(ROOT))       # imported here: the envelope step runs without torch (python3 in the script)
+    from trajshift.core.atomic import finite
     from trajshift.core.stats import interval_over_seeds as interval
     from trajshift.core.stats import mean_ci95
     env = json.loads((out / "envelopes.json").read_text())
@@ -152,20 +152,9 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
               "fig6a_adapted_loss": fig6a,
               "fig6c_meta_test_by_k": fig6c, "envelopes": {s: env[s] for s in seeds}}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.with_suffix(".json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+    dest.with_suffix(".json").write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
     _figure(result, dest.with_suffix(".png"))
     return result
-
-
-def _finite(value):
-    """NaN (an interval of one value) as null, so the JSON is strict."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _figure(result: dict, path: Path) -> None:
