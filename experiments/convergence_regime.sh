@@ -8,7 +8,8 @@
 #   stage train:    for each meta-training seed, CTS and Reptile on beta grids whose effective Reptile steps overlap
 #                   (CTS beta K rho with rho about 0.6), and MTL, K = 1,000, M = 10, a snapshot at every trajectory's
 #                   end; for Fig. 6c, CTS at K = 100 and 300 over the same budget (10,000 inner steps per task)
-#   stage validate: every snapshot of every run scored on meta-validation (trajshift validate RUN --snapshots)
+#   stage validate: every snapshot of every K = 1,000 run scored on meta-validation (trajshift validate RUN
+#                   --snapshots); for the shorter K, the snapshots nearest 1/5, 1/2 and all of the budget (--at)
 #   then: python experiments/convergence_regime.py "$OUT" (envelopes; the snapshots to meta-test, meta-test-jobs.txt)
 #   stage test:     the meta-tests of meta-test-jobs.txt (CIFAR-10, 100 images per class, Table 1 protocol, 500 steps,
 #                   finetuning seeds 0-4: None's are the Table 1 regime's, docs/evidence/pretrained-regime)
@@ -58,10 +59,15 @@ if [[ $stage == all || $stage == train ]]; then
 fi
 
 if [[ $stage == all || $stage == validate ]]; then
-  # finished runs, and the snapshots a stopped run has written (scores are cached per snapshot)
-  export TS
-  for run in "$OUT"/s*/k*/*/meta_lr=*/; do [ -d "$run/snapshots" ] && echo "$run"; done |
-    xargs -P "$JOBS" -L 1 bash -c 'OMP_NUM_THREADS=1 $TS validate "$0" --snapshots --quiet'
+  # finished runs, and the snapshots a stopped run has written (scores are cached per snapshot). Fig. 6c's shorter
+  # K write a snapshot per trajectory too (100 at K = 100); only those nearest 1/5, 1/2 and all of the budget are
+  # scored, the points its envelope and meta-test need.
+  export TS AT="$((budget / 5)),$((budget / 2)),$budget"
+  for run in "$OUT"/s*/k*/*/meta_lr=*/; do
+    [ -d "$run/snapshots" ] || continue
+    if [[ $run == "$OUT"/s*/k$K/* ]]; then echo "$run all"; else echo "$run $AT"; fi
+  done | xargs -P "$JOBS" -L 1 bash -c 'at=(); [ "$1" = all ] || at=(--at "$1")
+    OMP_NUM_THREADS=1 $TS validate "$0" --snapshots "${at[@]}" --quiet'
 fi
 
 if [[ $stage == test ]]; then

@@ -112,3 +112,15 @@ def test_final_with_one_meta_training_seed_gives_only_the_within_seed_interval(t
     assert abs(own["mean"] - 2.0) < 1e-9
     assert abs(own["ci95"] - 2.7764451051977987 * sd / 5 ** 0.5) < 1e-9     # t_{.975,4}
     assert "NaN" not in (tmp_path / "c.json").read_text()
+
+
+def test_nearest_snapshots_picks_each_budget_once_in_step_order():
+    """Fig. 6c's K = 300 run has snapshots every 300 steps: 2,000 -> 2,100, 5,000 -> 5,100, 10,000 -> 9,900 (the
+    last); a tie goes to the earlier snapshot, and two counts near one snapshot score it once."""
+    from pathlib import Path
+
+    from trajshift.commands.validation import nearest_snapshots
+    files = [Path(f"snapshots/step-{n:08d}.safetensors") for n in range(0, 10_000, 300)]
+    picked = nearest_snapshots(files[::-1], [10_000, 2_000, 5_000, 5_050])
+    assert [p.name for p in picked] == [f"step-{n:08d}.safetensors" for n in (2_100, 5_100, 9_900)]
+    assert [p.name for p in nearest_snapshots(files, [150])] == ["step-00000000.safetensors"]

@@ -182,6 +182,10 @@ def test_the_offline_config_runs_as_shipped(tmp_path, monkeypatch):
     assert main(["validate", str(run), "--quiet"]) == 0
     final = json.loads((run / "validation.json").read_text())
     assert 0 <= final["score"] <= 1
+    # --at scores only the snapshot nearest to each count (4 -> step 3); --at alone is a named error.
+    assert main(["validate", str(run), "--at", "4", "--quiet"]) == 2
+    assert main(["validate", str(run), "--snapshots", "--at", "4", "--quiet"]) == 0
+    assert list(json.loads((run / "validation-snapshots.json").read_text())) == ["3"]
     # Every snapshot scored alike (a best-over-beta curve per budget); the last snapshot is the final init.
     assert main(["validate", str(run), "--snapshots", "--quiet"]) == 0
     snaps = json.loads((run / "validation-snapshots.json").read_text())

@@ -96,9 +96,11 @@ def _sweep(args) -> int:
 
 def _validate(args) -> int:
     from .validation import score_run, score_snapshots
+    if args.at and not args.snapshots:
+        raise ConfigError(f"--at {','.join(map(str, args.at))} picks snapshots to score; add --snapshots")
     if args.snapshots:
         quiet = {"log": log_of(args), "progress": False if args.quiet else None}
-        for steps, r in score_snapshots(args.run, **quiet).items():
+        for steps, r in score_snapshots(args.run, at=args.at, **quiet).items():
             ci = "n/a" if r["ci95"] is None else f"{100 * r['ci95']:.2f}"
             print(f"{args.run} at {int(steps):,} inner steps: meta-validation accuracy {100 * r['score']:.2f}% +- {ci}")
         return 0

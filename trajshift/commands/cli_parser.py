@@ -32,6 +32,17 @@ def _finetune_options(sub: argparse.ArgumentParser) -> None:
     add_config_flags(sub, MetaTestConfig, FINETUNE_FLAGS, keep_defaults=True)
 
 
+def _step_list(text: str) -> list[int]:
+    """'2000,5000,10000' -> [2000, 5000, 10000]: inner-step counts, each >= 0."""
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected inner-step counts like 2000,5000,10000, got {text!r}") from None
+    if any(n < 0 for n in steps):
+        raise argparse.ArgumentTypeError(f"inner-step counts must be >= 0, got {text!r}")
+    return steps
+
+
 def _quiet(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and the final summary")
 
@@ -128,6 +139,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     va.add_argument("run", help="meta-train run folder")
     va.add_argument("--snapshots", action="store_true", help="score every snapshot (snapshots/step-N) instead of the "
                     "final init; cached in RUN/validation-snapshots.json (a best-over-beta curve per budget)")
+    va.add_argument("--at", type=_step_list, default=None, metavar="N,N,...",
+                    help="with --snapshots: score only the snapshot nearest to each of these inner-step counts")
     _quiet(va)
     va.set_defaults(func=handlers["validate"])
     dg = sub.add_parser("diagnose", help="each trajectory's effective Reptile step (beta K rho for CTS) from the "

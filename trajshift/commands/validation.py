@@ -140,12 +140,23 @@ def score_run(run: str | Path, data_root=None, cache_dir=None, log=print, progre
     return result
 
 
+def nearest_snapshots(files: list[Path], at: list[int]) -> list[Path]:
+    """The snapshot nearest to each requested count of inner steps (the earlier one on a tie), each once, in step
+    order: a run with K = 300 has no snapshot at 2,000 steps, and 2,100 stands for it."""
+    from .meta_train import tr_inner
+    steps = {path: tr_inner(path) for path in files}
+    chosen = {min(files, key=lambda path: (abs(steps[path] - want), steps[path])) for want in at}
+    return sorted(chosen, key=steps.__getitem__)
+
+
 def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, at: list[int] | None = None) -> dict:
     """Meta-validation score of every snapshot of a run (snapshots/step-N), so that a method's curve can be the
     best over its meta learning rates at each budget (the issue "Evidence II", item 4). Cached per snapshot in
     RUN/validation-snapshots.json (keyed like validation.json), so an interrupted scoring resumes and snapshots
-    written later (a run still training) are scored on the next call. Returns {inner_steps: result}."""
+    written later (a run still training) are scored on the next call. ``at`` (inner-step counts) scores only the
+    snapshot nearest to each, for runs with many short trajectories (Fig. 6c's K = 100 writes 100 snapshots).
+    Returns {inner_steps: result} for every snapshot scored so far."""
     from ..data.init_file import snapshot_files
     from .meta_test import write_json
     from .meta_train import tr_inner
@@ -154,6 +165,8 @@ def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
     files = snapshot_files(run)
     if not files:
         raise ConfigError(f"{run}: no snapshots; set snapshot_every in the config (e.g. K, one per trajectory)")
+    if at:
+        files = nearest_snapshots(files, at)
     cached = run / "validation-snapshots.json"
     scores = json.loads(cached.read_text()) if cached.is_file() else {}
     for path in files:
