@@ -42,15 +42,21 @@ def _best_runs(runs: Path) -> set[Path]:
 
 
 def _scored_but_unneeded(runs: Path, keep_file: Path) -> set[Path]:
-    """Snapshot files (relative to runs, with their .json sidecars) that their run's validation-snapshots.json has
-    scored and that no line of keep_file (e.g. meta-test-jobs.txt: "SNAPSHOT_FILE TEST_FOLDER") names: their score
-    is kept, the file is not needed any more."""
+    """Snapshot files (relative to runs, with their .json sidecars) that no line of keep_file (e.g.
+    meta-test-jobs.txt: "SNAPSHOT_FILE TEST_FOLDER") names and that are either scored in their run's
+    validation-snapshots.json (the score is kept, the file is not needed any more) or left unscored on purpose: the
+    run has finished and its last snapshot is scored, so its scoring is over (snapshots are scored in step order)
+    and `validate --at` skipped the rest."""
     import json
     named = {Path(line.split()[0]).resolve() for line in keep_file.read_text().splitlines() if line.strip()}
     drop = set()
     for scored in runs.rglob("validation-snapshots.json"):
-        for r in json.loads(scored.read_text()).values():
-            snap = scored.parent / "snapshots" / r["snapshot"]
+        run = scored.parent
+        done = {run / "snapshots" / r["snapshot"] for r in json.loads(scored.read_text()).values()}
+        written = sorted((run / "snapshots").glob("step-*.safetensors"))
+        if (run / "summary.json").exists() and written and written[-1] in done:
+            done |= set(written)
+        for snap in done:
             if snap.resolve() not in named:
                 drop |= {snap.relative_to(runs), snap.with_suffix(".json").relative_to(runs)}
     return drop

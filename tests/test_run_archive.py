@@ -76,3 +76,26 @@ def test_scored_keep_drops_scored_snapshots_no_meta_test_names_and_keeps_the_res
     assert sorted(p.name for p in kept.iterdir()) == ["step-00000000.safetensors", "step-00002000.json",
                                                       "step-00002000.safetensors", "step-00003000.safetensors"]
     assert (archive / "s0" / "cts" / "meta_lr=0.01" / "validation-snapshots.json").exists()   # the scores stay
+
+
+def test_scored_keep_drops_what_validate_at_skipped_once_a_finished_run_is_scored_to_its_end(tmp_path):
+    """Fig. 6c's K = 100 run writes 100 snapshots and `validate --at` scores 3: once its last snapshot is scored,
+    the unscored ones are not needed (the archive keeps the meta-tested one); while its end is unscored, they stay."""
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    make_runs(runs)
+    done = runs / "s0" / "cts" / "meta_lr=0.01"
+    for step in range(100, 1001, 100):
+        (done / "snapshots" / f"step-{step:08d}.safetensors").write_bytes(b"s")
+    jobs = tmp_path / "meta-test-jobs.txt"
+    jobs.write_text(f"{done / 'snapshots' / 'step-00001000.safetensors'} {tmp_path / 'test' / 'x'}\n")
+    kept = archive / "s0" / "cts" / "meta_lr=0.01" / "snapshots"
+    (done / "validation-snapshots.json").write_text('{"200": {"score": 0.2, "snapshot": "step-00000200.safetensors"}}')
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots", "--scored-keep", str(jobs))
+    assert len(list(kept.iterdir())) == 10                  # 0 and 100..1000 but the scored 200: scoring goes on
+    (done / "validation-snapshots.json").write_text(
+        '{"200": {"score": 0.2, "snapshot": "step-00000200.safetensors"}, '
+        '"1000": {"score": 0.3, "snapshot": "step-00001000.safetensors"}}')
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots", "--scored-keep", str(jobs))
+    assert [p.name for p in kept.iterdir()] == ["step-00001000.safetensors"]
+    going = archive / "s0" / "reptile" / "meta_lr=1" / "snapshots"   # unfinished and unscored: kept whole
+    assert [p.name for p in going.iterdir()] == ["step-00000000.safetensors"]
