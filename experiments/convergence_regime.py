@@ -205,8 +205,9 @@ def main() -> None:
         for key, d in result["differences"].items():
             own = ", ".join(f"{w['mean']:+.2f} ± {w['ci95']:.2f}"
                             for w in result["within_meta_seed"]["differences"][key].values())
-            print(f"{key}: {d['mean']:+.2f} ± {d['ci95']:.2f} (Bonferroni ± {d['ci95_bonferroni']:.2f}; "
-                  f"seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])}; "
+            over = ("no interval over meta-training seeds (one seed)" if len(d["per_meta_seed"]) < 2 else
+                    f"± {d['ci95']:.2f}, Bonferroni ± {d['ci95_bonferroni']:.2f} over meta-training seeds")
+            print(f"{key}: {d['mean']:+.2f} ({over}; seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])}; "
                   f"within each seed {own})")
         print(f"wrote {args.dest} and {args.dest.with_suffix('.png')}")
         return
