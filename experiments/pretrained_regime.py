@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from trajshift.core.atomic import finite
 from trajshift.core.stats import interval_over_seeds as interval
 from trajshift.core.stats import mean_ci95
 
@@ -93,12 +94,26 @@ def main() -> None:
     if both:
         out["cts_minus_reptile"] = {n: interval([gain(s, "cts", n) - gain(s, "reptile", n) for s in both],
                                                 comparisons) for n in sizes}
+        for n in sizes:
+            out["cts_minus_reptile"][n]["within_meta_seed"] = {
+                str(s): mean_ci95([a - b for a, b in zip(found[(s, "cts")][n], found[(s, "reptile")][n])])
+                for s in both}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    # strict JSON: an interval over one meta-training seed is undefined, written null
+    (args.out / f"{name}.json").write_text(json.dumps(finite(out), indent=1, allow_nan=False) + "\n")
     _plot(args.out / f"{name}.png", out, sizes, args.target)
-    for m, by_n in out["gain_over_none"].items():
-        print(m, "  ".join(f"{10 * int(n)} imgs: {100 * v['mean']:+.2f} ± {100 * v['ci95']:.2f}"
-                            for n, v in by_n.items()))
+    rows = {**{f"{m} - none": by_n for m, by_n in out["gain_over_none"].items()},
+            **({"cts - reptile": out["cts_minus_reptile"]} if both else {})}
+    for label, by_n in rows.items():
+        print(label, "  ".join(f"{10 * int(n)} imgs: {_read(v)}" for n, v in by_n.items()))
+
+
+def _read(v: dict) -> str:
+    """'+0.86 points (± over meta-training seeds; within seed 0: ± ...)': the interval over meta-training seeds
+    only where there are two or more, and each seed's own interval over its finetuning seeds beside it."""
+    over = f" ± {100 * v['ci95']:.2f}" if len(v["per_meta_seed"]) > 1 else " (one meta-training seed: no interval over seeds)"
+    own = ", ".join(f"seed {s} {100 * m:+.2f} ± {100 * c:.2f}" for s, (m, c) in v["within_meta_seed"].items())
+    return f"{100 * v['mean']:+.2f}{over}; within {own}"
 
 
 def _plot(path: Path, out: dict, sizes: list[str], target: str = "cifar10") -> None:
