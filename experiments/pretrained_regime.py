@@ -134,7 +134,7 @@ def _plot(path: Path, out: dict, sizes: list[str], target: str = "cifar10") -> N
     ax.set_xlabel(f"{'CIFAR-10' if target == 'cifar10' else target} training images")
     ax.set_ylabel("test accuracy gain over None (points)")
     counts = ", ".join(f"{m} {len(by_n[sizes[0]]['per_meta_seed'])}" for m, by_n in out["gain_over_none"].items())
-    ax.set_title(f"Gain over the pretrained base; 95% CI over meta-training seeds ({counts}; none with 1)",
+    ax.set_title(f"Gain over the pretrained base; 95% CI over meta-training seeds\n({counts}; none with 1)",
                  fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
