@@ -96,6 +96,8 @@ def _sweep(args) -> int:
 
 def _validate(args) -> int:
     from .validation import score_run, score_snapshots
+    if args.at is not None and not all(isinstance(n, int) and n >= 0 for n in args.at):
+        raise ConfigError(f"--at: expected inner-step counts >= 0 like 2000,5000,10000, got {args.at}")
     if args.at and not args.snapshots:
         raise ConfigError(f"--at {','.join(map(str, args.at))} picks snapshots to score; add --snapshots")
     if args.snapshots:

@@ -5,7 +5,7 @@ import argparse
 
 from ..analysis.approx_error import ApproxErrorConfig
 from ..analysis.synthetic_study import SyntheticStudyConfig
-from .cli_options import add_config_flags
+from .cli_options import _converter, add_config_flags
 from .meta_test import MetaTestConfig
 
 # The synthetic study's flags: config field -> flag (defaults, types and help come from the dataclass).
@@ -30,17 +30,6 @@ def _data_options(sub: argparse.ArgumentParser) -> None:
 def _finetune_options(sub: argparse.ArgumentParser) -> None:
     """The finetuning flags meta-test and report share: one declaration (MetaTestConfig), one meaning."""
     add_config_flags(sub, MetaTestConfig, FINETUNE_FLAGS, keep_defaults=True)
-
-
-def _step_list(text: str) -> list[int]:
-    """'2000,5000,10000' -> [2000, 5000, 10000]: inner-step counts, each >= 0."""
-    try:
-        steps = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected inner-step counts like 2000,5000,10000, got {text!r}") from None
-    if any(n < 0 for n in steps):
-        raise argparse.ArgumentTypeError(f"inner-step counts must be >= 0, got {text!r}")
-    return steps
 
 
 def _quiet(sub: argparse.ArgumentParser) -> None:
@@ -139,7 +128,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     va.add_argument("run", help="meta-train run folder")
     va.add_argument("--snapshots", action="store_true", help="score every snapshot (snapshots/step-N) instead of the "
                     "final init; cached in RUN/validation-snapshots.json (a best-over-beta curve per budget)")
-    va.add_argument("--at", type=_step_list, default=None, metavar="N,N,...",
+    va.add_argument("--at", type=_converter(list, int), default=None, metavar="N,N,...",
                     help="with --snapshots: score only the snapshot nearest to each of these inner-step counts")
     _quiet(va)
     va.set_defaults(func=handlers["validate"])
