@@ -130,12 +130,27 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
         by_seed = {s: per_finetuning_seed(f"s{s}-k{longest[s]}-cts-all", f"s{s}-k{k}-cts-all") for s in seeds}
         if any(v is not None for v in by_seed.values()):
             named[f"cts K={top} - K={k}"] = by_seed
-    diffs = {key: interval([sum(v) / len(v) for v in by_seed.values() if v is not None], comparisons)
-             for key, by_seed in named.items()}
-    # Beside it, each seed's own interval over its finetuning seeds: it leaves the meta-training variance out (the
-    # issue's point 2), so it is only what one seed can say, and the only interval while one seed has been run.
-    within = {key: {s: dict(zip(("mean", "ci95"), mean_ci95(v))) for s, v in by_seed.items() if v is not None}
-              for key, by_seed in named.items()}
+    # MTL is trained by the design (once, no beta) but is in none of its comparisons; where its meta-tests exist,
+    # MTL - None and CTS - MTL at each budget are reported beside them, with a Bonferroni count that includes them.
+    beside: dict = {}
+    for b in BUDGETS:
+        for s in seeds:
+            c, m = f"s{s}-k{longest[s]}-cts-{b}", f"s{s}-k{longest[s]}-mtl-{b}"
+            if (test / m / "results.json").is_file():
+                beside.setdefault(f"mtl - none @ {b}", {})[s] = per_finetuning_seed(m)
+                beside.setdefault(f"cts - mtl @ {b}", {})[s] = per_finetuning_seed(c, m)
+
+    def intervals(by_key: dict, count: int) -> dict:
+        return {key: interval([sum(v) / len(v) for v in by_seed.values() if v is not None], count)
+                for key, by_seed in by_key.items()}
+
+    def within_seed(by_key: dict) -> dict:
+        # Each seed's own interval over its finetuning seeds: it leaves the meta-training variance out (the issue's
+        # point 2), so it is only what one seed can say, and the only interval while one seed has been run.
+        return {key: {s: dict(zip(("mean", "ci95"), mean_ci95(v))) for s, v in by_seed.items() if v is not None}
+                for key, by_seed in by_key.items()}
+
+    diffs, within = intervals(named, comparisons), within_seed(named)
     fig6a: dict = {}
     for s in seeds:
         for method, curve in env[s][longest[s]].items():
@@ -149,6 +164,10 @@ def final(out: Path, none_results: Path, dest: Path) -> dict:
               "comparisons_read": comparisons, "differences": diffs,
               "within_meta_seed": {"interval": "t over the finetuning seeds of one meta-training seed (leaves the "
                                    "meta-training variance out)", "differences": within},
+              "beside_the_design": {
+                  "note": "MTL's meta-tests: not among the design's comparisons; Bonferroni counts them too",
+                  "comparisons_read_with_them": comparisons + len(beside),
+                  "differences": intervals(beside, comparisons + len(beside)), "within_meta_seed": within_seed(beside)},
               "fig6a_adapted_loss": fig6a,
               "fig6c_meta_test_by_k": fig6c, "envelopes": {s: env[s] for s in seeds}}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +221,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.final:
         result = final(args.out, args.none, args.dest)
-        for key, d in result["differences"].items():
-            own = ", ".join(f"{w['mean']:+.2f} ± {w['ci95']:.2f}"
-                            for w in result["within_meta_seed"]["differences"][key].values())
+        beside = result["beside_the_design"]
+        for key, d in [*result["differences"].items(), *beside["differences"].items()]:
+            own = ", ".join(f"{w['mean']:+.2f} ± {w['ci95']:.2f}" for w in
+                            {**result["within_meta_seed"]["differences"], **beside["within_meta_seed"]}[key].values())
             over = ("no interval over meta-training seeds (one seed)" if len(d["per_meta_seed"]) < 2 else
                     f"± {d['ci95']:.2f}, Bonferroni ± {d['ci95_bonferroni']:.2f} over meta-training seeds")
             print(f"{key}: {d['mean']:+.2f} ({over}; seeds {', '.join(f'{v:+.2f}' for v in d['per_meta_seed'])}; "

@@ -56,7 +56,7 @@ def test_final_reads_the_meta_tests_paired_with_none_over_meta_training_seeds(tm
                 lines = [{"step": s, "inner_steps": t * k + s, "loss_mean": 2.0 - t - s / (10 * k)}
                          for t in range(2) for s in range(1, k + 1)]
                 (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        for method, lift in (("cts", 0.01 * (seed + 1)), ("reptile", 0.01)):   # points over None: 1, 2, 3 / 1
+        for method, lift in (("cts", 0.01 * (seed + 1)), ("reptile", 0.01), ("mtl", 0.02)):  # 1, 2, 3 / 1 / 2
             for budget in ("fifth", "half", "all"):
                 d = tmp_path / "test" / f"s{seed}-k100-{method}-{budget}"
                 d.mkdir(parents=True)
@@ -77,6 +77,14 @@ def test_final_reads_the_meta_tests_paired_with_none_over_meta_training_seeds(tm
     assert abs(d["ci95"] - 4.302652729749464 / 3 ** 0.5) < 1e-6                 # t_{.975,2} * sd 1 / sqrt 3
     assert [round(v, 9) for v in out["differences"]["cts K=100 - K=10"]["per_meta_seed"]] == [1.0, 2.0, 3.0]
     assert out["fig6a_adapted_loss"]["cts"]["0"]["points"] == [[100, 1.9], [200, 0.9]]
+    beside = out["beside_the_design"]                     # MTL: 2 points over None; CTS - MTL -1, 0, +1 by seed
+    assert beside["comparisons_read_with_them"] == 10 + 6
+    assert [round(v, 9) for v in beside["differences"]["mtl - none @ half"]["per_meta_seed"]] == [2.0, 2.0, 2.0]
+    d = beside["differences"]["cts - mtl @ all"]
+    assert [round(v, 9) for v in d["per_meta_seed"]] == [-1.0, 0.0, 1.0] and abs(d["mean"]) < 1e-9
+    q = 1 - 0.025 / 16                      # the t quantile at 2 degrees of freedom in closed form, Bonferroni 16
+    t_q = (2 * q - 1) * (2 / (4 * q * (1 - q))) ** 0.5
+    assert abs(d["ci95_bonferroni"] - t_q / 3 ** 0.5) < 1e-6                       # t * sd 1 / sqrt 3
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
