@@ -9,6 +9,11 @@
     python experiments/archive_image_study.py save --runs runs/conv --archive docs/evidence/convergence-regime/runs \
         --all-snapshots --scored-keep runs/conv/meta-test-jobs.txt
 
+With --thin-metrics (the convergence regime, whose 10,000-step runs log about 2.5 MB each) every metrics row is kept,
+so a resumed run's row count still matches its checkpoint, but without its per-task arrays ("loss", "tasks": read
+only by the TensorBoard export) and with floats to 6 significant digits: the studies read loss_mean, gap_norm and
+delta_norm, and the archive is about a sixth of the size. The full rows of runs archived before stay in git history.
+
 A run folder keeps what the study needs from it: config.yaml, summary.json, validation.json, failed.json, its
 report-cache (meta-test results), validation-snapshots.json, init.pt or init.safetensors (a finished run is then
 skipped by the sweep), its snapshots (for the report's Fig. 7) and metrics.jsonl (gzip; Fig. 6a); an unfinished run
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -28,7 +34,6 @@ KEEP = ("config.yaml", "summary.json", "validation.json", "validation-snapshots.
 def _best_runs(runs: Path) -> set[Path]:
     """Per method folder, the run with the best validation score so far (only its snapshots can still be needed by
     the report), and every run not scored yet (it may become the best)."""
-    import json
     keep, best = set(), {}
     for run in {p.parent for p in runs.rglob("config.yaml")}:
         val = run / "validation.json"
@@ -47,7 +52,6 @@ def _scored_but_unneeded(runs: Path, keep_file: Path) -> set[Path]:
     validation-snapshots.json (the score is kept, the file is not needed any more) or left unscored on purpose: the
     run has finished and its last snapshot is scored, so its scoring is over (snapshots are scored in step order)
     and `validate --at` skipped the rest."""
-    import json
     named = {Path(line.split()[0]).resolve() for line in keep_file.read_text().splitlines() if line.strip()}
     drop = set()
     for scored in runs.rglob("validation-snapshots.json"):
@@ -62,7 +66,22 @@ def _scored_but_unneeded(runs: Path, keep_file: Path) -> set[Path]:
     return drop
 
 
-def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: Path | None = None) -> None:
+PER_TASK = ("loss", "tasks")
+
+
+def thin_row(line: str) -> str:
+    """One metrics row without its per-task arrays, every float to 6 significant digits (a cut line is kept as it
+    is: a resumed run's truncation drops it by its row count)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    return json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v
+                       for k, v in row.items() if k not in PER_TASK})
+
+
+def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: Path | None = None,
+         thin_metrics: bool = False) -> None:
     needed = {p.parent for p in runs.rglob("config.yaml")} if all_snapshots else _best_runs(runs)
     drop = _scored_but_unneeded(runs, scored_keep) if scored_keep else set()
     for f in runs.rglob("*"):
@@ -79,7 +98,10 @@ def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: Pa
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(f, "rb") as src, open(target, "wb") as raw, \
                     gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
-                shutil.copyfileobj(src, dst)
+                if thin_metrics:
+                    dst.write("".join(thin_row(line) + "\n" for line in src.read().decode().splitlines()).encode())
+                else:
+                    shutil.copyfileobj(src, dst)
             continue
         if "checkpoints" in parts:
             run = f.parent.parent
@@ -122,8 +144,10 @@ if __name__ == "__main__":
     ap.add_argument("--scored-keep", type=Path, default=None, metavar="FILE",
                     help="drop the snapshots already scored on meta-validation unless FILE names them (e.g. the "
                          "convergence regime's meta-test-jobs.txt); unscored ones are kept")
+    ap.add_argument("--thin-metrics", action="store_true",
+                    help="archive metrics rows without per-task arrays, floats to 6 significant digits")
     args = ap.parse_args()
     if args.action == "save":
-        save(Path(args.runs), Path(args.archive), args.all_snapshots, args.scored_keep)
+        save(Path(args.runs), Path(args.archive), args.all_snapshots, args.scored_keep, args.thin_metrics)
     else:
         restore(Path(args.archive), Path(args.runs))

@@ -99,3 +99,25 @@ def test_scored_keep_drops_what_validate_at_skipped_once_a_finished_run_is_score
     assert [p.name for p in kept.iterdir()] == ["step-00001000.safetensors"]
     going = archive / "s0" / "reptile" / "meta_lr=1" / "snapshots"   # unfinished and unscored: kept whole
     assert [p.name for p in going.iterdir()] == ["step-00000000.safetensors"]
+
+
+def test_thin_metrics_keeps_every_row_and_what_the_studies_read_to_six_digits(tmp_path):
+    """--thin-metrics: the same number of rows (a resumed run truncates by row count), no per-task arrays, floats to
+    6 significant digits (checked against values written out by hand), a cut last line kept as it is."""
+    import json
+    runs, archive, back = tmp_path / "runs", tmp_path / "archive", tmp_path / "back"
+    r = runs / "s1" / "k1000" / "cts" / "meta_lr=0.0015"
+    r.mkdir(parents=True)
+    (r / "config.yaml").write_text("meta: {}\n")
+    rows = [{"trajectory": 1, "step": 1, "inner_steps": 1, "gap_norm": 2.757364511489868,
+             "loss_mean": 1.4684294164180756, "loss": [1.2113176584243774, 1.7255411744117737], "tasks": [0, 1]},
+            {"event": "trajectory_end", "trajectory": 1, "inner_steps": 1, "delta_norm": 0.004136047326028347}]
+    (r / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows) + '{"trajectory": 1, "st\n')
+    run("save", "--runs", str(runs), "--archive", str(archive), "--all-snapshots", "--thin-metrics")
+    run("restore", "--runs", str(back), "--archive", str(archive))
+    lines = (back / "s1" / "k1000" / "cts" / "meta_lr=0.0015" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and lines[2] == '{"trajectory": 1, "st'
+    assert json.loads(lines[0]) == {"trajectory": 1, "step": 1, "inner_steps": 1, "gap_norm": 2.75736,
+                                    "loss_mean": 1.46843}
+    assert json.loads(lines[1]) == {"event": "trajectory_end", "trajectory": 1, "inner_steps": 1,
+                                    "delta_norm": 0.00413605}
