@@ -7,7 +7,7 @@
         --all-snapshots
     # ... and once snapshots are scored, only those a meta-test needs (the working tree stays small):
     python experiments/archive_image_study.py save --runs runs/conv --archive docs/evidence/convergence-regime/runs \
-        --all-snapshots --scored-keep runs/conv/meta-test-jobs.txt
+        --all-snapshots --scored-keep runs/conv/meta-test-jobs.txt runs/conv/meta-test-pending.txt
 
 With --thin-metrics (the convergence regime, whose 10,000-step runs log about 2.5 MB each) every metrics row is kept,
 so a resumed run's row count still matches its checkpoint, but without its per-task arrays ("loss", "tasks": read
@@ -46,13 +46,15 @@ def _best_runs(runs: Path) -> set[Path]:
     return keep | {run for _, run in best.values()}
 
 
-def _scored_but_unneeded(runs: Path, keep_file: Path) -> set[Path]:
-    """Snapshot files (relative to runs, with their .json sidecars) that no line of keep_file (e.g.
-    meta-test-jobs.txt: "SNAPSHOT_FILE TEST_FOLDER") names and that are either scored in their run's
+def _scored_but_unneeded(runs: Path, keep_files: list[Path]) -> set[Path]:
+    """Snapshot files (relative to runs, with their .json sidecars) that no line of the keep_files (e.g.
+    meta-test-jobs.txt: "SNAPSHOT_FILE TEST_FOLDER", and meta-test-pending.txt: the scored snapshots of envelopes
+    whose runs are still training) names and that are either scored in their run's
     validation-snapshots.json (the score is kept, the file is not needed any more) or left unscored on purpose: the
     run has finished and its last snapshot is scored, so its scoring is over (snapshots are scored in step order)
     and `validate --at` skipped the rest."""
-    named = {Path(line.split()[0]).resolve() for line in keep_file.read_text().splitlines() if line.strip()}
+    named = {Path(line.split()[0]).resolve() for keep_file in keep_files
+             for line in keep_file.read_text().splitlines() if line.strip()}
     drop = set()
     for scored in runs.rglob("validation-snapshots.json"):
         run = scored.parent
@@ -80,7 +82,7 @@ def thin_row(line: str) -> str:
                        for k, v in row.items() if k not in PER_TASK})
 
 
-def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: Path | None = None,
+def save(runs: Path, archive: Path, all_snapshots: bool = False, scored_keep: list[Path] | None = None,
          thin_metrics: bool = False) -> None:
     needed = {p.parent for p in runs.rglob("config.yaml")} if all_snapshots else _best_runs(runs)
     drop = _scored_but_unneeded(runs, scored_keep) if scored_keep else set()
@@ -141,9 +143,9 @@ if __name__ == "__main__":
     ap.add_argument("--archive", default="docs/image-study/runs")
     ap.add_argument("--all-snapshots", action="store_true",
                     help="keep every run's snapshots (default: only the best run's per method folder)")
-    ap.add_argument("--scored-keep", type=Path, default=None, metavar="FILE",
-                    help="drop the snapshots already scored on meta-validation unless FILE names them (e.g. the "
-                         "convergence regime's meta-test-jobs.txt); unscored ones are kept")
+    ap.add_argument("--scored-keep", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="drop the snapshots already scored on meta-validation unless a FILE names them (e.g. the "
+                         "convergence regime's meta-test-jobs.txt and meta-test-pending.txt); unscored ones are kept")
     ap.add_argument("--thin-metrics", action="store_true",
                     help="archive metrics rows without per-task arrays, floats to 6 significant digits")
     args = ap.parse_args()

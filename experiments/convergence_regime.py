@@ -6,7 +6,8 @@ is the best meta-validation score over the method's meta learning rates at b (ev
 Writes OUT/envelopes.json and OUT/meta-test-jobs.txt: for the longest K, the envelope's snapshot of every method at
 1/5, 1/2 and all of the budget; for Fig. 6c, CTS's final-budget envelope snapshot at every K. Each job line is
 "SNAPSHOT_FILE TEST_FOLDER", for `trajshift meta-test --init SNAPSHOT_FILE --out TEST_FOLDER ...` (as in
-experiments/pretrained_regime.sh).
+experiments/pretrained_regime.sh). An envelope with a run still training gets no job yet (its curve ends early); its
+scored snapshots go to OUT/meta-test-pending.txt, which an archive's --scored-keep keeps.
 
     python experiments/convergence_regime.py runs/conv
     python experiments/convergence_regime.py runs/conv --final [--none FILE] [--dest FILE.json]
@@ -49,20 +50,42 @@ def envelopes(out: Path) -> dict:
             for s, by_k in found.items()}
 
 
-def meta_test_jobs(env: dict, out: Path) -> list[tuple[str, str]]:
-    jobs = []
+def unfinished_runs(out: Path, seed: str, k: str, method: str) -> list[Path]:
+    """The runs of one envelope (seed, K, method: every beta) that have not finished (no summary.json)."""
+    return [run for run in sorted((out / f"s{seed}" / f"k{k}" / method).glob("meta_lr=*"))
+            if run.is_dir() and not (run / "summary.json").is_file()]
+
+
+def meta_test_jobs(env: dict, out: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(jobs, pending). An envelope is only meta-tested once every run of it has finished: while one is still
+    training, its curve ends early and its best beta may change, so a meta-test of its "all" (or "half") snapshot
+    would be of the wrong budget and, having a results.json, would never be rerun. Such an envelope's scored
+    snapshots are listed as pending instead (SNAPSHOT, the unfinished run), so that an archive keeps them
+    (`archive_image_study.py save --scored-keep meta-test-jobs.txt meta-test-pending.txt`)."""
+    jobs, pending = [], []
+
+    def complete(seed: str, k: str, method: str) -> bool:
+        waiting = unfinished_runs(out, seed, k, method)
+        if waiting:                   # keep every scored snapshot of the envelope: which one it needs is not known yet
+            for scored in sorted((out / f"s{seed}" / f"k{k}" / method).glob("meta_lr=*/validation-snapshots.json")):
+                pending.extend((str(scored.parent / "snapshots" / r["snapshot"]), f"unfinished:{waiting[0]}")
+                               for r in json.loads(scored.read_text()).values())
+        return not waiting
+
     for seed, by_k in env.items():
         longest = max(by_k, key=int)
         for method, curve in by_k[longest].items():
+            if not complete(seed, longest, method):
+                continue
             budget = curve[-1]["inner_steps"]
             for fraction, label in ((5, "fifth"), (2, "half"), (1, "all")):
                 target = budget // fraction
                 point = min(curve, key=lambda p: abs(p["inner_steps"] - target))
                 jobs.append((point["snapshot"], str(out / "test" / f"s{seed}-k{longest}-{method}-{label}")))
         for k, by_m in by_k.items():
-            if k != longest and "cts" in by_m:
+            if k != longest and "cts" in by_m and complete(seed, k, "cts"):
                 jobs.append((by_m["cts"][-1]["snapshot"], str(out / "test" / f"s{seed}-k{k}-cts-all")))
-    return jobs
+    return jobs, pending
 
 
 def _accs(path: Path, images_per_class: str = "100") -> list[float]:
@@ -233,13 +256,18 @@ def main() -> None:
         return
     env = envelopes(args.out)
     (args.out / "envelopes.json").write_text(json.dumps(env, indent=1) + "\n")
-    jobs = meta_test_jobs(env, args.out)
+    jobs, pending = meta_test_jobs(env, args.out)
     (args.out / "meta-test-jobs.txt").write_text("".join(f"{a} {b}\n" for a, b in jobs))
+    (args.out / "meta-test-pending.txt").write_text("".join(f"{a} {b}\n" for a, b in pending))
     for seed, by_k in env.items():
         for k, by_m in sorted(by_k.items(), key=lambda kv: int(kv[0])):
             for m, curve in by_m.items():
                 points = ", ".join(f"{p['inner_steps']}: {100 * p['score']:.2f} (beta {p['meta_lr']:g})" for p in curve)
                 print(f"seed {seed} K {k} {m}: {points}")
+    waiting = sorted({b.split(":", 1)[1] for _, b in pending})
+    if waiting:
+        print(f"not meta-tested until they finish (their envelopes' snapshots are in meta-test-pending.txt): "
+              f"{', '.join(waiting)}")
     print(f"wrote {args.out / 'envelopes.json'} and {len(jobs)} meta-test jobs in {args.out / 'meta-test-jobs.txt'}")
 
 

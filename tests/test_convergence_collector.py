@@ -17,8 +17,10 @@ def test_envelope_takes_the_best_beta_at_each_budget(tmp_path):
         run.mkdir(parents=True)
         (run / "validation-snapshots.json").write_text(json.dumps(
             {str(s): {"score": v, "snapshot": f"step-{s:08d}.safetensors"} for s, v in zip(steps, values)}))
+        (run / "summary.json").write_text("{}")                                  # finished
     short = tmp_path / "s0" / "k10" / "cts" / "meta_lr=0.01"
     short.mkdir(parents=True)
+    (short / "summary.json").write_text("{}")
     (short / "validation-snapshots.json").write_text(json.dumps(
         {"0": {"score": 0.1, "snapshot": "step-00000000.safetensors"},
          "500": {"score": 0.2, "snapshot": "step-00000500.safetensors"}}))
@@ -36,6 +38,46 @@ def test_envelope_takes_the_best_beta_at_each_budget(tmp_path):
     assert by_name["s0-k10-cts-all"].name == "step-00000500.safetensors"
     assert len(jobs) == 7
 
+
+
+def test_an_envelope_is_meta_tested_only_once_all_its_runs_have_finished(tmp_path):
+    """A K = 300 grid with one beta still training: its curve ends early (the finished beta's 9,900 would be called
+    "all"), so it gets no meta-test job; every scored snapshot of that grid is listed as pending, and an archive
+    with --scored-keep keeps them. The finished grid beside it (K = 1,000) gets its 3 jobs as before."""
+    def scored_run(path, steps, finished):
+        path.mkdir(parents=True)
+        (path / "snapshots").mkdir()
+        for step in steps:
+            (path / "snapshots" / f"step-{step:08d}.safetensors").write_bytes(b"s")
+        (path / "validation-snapshots.json").write_text(json.dumps(
+            {str(n): {"score": 0.2 + n / 1e5, "snapshot": f"step-{n:08d}.safetensors"} for n in steps}))
+        (path / "config.yaml").write_text("seed: 0\n")
+        if finished:
+            (path / "summary.json").write_text("{}")
+    runs = tmp_path / "runs"
+    scored_run(runs / "s0" / "k1000" / "cts" / "meta_lr=0.001", [2000, 5000, 10000], True)
+    scored_run(runs / "s0" / "k300" / "cts" / "meta_lr=0.003", [2100, 5100, 9900], True)
+    scored_run(runs / "s0" / "k300" / "cts" / "meta_lr=0.01", [2100], False)
+    script = str(ROOT / "experiments" / "convergence_regime.py")
+    proc = subprocess.run([sys.executable, script, str(runs)], capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "meta_lr=0.01" in proc.stdout                                  # it says which run it waits for
+    jobs = [line.split() for line in (runs / "meta-test-jobs.txt").read_text().splitlines()]
+    assert sorted(Path(out).name for _, out in jobs) == ["s0-k1000-cts-all", "s0-k1000-cts-fifth", "s0-k1000-cts-half"]
+    pending = sorted(Path(line.split()[0]).name for line in (runs / "meta-test-pending.txt").read_text().splitlines())
+    assert pending == ["step-00002100.safetensors", "step-00002100.safetensors", "step-00005100.safetensors",
+                       "step-00009900.safetensors"]
+    archive = tmp_path / "archive"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "archive_image_study.py"), "save", "--runs",
+                           str(runs), "--archive", str(archive), "--all-snapshots", "--scored-keep",
+                           str(runs / "meta-test-jobs.txt"), str(runs / "meta-test-pending.txt")],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kept = archive / "s0" / "k300" / "cts" / "meta_lr=0.003" / "snapshots"
+    assert sorted(p.name for p in kept.iterdir()) == [f"step-{n:08d}.safetensors" for n in (2100, 5100, 9900)]
+    assert (archive / "s0" / "k300" / "cts" / "meta_lr=0.01" / "snapshots" / "step-00002100.safetensors").exists()
+    # the finished K = 1,000 grid: every scored snapshot is named by a job, so every one is kept too
+    assert len(list((archive / "s0" / "k1000" / "cts" / "meta_lr=0.001" / "snapshots").iterdir())) == 3
 
 def _results(accs):
     return json.dumps({"by_images_per_class": {"100": {"targets": {"cifar10": {"accs": accs}}}}})
