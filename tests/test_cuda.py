@@ -108,3 +108,23 @@ def test_meta_train_on_cuda_resumes_bit_identically(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert rows == [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_deterministic_reruns_on_cuda_are_bit_identical(tmp_path):
+    """``deterministic: true``: two runs of one config on CUDA give the same init and metrics, bit for bit (the
+    default kernels need not: benchmarks/gpu_determinism.py measures whether they do)."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8), y=np.arange(64) % 4)
+    cfg = {"model": {"name": "resnet20"}, "tasks": [{"dataset": str(data), "resolution": 16}] * 2,
+           "batch_size": 16, "seed": 0, "cache_dir": str(tmp_path / "cache"), "device": "cuda", "deterministic": True,
+           "checkpoint_every": 0, "meta": {"method": "cts", "inner_steps": 6, "trajectories": 2, "meta_lr": 0.05,
+                                           "inner_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for name in ("a", "b"):
+        assert main(["meta-train", str(path), "--out", str(tmp_path / name), "--quiet"]) == 0
+    assert not torch.are_deterministic_algorithms_enabled()          # the caller's setting is back
+    a, b = (load_file(tmp_path / n / "init.safetensors") for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()

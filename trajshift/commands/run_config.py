@@ -9,6 +9,7 @@
     data_root: null              # default: $TRAJSHIFT_DATA, ./data, ../shared/data
     cache_dir: null              # default: $TRAJSHIFT_CACHE or ~/.cache/trajshift
     device: cpu
+    deterministic: false         # true: bit-identical reruns on CUDA (deterministic kernels; CPU is so already)
     snapshot_every: 0            # save phi every S cumulative inner steps (0: never)
     meta_params: {include: ["*"], exclude: ["fc.*"]}     # meta-learned parameters; the rest is each task's head
     execution: {backend: auto, channels_last: false, autocast: none, compile: false}   # speed only, same math
@@ -130,6 +131,8 @@ class ExperimentConfig:
     init_from: str | None = opt(None, check=_init_from, doc="pretrained body: a state_dict, .safetensors or trajshift "
                                                              "init file (or run folder), loaded before meta-training")
     init_heads: bool = opt(False, doc="also take the head from init_from (only when every task's class count fits)")
+    deterministic: bool = opt(False, doc="torch.use_deterministic_algorithms during the run: bit-identical reruns on "
+                                         "CUDA, at some speed; CPU runs are deterministic without it")
 
     def validate_fields(self, where):
         if self.execution is None:                      # `execution:` left empty: the defaults
