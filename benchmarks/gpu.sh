@@ -24,7 +24,7 @@ else
   # CUDA's peak allocation is the same in every child, so one each; a compiled variant's child would compile again.
   MEM="--memory-repeats 1 --memory-variants plain,cts-loop,cts-batched,cts-loop-bf16,cts-batched-bf16,cts-loop-channels_last"
   DET=
-  CAP="timeout 260"    # the throughput step's share of the 8 minutes; its rows are saved as they come
+  CAP="timeout 240"    # the throughput step's share of the 8 minutes; its rows are saved as they come
 fi
 mkdir -p "$OUT"
 # Every step runs even when one before it failed (one call on a lent GPU should bring back all it can); the exit
@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 status=0
 step() { local rc=0; "$@" || rc=$?; if [[ $rc != 0 && $status == 0 ]]; then status=$rc; fi; echo "(exit $rc)"; }
 echo "== 1. cuda tests"
-rc=0; ${CAP:+timeout 150} $PY -m pytest -q -m cuda tests/test_cuda.py -o addopts="" -p no:cacheprovider || rc=$?
+rc=0; ${CAP:+timeout 120} $PY -m pytest -q -m cuda tests/test_cuda.py -o addopts="" -p no:cacheprovider || rc=$?
 [[ $rc == 0 || $rc == 5 ]] || { echo "cuda tests failed (exit $rc)"; status=$rc; }
 echo "== 2. throughput"
 step ${CAP:-} $PY benchmarks/throughput.py --device $DEV --models $MODELS --tasks $TASKS --batch $BATCH --variants $VARIANTS \
@@ -41,5 +41,5 @@ echo "== 3. meta-train in the paper's configuration, then the projection"
 step $PY benchmarks/gpu_meta_train.py --device $DEV $LIMIT --images $IMAGES --batch $BATCH \
     --throughput $OUT/gpu_throughput.json --out $OUT/gpu_meta_train.json
 echo "== 4. bit-identical reruns, default and deterministic kernels"
-step ${CAP:+timeout 120} $PY benchmarks/gpu_determinism.py --device $DEV $DET --out $OUT/gpu_determinism.json
+step ${CAP:+timeout 100} $PY benchmarks/gpu_determinism.py --device $DEV $DET --out $OUT/gpu_determinism.json
 exit $status
