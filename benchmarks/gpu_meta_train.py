@@ -57,6 +57,9 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1024, help="stand-in images per task")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--compile", action="store_true", help="execution.compile (the batched backend)")
+    ap.add_argument("--resolution", type=int, default=None, help="every task at this resolution instead of the "
+                    "paper's 28-84 px (equal shapes let the batched backend run)")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many inner steps instead (a smoke "
                     "run that does not depend on the machine's speed)")
     ap.add_argument("--throughput", default=None, help="gpu_throughput JSON for the projection")
@@ -66,25 +69,32 @@ def main() -> int:
     cfg = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
     classes_of = {"tiny-imagenet": 100, "cifar100": 100, "stanford-dogs": 120, "aircraft": 100, "cub": 200,
                   "fashion-mnist": 10, "svhn": 10}
+    if args.resolution:
+        cfg["tasks"] = [{**t, "resolution": args.resolution} for t in cfg["tasks"]]
     cfg["tasks"] = stand_in_data(ROOT / "benchmarks" / "out" / "gpu-data", cfg["tasks"], args.images, classes_of)
     if args.max_steps:
         cfg["meta"].update({"inner_steps": args.max_steps, "trajectories": 1})
-    cfg.update({"device": args.device, "batch_size": args.batch, "snapshot_every": 200, "checkpoint_every": 500,
-                "cache_dir": str(ROOT / "benchmarks" / "out" / "gpu-cache"), "execution": {"backend": args.backend}})
+    cfg.update({"device": args.device, "batch_size": args.batch, "snapshot_every": 100, "checkpoint_every": 500,
+                "cache_dir": str(ROOT / "benchmarks" / "out" / "gpu-cache"),
+                "execution": {"backend": args.backend, "compile": args.compile}})
     work = ROOT / args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work.parent / "gpu-meta-train.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "trajshift", "meta-train", str(work.parent / "gpu-meta-train.yaml"), "--out",
-           str(work), "--quiet"]
+           str(work)]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    log = open(work.parent / "gpu-meta-train.log", "w")        # noqa: SIM115  (closed below)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         proc.wait(timeout=None if args.max_steps else args.seconds)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)          # trajshift finishes its step, checkpoints it and exits (130)
         proc.wait(timeout=120)
     wall = time.perf_counter() - start
+    log.close()
+    output = (work.parent / "gpu-meta-train.log").read_text()
+    print(output[-3000:])
     rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()] if \
         (work / "metrics.jsonl").exists() else []
     steps = [r for r in rows if "loss_mean" in r]
@@ -99,8 +109,15 @@ def main() -> int:
               "snapshots": sorted(p.name for p in (work / "snapshots").glob("*.safetensors")) if (work / "snapshots").exists()
               else [], "checkpoints": sorted(p.name for p in (work / "checkpoints").glob("ckpt-*.pt"))
               if (work / "checkpoints").exists() else [], "first_loss": steps[0]["loss_mean"] if steps else None,
-              "last_loss": steps[-1]["loss_mean"] if steps else None}
+              "last_loss": steps[-1]["loss_mean"] if steps else None,
+              "resolutions": sorted({t["resolution"] for t in cfg["tasks"]}), "execution": cfg["execution"],
+              "backend_line": next((x for x in output.splitlines() if x.startswith("backend:")), None),
+              "steady": steady_rate(work / "snapshots", len(cfg["tasks"]))}
     best = None
+    if result["steady"]:
+        result["projection_from_this_run"] = {
+            "task_steps_per_s": result["steady"]["task_steps_per_s"],
+            "projected_full_run_hours": FULL_RUN_TASK_STEPS / result["steady"]["task_steps_per_s"] / 3600}
     if args.throughput and Path(args.throughput).exists():
         tp = json.loads(Path(args.throughput).read_text())
         for row in tp["rows"]:
@@ -117,8 +134,21 @@ def main() -> int:
         best["target_task_steps_per_s"] = FULL_RUN_TASK_STEPS / 7200      # 2 hours
     result["projection"] = best
     write_json(result, args.out)
-    print(json.dumps({k: result[k] for k in ("inner_steps_done", "wall_s", "exit_code", "projection")}, indent=1))
+    print(json.dumps({k: result.get(k) for k in ("inner_steps_done", "wall_s", "exit_code", "backend_line", "steady",
+                                                  "projection_from_this_run", "projection")}, indent=1))
     return 0 if proc.returncode in (0, 130) else 1
+
+
+def steady_rate(snapshots: Path, tasks: int) -> dict | None:
+    """The rate between the first and the last snapshot after step 0, from their files' times: start-up, data
+    preparation and the backend's choice are before the first one."""
+    files = sorted((int(p.stem.split("-")[1]), p.stat().st_mtime) for p in snapshots.glob("step-*.safetensors"))
+    files = [f for f in files if f[0] > 0]
+    if len(files) < 2:
+        return None
+    (s0, t0), (s1, t1) = files[0], files[-1]
+    return {"from_step": s0, "to_step": s1, "seconds": t1 - t0, "inner_steps_per_s": (s1 - s0) / (t1 - t0),
+            "task_steps_per_s": (s1 - s0) * tasks / (t1 - t0)}
 
 
 def _gpu_name():

@@ -37,7 +37,7 @@ def test_throughput_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_script_runs_on_cpu(tmp_path):
-    """benchmarks/gpu.sh --cpu: the GPU script's three parts in seconds, so it never rots between GPU sessions."""
+    """benchmarks/gpu.sh --cpu: the GPU script's four parts in seconds, so it never rots between GPU sessions."""
     import os
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu"], capture_output=True, text=True,
                           check=False, timeout=900, env={**os.environ, "PY": sys.executable})
@@ -47,3 +47,7 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     assert res["snapshots"][0] == "step-00000000.safetensors"
     p = res["projection"]
     assert p["projected_full_run_hours"] == pytest.approx(8 * 200_000 / p["task_steps_per_s"] / 3600)
+    det = json.loads((ROOT / "benchmarks" / "out" / "gpu_determinism.json").read_text())
+    for backend in ("loop", "batched"):       # CPU kernels are deterministic: every pair identical, in either mode
+        assert det["backends"][backend]["default"]["init_identical"]
+        assert det["backends"][backend]["deterministic"]["metrics_identical"]

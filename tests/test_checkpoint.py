@@ -163,3 +163,36 @@ def test_resume_with_other_shards_is_refused(tmp_path):
                         task_ids=[4, 5, 6, 7, 8, 9, 10, 11])
     with pytest.raises(ts.ConfigError, match=r"resume with the same number of processes"):
         tr.resume()
+
+
+def test_deterministic_option_is_on_during_the_run_only_and_changes_nothing_on_cpu(tmp_path, monkeypatch):
+    """``deterministic: true`` turns torch.use_deterministic_algorithms on for the run (seen from inside it), gives
+    back the caller's setting afterwards, also when the run fails, and on CPU (deterministic kernels already) gives
+    the same init as the default, bit for bit."""
+    import yaml
+
+    from trajshift.commands import meta_train as mt
+    from trajshift.commands.cli import main
+    path = _image_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    det = tmp_path / "det.yaml"
+    det.write_text(yaml.safe_dump({**cfg, "deterministic": True}))
+    seen = []
+    inner = mt._meta_train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return inner(*args, **kwargs)
+    monkeypatch.setattr(mt, "_meta_train", spy)
+    assert main(["meta-train", str(path), "--out", str(tmp_path / "default"), "--quiet"]) == 0
+    assert main(["meta-train", str(det), "--out", str(tmp_path / "det"), "--quiet"]) == 0
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    a, b = (load_file(tmp_path / n / "init.safetensors") for n in ("default", "det"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(mt, "_meta_train", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        mt.meta_train(mt.load_config(det), tmp_path / "failed", log=lambda *_: None)
+    assert not torch.are_deterministic_algorithms_enabled()
