@@ -29,9 +29,17 @@ sys.path.insert(0, str(ROOT))
 from trajshift.core.stats import interval_over_seeds as interval
 from trajshift.core.stats import mean_ci95
 
-METHODS = ("cts", "reptile", "cts-no-shift", "mtl", "cts-random-shift")
-# What the study's verdicts compare: each method with scratch, and CTS with each other method.
-PAIRS = [(m, "scratch") for m in METHODS] + [("cts", m) for m in METHODS[1:]]
+METHOD_SETS = {"core": ("cts", "reptile", "cts-no-shift", "mtl", "cts-random-shift"),
+               "others": ("cts", "leap", "fomaml", "fomaml++", "imaml", "pretrain")}
+METHODS = METHOD_SETS["core"]
+
+
+def pairs(methods) -> list[tuple[str, str]]:
+    """What the study's verdicts compare: each method with scratch, and CTS with each other method."""
+    return [(m, "scratch") for m in methods] + [("cts", m) for m in methods if m != "cts"]
+
+
+PAIRS = pairs(METHODS)
 
 
 
@@ -40,20 +48,20 @@ def accuracies(by_images_per_class: dict) -> dict[str, dict[str, list[float]]]:
     return {str(n): {t: list(v["accs"]) for t, v in r["targets"].items()} for n, r in by_images_per_class.items()}
 
 
-def seed0(report_path: Path) -> dict[str, dict]:
+def seed0(report_path: Path, methods=METHODS) -> dict[str, dict]:
     """The study's own meta-test (meta-training seed 0): {method or 'scratch': accuracies}."""
     report = json.loads(report_path.read_text())
     out = {"scratch": accuracies(report["scratch"])}
     for run in report["runs"]:
-        if run["method"] in METHODS:
+        if run["method"] in methods:
             out[run["method"]] = accuracies(run["by_images_per_class"])
     return out
 
 
-def later_seed(test_dir: Path, seed: int) -> dict[str, dict] | None:
+def later_seed(test_dir: Path, seed: int, methods=METHODS) -> dict[str, dict] | None:
     """Seed S's meta-tests, or None while any of them is missing."""
     out = {}
-    for name in ("scratch",) + METHODS:
+    for name in ("scratch",) + tuple(methods):
         path = test_dir / f"s{seed}-{name}" / "results.json"
         if not path.is_file():
             return None
@@ -83,10 +91,13 @@ def main() -> None:
     ap.add_argument("runs", type=Path, help="OUT of experiments/image_study_seeds.sh")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "image-study" / "report.json")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "image-study" / "meta-seeds.json")
+    ap.add_argument("--methods", choices=sorted(METHOD_SETS), default="core", help="core: CTS, Reptile, both "
+                    "ablations, MTL; others: CTS with Leap, FOMAML, FOMAML++, iMAML, TIN pretraining")
     args = ap.parse_args()
-    seeds = {0: seed0(args.report)}
+    methods = METHOD_SETS[args.methods]
+    seeds = {0: seed0(args.report, methods)}
     for s in (1, 2):
-        found = later_seed(args.runs / "test", s)
+        found = later_seed(args.runs / "test", s, methods)
         if found is not None:
             seeds[s] = found
     if len(seeds) < 2:
@@ -94,14 +105,15 @@ def main() -> None:
     sizes = sorted(seeds[0]["scratch"], key=int)
     targets = sorted(seeds[0]["scratch"][sizes[0]])
     scopes = ["average"] + targets
-    comparisons = len(PAIRS) * len(sizes) * len(scopes)
-    out: dict = {"meta_training_seeds": sorted(seeds), "sizes": sizes, "targets": targets,
+    compared = pairs(methods)
+    comparisons = len(compared) * len(sizes) * len(scopes)
+    out: dict = {"methods": list(methods), "meta_training_seeds": sorted(seeds), "sizes": sizes, "targets": targets,
                  "interval": "t over meta-training seeds of the per-seed mean paired difference (points)",
                  "comparisons_read": comparisons, "accuracy": {}, "differences": {}}
-    for name in ("scratch",) + METHODS:
+    for name in ("scratch",) + tuple(methods):
         out["accuracy"][name] = {n: {scope: mean_ci95([mean_accuracy(seeds[s][name], n, scope, targets)
                                                        for s in sorted(seeds)]) for scope in scopes} for n in sizes}
-    for a, b in PAIRS:
+    for a, b in compared:
         key = f"{a} - {b}"
         out["differences"][key] = {
             n: {scope: interval([paired_mean(seeds[s][a], seeds[s][b], n, None if scope == "average" else scope)

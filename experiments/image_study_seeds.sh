@@ -9,7 +9,9 @@
 #   stage test:  each seed's five final initializations and its scratch (the runs' common start,
 #                snapshots/step-00000000) meta-tested once with the study's flags (CIFAR-10 and MNIST at 5 / 20 /
 #                100 images per class, Table 1 protocol, 200 steps, batch 64, crop, finetuning seeds 0-4);
-#   then:        python experiments/image_study_seeds.py "$OUT" (docs/image-study/meta-seeds.json).
+#   then:        python experiments/image_study_seeds.py "$OUT" (docs/image-study/meta-seeds.json);
+#                SET=others: the other methods (Leap, FOMAML, FOMAML++, iMAML, TIN pretraining), then
+#                python experiments/image_study_seeds.py "$OUT" --methods others --out docs/image-study/meta-seeds-others.json
 #
 # Every stage resumes (finished runs are skipped, unfinished ones resume from their checkpoints; a finished meta-test
 # is skipped). Run it from a fixed commit, as the study did, e.g.
@@ -30,16 +32,29 @@ mkdir -p "$OUT/test"
 chosen() {  # METHOD FILE: the meta_lr seed 0 chose on meta-validation
     python3 -c "import json; print(json.load(open('$SWEEPS/$2.json'))['methods']['$1']['chosen']['meta.meta_lr'])"
 }
-METHODS="cts:$(chosen cts sweep) reptile:$(chosen reptile sweep) cts-no-shift:$(chosen cts-no-shift sweep-ablations) \
-mtl:$(chosen mtl sweep-mtl) cts-random-shift:$(chosen cts-random-shift sweep-ablations)"
-export TS CFG OUT EXTRA="${EXTRA:-}" TEST_EXTRA="${TEST_EXTRA:-}"
+# SET=core (default): the five methods of the first pass; SET=others: Leap, FOMAML, FOMAML++, iMAML and TIN
+# pretraining (the study's "pretrain" run: joint training on the source Tiny ImageNet classes alone), at seed 0's
+# meta-tested choices. Both sets share each seed's scratch meta-test.
+SET=${SET:-core}
+case $SET in
+  core) METHODS="cts:$(chosen cts sweep) reptile:$(chosen reptile sweep) \
+cts-no-shift:$(chosen cts-no-shift sweep-ablations) mtl:$(chosen mtl sweep-mtl) \
+cts-random-shift:$(chosen cts-random-shift sweep-ablations)" ;;
+  others) METHODS="leap:$(chosen leap sweep) fomaml:$(chosen fomaml sweep-first-order) \
+fomaml++:$(chosen fomaml++ sweep-first-order) imaml:$(chosen imaml sweep-first-order) pretrain:$(chosen pretrain sweep-pretrain)" ;;
+  *) echo "SET must be core or others, not $SET" >&2; exit 2 ;;
+esac
+# experiments/image_study.sh's pretrain tasks: the source Tiny ImageNet classes as one task.
+PRETRAIN_TASKS='tasks=[{dataset: tiny-imagenet, classes: "0:180", resolution: 32, val_fraction: 0.2}]'
+export TS CFG OUT EXTRA="${EXTRA:-}" TEST_EXTRA="${TEST_EXTRA:-}" PRETRAIN_TASKS
 
 if [[ $stage == all || $stage == train ]]; then
   echo "== train $(date -u +%H:%M:%S): $METHODS"
   # A finished run is skipped by its init file (an archived run has no checkpoint to resume from).
   for seed in $SEEDS; do for m in $METHODS; do echo "$seed ${m%%:*} ${m##*:}"; done; done |
     xargs -P "$JOBS" -L 1 bash -c '[ -f "$OUT/s$0/$1/init.safetensors" ] && exit 0
-        OMP_NUM_THREADS=1 $TS meta-train $CFG --out "$OUT/s$0/$1" --quiet \
+        tasks=(); [ "$1" = pretrain ] && tasks=(--set "$PRETRAIN_TASKS")
+        OMP_NUM_THREADS=1 $TS meta-train $CFG --out "$OUT/s$0/$1" --quiet "${tasks[@]}" \
         --set seed=$0 --set meta.method=$1 --set meta.meta_lr=$2 $EXTRA > "$OUT/s$0-$1.log" 2>&1'
 fi
 
