@@ -206,3 +206,27 @@ def test_backend_flag_batched_and_loop_give_the_same_initialization(tmp_path, da
         torch.testing.assert_close(inits["batched"][k].double(), v.double(), rtol=0, atol=1e-5, msg=k)
     assert main(["meta-train", str(cfg), "--out", str(tmp_path / "auto")]) == 0
     assert "(measured per step of all of this process's tasks: loop" in capsys.readouterr().out
+
+
+def test_meta_test_deterministic_flag_changes_nothing_on_cpu_and_is_switched_off_after(tmp_path, datasets,
+                                                                                       monkeypatch):
+    """--deterministic: deterministic kernels during the finetuning (seen from inside), the caller's setting back
+    after; on CPU the accuracies equal the default run's exactly."""
+    from trajshift.commands import meta_test as mt
+    seen = []
+    inner = mt.meta_test
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return inner(*args, **kwargs)
+    monkeypatch.setattr(mt, "meta_test", spy)
+    results = []
+    for name, flag in (("default", []), ("det", ["--deterministic"])):
+        out = tmp_path / name
+        assert main(["meta-test", "--from", "scratch", "--model", "conv4", "--targets", str(datasets[0]),
+                     "--out", str(out), "--steps", "3", "--seeds", "2", "--resolution", "12",
+                     "--cache-dir", str(tmp_path / "c"), "--quiet", *flag]) == 0
+        results.append(json.loads((out / "results.json").read_text())["targets"])
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    key = next(iter(results[0]))
+    assert results[0][key]["accs"] == results[1][key]["accs"]

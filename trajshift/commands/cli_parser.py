@@ -99,6 +99,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _finetune_options(te)
     _data_options(te)
     te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
+    te.add_argument("--deterministic", action="store_true", help="deterministic kernels while finetuning "
+                    "(torch.use_deterministic_algorithms): bit-identical reruns on CUDA; CPU is so already")
     _quiet(te)
     te.set_defaults(func=handlers["meta_test"])
     ae = sub.add_parser("approx-error", help="approximation error of the shift vs alpha, beta, k, ReLU/Softplus "
