@@ -1,7 +1,7 @@
 """Are two meta-train runs of one config bit-identical on this device, with and without ``deterministic: true``?
 
 Four runs per backend (loop, batched) of a small ResNet20 CTS meta-train on stand-in images (2 tasks, 32 px): twice
-with the default kernels, twice with ``deterministic: true`` (trajshift.commands.meta_train.deterministic_algorithms).
+with the default kernels, twice with ``deterministic: true`` (trajshift.core.determinism.deterministic_algorithms).
 For each pair: whether init.safetensors and metrics.jsonl are bit-identical, the largest absolute difference of the
 inits, and the first logged step whose loss differs; the wall time of each mode (the cost of deterministic kernels).
 On CPU every pair is expected identical; on CUDA the default pair may not be (cuDNN's convolution backward and
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,9 +76,7 @@ def main() -> int:
             runs, times, failed = [], [], None
             for i in range(2):
                 out = work / f"{backend}-{mode}-{i}"
-                if out.exists():
-                    import shutil
-                    shutil.rmtree(out)
+                shutil.rmtree(out, ignore_errors=True)
                 t0 = time.perf_counter()
                 try:        # a kernel without a deterministic implementation raises: recorded, and the rest goes on
                     code = cli(["meta-train", str(path), "--out", str(out), "--quiet"])

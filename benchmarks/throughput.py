@@ -285,7 +285,7 @@ def main() -> None:
                                            "--T", str(T), "--batch", str(args.batch), "--device", args.device,
                                            "--memory-steps", str(args.memory_steps), "--threads",
                                            str(args.threads)], capture_output=True, check=False, text=True, env=env)
-                    if proc.returncode:     # recorded, not raised: the timings above are still worth keeping
+                    if proc.returncode:     # printed, not raised: the timings above are still worth keeping
                         print(f"memory child {v} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                         break
                     samples.append(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -91,7 +91,7 @@ def run_meta_test(args) -> int:
                          images_per_class=args.images_per_class, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()
     quiet = {"log": log_of(args), "progress": False if args.quiet else None}
-    from .meta_train import deterministic_algorithms
+    from ..core.determinism import deterministic_algorithms
     with deterministic_algorithms(args.deterministic):
         report = meta_test(cfg, args.out, **quiet)
         print(markdown_table(report))

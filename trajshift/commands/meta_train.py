@@ -7,7 +7,6 @@ starts every task from a pretrained body. The config: trajshift/commands/run_con
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import torch
 import yaml
 
 from ..core.atomic import write_bytes, write_json
+from ..core.determinism import deterministic_algorithms
 from ..core.errors import ConfigError
 from ..core.sampling import stream_seed
 from ..data.init_file import BATCHNORM_RULE, INIT_NAME
@@ -159,28 +159,6 @@ def meta_train(cfg: ExperimentConfig, out: str | Path, log=print, comm=None, log
         if created:
             _remove_if_empty(Path(out))      # a refused run leaves no folder behind (one that wrote files keeps them)
         raise
-
-
-@contextlib.contextmanager
-def deterministic_algorithms(on: bool):
-    """With ``on``: deterministic kernels for the block (torch.use_deterministic_algorithms, cuDNN autotuning off,
-    and cuBLAS's fixed workspace unless CUBLAS_WORKSPACE_CONFIG is set), then the caller's settings back. CUDA's
-    default kernels (cuDNN's convolution backward, index_add and scatter through atomics) sum in an order that
-    varies between runs; CPU kernels do not, so on CPU this changes nothing."""
-    if not on:
-        yield
-        return
-    import os
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read by cuBLAS's determinism check
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.benchmark = before[2]
 
 
 def _extensions(config: Path) -> list[str]:
