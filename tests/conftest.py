@@ -1,6 +1,17 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests give the same verdict for the same commit: the default profile is derandomized (examples drawn from a
+# fixed seed) and writes no example database into the clone, so a failure found once cannot make later runs fail.
+# Maintainers explore with fresh random examples (docs/RELIABILITY.md):
+#   TRAJSHIFT_FUZZ_EXAMPLES=600 python -m pytest tests/test_safety.py -k fuzz --hypothesis-profile=explore
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("TRAJSHIFT_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -212,9 +212,9 @@ def test_fuzz_experiment_config(data):
     try:
         cfg = ExperimentConfig.from_dict(data)
     except ConfigError as err:
-        assert _culprit(err, data, required=("model", "tasks")), (data, str(err))
+        assert _culprit(err, data, required=("model", "tasks", "meta")), (data, str(err))
         return
-    assert "junk" not in data and {"model", "tasks"} <= set(data)
+    assert "junk" not in data and {"model", "tasks", "meta"} <= set(data)
     assert ExperimentConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
