@@ -224,3 +224,18 @@ def test_report_pairs_gains_with_the_common_initialization(tmp_path, folders):
 def test_the_demo_says_what_its_interval_shows(gain, ci, start):
     from trajshift.commands.demo import conclusion
     assert conclusion(gain, ci).startswith(start)
+
+
+def test_first_seed_gives_the_later_seeds_of_a_longer_meta_test(tmp_path, folders):
+    """--first-seed 2 --seeds 1 is seed 2 of --seeds 3: the same subsample, head and batch order (a per
+    meta-training-seed set of target subsamples is just another seed range)."""
+    common = ["meta-test", "--from", "scratch", "--model", "conv4", "--set", "model.width=4", "--targets",
+              str(folders["target"]), "--images-per-class", "2", "--steps", "2", "--resolution", "12",
+              "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert main([*common, "--seeds", "3", "--out", str(tmp_path / "all")]) == 0
+    with pytest.warns(UserWarning, match="needs at least 2 seeds"):
+        assert main([*common, "--seeds", "1", "--first-seed", "2", "--out", str(tmp_path / "last")]) == 0
+    full = json.loads((tmp_path / "all" / "results.json").read_text())
+    last = json.loads((tmp_path / "last" / "results.json").read_text())
+    name = str(folders["target"])
+    assert last["first_seed"] == 2 and last["targets"][name]["accs"] == [full["targets"][name]["accs"][2]]

@@ -42,6 +42,26 @@ def test_reptile_matches_closed_form(quad):
     np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-13)
 
 
+def test_reptile_average_steps_toward_the_average_iterate(quad):
+    """reptile-average: phi <- phi - beta (phi - (1/K) sum_{k=1..K} mean_t theta_k); theta_0 = phi is not counted."""
+    phi, _, phi0 = run(quad, "reptile-average", K=5, M=3)
+    ref = phi0
+    for _ in range(3):
+        path = sgd_path(quad, ref, 5)
+        average = np.mean([theta.mean(0) for theta in path[1:]], axis=0)
+        ref = ref - BETA * (ref - average)
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-13)
+    final, _, _ = run(quad, "reptile", K=5, M=3)
+    assert np.abs(final - phi).max() > 1e-3                   # a different method, not Reptile renamed
+
+
+def test_reptile_average_at_k_beta_is_cts_without_shift_feedback_for_one_step(quad):
+    """K = 1: both move phi by beta_CTS * (theta_1 - phi) when reptile-average's beta is K beta_CTS = beta_CTS."""
+    cts, _, _ = run(quad, "cts", K=1, M=2)
+    avg, _, _ = run(quad, "reptile-average", K=1, M=2)
+    np.testing.assert_allclose(avg, cts, rtol=0, atol=1e-13)
+
+
 def test_fomaml_is_val_gradient_at_theta_K(quad):
     phi, _, phi0 = run(quad, "fomaml", K=4)
     theta_K = sgd_path(quad, phi0, 4)[-1]

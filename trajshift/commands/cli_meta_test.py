@@ -87,6 +87,7 @@ def run_meta_test(args) -> int:
               + "; each target normalised by its own training-set mean and std")
     cfg = MetaTestConfig(targets=args.targets, init=str(init) if init else None,
                          model=model, protocol=chosen["protocol"][0], steps=args.steps, seeds=args.seeds,
+                         first_seed=args.first_seed,
                          resolution=chosen["resolution"][0], train_images=args.train_images, batch_size=args.batch_size,
                          images_per_class=args.images_per_class, augment=chosen["augment"][0],
                          data_root=args.data_root, cache_dir=args.cache_dir, device=args.device).validate()

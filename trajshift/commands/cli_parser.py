@@ -17,7 +17,7 @@ SYNTHETIC_FLAGS = {
     "fixed_point_iters": "--fixed-point-iters", "horizon_ks": "--horizon-ks",
 }
 FINETUNE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
-    "targets", "steps", "seeds", "resolution", "images_per_class", "batch_size")}
+    "targets", "steps", "seeds", "first_seed", "resolution", "images_per_class", "batch_size")}
 DATA_FLAGS = {"data_root": "--data-root", "cache_dir": "--cache-dir"}
 APPROX_ERROR_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "datasets", "resolution", "draws", "alpha", "beta", "k", "alphas", "betas", "ks", "data_root", "cache_dir")}

@@ -182,6 +182,9 @@ class MetaTestConfig:
     protocol: str = opt("paper", check=check_protocol)
     steps: int | None = opt(None, low=1, doc="finetuning steps (default: the protocol's 1000)")
     seeds: int = opt(5, low=1, doc="finetuning runs per target")
+    first_seed: int = opt(0, low=0, doc="the first finetuning seed (seeds first_seed .. first_seed + seeds - 1): "
+                          "another set of target subsamples, head weights and batch orders, e.g. one per "
+                          "meta-training seed so that intervals cover the subsamples")
     resolution: int | None = opt(None, low=4, doc="image side in pixels (default: each dataset's registered "
                                  "resolution; 32 for a path)")
     train_images: int | None = opt(None, low=1, doc="subsample the target's training set (default: the protocol's)")
@@ -224,7 +227,7 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, pro
     init = load_init(cfg.init) if cfg.init else None
     t0 = time.perf_counter()
     report = {"init": cfg.init or "scratch", "protocol": protocol.name, "steps": steps, "seeds": cfg.seeds,
-              "model": cfg.model, "augment": cfg.augment}
+              "first_seed": cfg.first_seed, "model": cfg.model, "augment": cfg.augment}
     from ..training.progress import bar
     settings = cfg.images_per_class or [None]
     progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test", show=progress)
@@ -274,7 +277,7 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
         data = prepare(base["dataset"], res, cfg.data_root, cfg.cache_dir, manifest=base.get("manifest"),
                        class_depth=base.get("class_depth"))
         accs = []
-        for seed in range(cfg.seeds):
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             spec = TaskSpec.from_dict({**base, "resolution": res, "augment": cfg.augment,
                                        "train_images": None if per_class else cfg.train_images or protocol.train_images,
                                        "images_per_class": per_class}, f"target {name}")

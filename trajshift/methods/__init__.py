@@ -6,11 +6,11 @@ from .fomaml import FOMAML, FOMAMLPlusPlus
 from .imaml import IMAML
 from .leap import Leap
 from .mtl import MTL, Pretrain
-from .reptile import Reptile
+from .reptile import Reptile, ReptileAverage
 
 METHODS: Registry[type[Method]] = Registry("method", "method")
-for _cls in (CTS, CTSNoShift, CTSRandomShift, CTSAccurate, Reptile, FOMAML, FOMAMLPlusPlus, Leap, IMAML, MTL,
-             Pretrain):
+for _cls in (CTS, CTSNoShift, CTSRandomShift, CTSAccurate, Reptile, ReptileAverage, FOMAML, FOMAMLPlusPlus, Leap,
+             IMAML, MTL, Pretrain):
     METHODS.register(_cls.name, _cls)
 
 __all__ = ["METHODS", "Method"]
