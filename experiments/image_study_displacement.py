@@ -1,6 +1,6 @@
 """A test of the image study's explanation for CTS = Reptile, on meta-training outputs only (no meta-test data).
 
-The explanation, corrected (trajshift/commands/diagnose.py): CTS's shift keeps the gap mean_t theta_k - phi_k equal to the
+The explanation, corrected (trajshift/analysis/diagnose.py): CTS's shift keeps the gap mean_t theta_k - phi_k equal to the
 sum of the inner updates, so over a trajectory phi moves by beta (gap_1 + ... + gap_K), a Reptile step of about
 beta K rho (rho = mean ||gap_k|| / ||gap_K||, read from the run's log). Nothing compounds: 1 - (1 - beta)^K, the
 formula the study first used, is that of the no-shift ablation. CTS at beta should then behave like Reptile at
@@ -46,7 +46,7 @@ def _equivalent(method: str, beta: float, k: int | None, run: Path) -> float | N
     """The Reptile meta learning rate a run's trajectory amounts to: beta K rho for CTS (its logged gaps),
     1 - (1 - beta)^K for the ablations without the shift, beta for Reptile."""
     if method == "cts":
-        from trajshift.commands.diagnose import diagnose
+        from trajshift.analysis.diagnose import diagnose
         return diagnose(run)["effective_step"]
     if method in ("cts-no-shift", "cts-random-shift") and k:
         return 1 - (1 - beta) ** k

@@ -23,9 +23,9 @@ NEAR = ["tests/test_evaluation_numbers.py", "tests/test_methods_closed_form.py",
 
 # (name, file, original text, mutated text)
 MUTATIONS = [
-    ("meta-test learning-rate schedule deleted", "trajshift/commands/meta_test.py",
+    ("meta-test learning-rate schedule deleted", "trajshift/evaluation/protocols.py",
      "        schedule.step()\n", "        pass\n"),
-    ("init's BatchNorm statistics: task 0's, not the task mean", "trajshift/commands/meta_train.py",
+    ("init's BatchNorm statistics: task 0's, not the task mean", "trajshift/runs/train.py",
      "mean = comm.task_mean(values.sum(0, keepdim=True), len(learners.modules))[0]", "mean = values[0]"),
     ("loss_mean written as task 0's loss", "trajshift/training/readback.py",
      "mean = sum(per_task) / len(per_task) if per_task else math.nan", "mean = per_task[0]"),

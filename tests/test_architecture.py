@@ -96,7 +96,7 @@ def test_no_method_module_imports_the_loop():
     graph = _graph(top_level_only=False)
     for name, deps in graph.items():
         if name.startswith("trajshift.methods"):
-            assert not {"trajshift.training.loop", "trajshift.training.run_state", "trajshift.commands.meta_train"} & deps, (name, deps)
+            assert not {"trajshift.training.loop", "trajshift.training.run_state", "trajshift.runs.experiment"} & deps, (name, deps)
 
 
 def test_range_messages_are_written_in_one_place():
@@ -114,15 +114,20 @@ LAYERS = [          # docs/design.md's table: each layer is a folder of trajshif
     ("methods", {"methods"}),
     ("training", {"training"}),
     ("data", {"data", "tasks"}),
-    ("commands", {"commands", "analysis", "__main__", ""}),
+    ("evaluation", {"evaluation"}),
+    ("runs", {"runs"}),
+    ("analysis", {"analysis"}),
+    ("api", {"api"}),
+    ("commands", {"commands", "__main__", ""}),
 ]
 
 
 def test_the_folders_are_the_layers():
     """The package root holds only the package's entry points; every folder is (part of) one layer."""
-    folders = {m for _, members in LAYERS for m in members if m and "." not in m and m != "__main__"}
+    folders = {m for _, members in LAYERS for m in members if m and "." not in m and m not in ("__main__", "api")}
     root = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
-    assert root == folders | {"__init__.py", "__main__.py"}, root ^ (folders | {"__init__.py", "__main__.py"})
+    entry_points = {"__init__.py", "__main__.py", "api.py"}
+    assert root == folders | entry_points, root ^ (folders | entry_points)
     text = (PACKAGE.parent / "docs" / "design.md").read_text()
     for layer, members in LAYERS:
         for m in members - {"", "__main__"}:
@@ -165,11 +170,12 @@ def test_the_head_is_what_meta_params_leaves_out_everywhere():
     left out of init.pt, and is not loaded by the meta-test (the fresh model keeps its own weights there)."""
     import torch
 
-    from trajshift.commands.meta_test import load_body
-    from trajshift.commands.meta_train import build_models, init_state_dict
     from trajshift.engine.module_learners import ModuleLearners
     from trajshift.engine.population import Population
+    from trajshift.evaluation.meta_test import load_body
     from trajshift.models import build_model
+    from trajshift.runs.experiment import build_models
+    from trajshift.runs.train import init_state_dict
 
     spec, mp = {"name": "conv4", "width": 4}, {"include": ["*"], "exclude": ["fc.*", "body.12.*"]}
     models = build_models(spec, [3, 4], seed=0, meta_params=mp)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import trajshift as ts
-from trajshift.commands.run_config import check_execution
 from trajshift.core.errors import ConfigError
+from trajshift.runs.config import check_execution
 
 CLASSES = [3, 5, 2]
 

@@ -171,19 +171,20 @@ def test_deterministic_option_is_on_during_the_run_only_and_changes_nothing_on_c
     the same init as the default, bit for bit."""
     import yaml
 
-    from trajshift.commands import meta_train as mt
     from trajshift.commands.cli import main
+    from trajshift.runs import train as mt
+    from trajshift.runs.experiment import load_config, meta_train
     path = _image_config(tmp_path)
     cfg = yaml.safe_load(path.read_text())
     det = tmp_path / "det.yaml"
     det.write_text(yaml.safe_dump({**cfg, "deterministic": True}))
     seen = []
-    inner = mt._meta_train
+    inner = mt._train
 
     def spy(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return inner(*args, **kwargs)
-    monkeypatch.setattr(mt, "_meta_train", spy)
+    monkeypatch.setattr(mt, "_train", spy)
     assert main(["meta-train", str(path), "--out", str(tmp_path / "default"), "--quiet"]) == 0
     assert main(["meta-train", str(det), "--out", str(tmp_path / "det"), "--quiet"]) == 0
     assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
@@ -192,7 +193,7 @@ def test_deterministic_option_is_on_during_the_run_only_and_changes_nothing_on_c
 
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(mt, "_meta_train", fail)
+    monkeypatch.setattr(mt, "_train", fail)
     with pytest.raises(RuntimeError, match="boom"):
-        mt.meta_train(mt.load_config(det), tmp_path / "failed", log=lambda *_: None)
+        meta_train(load_config(det), tmp_path / "failed", log=lambda *_: None)
     assert not torch.are_deterministic_algorithms_enabled()

@@ -169,7 +169,7 @@ def test_nearest_snapshots_picks_each_budget_once_in_step_order():
     last); a tie goes to the earlier snapshot, and two counts near one snapshot score it once."""
     from pathlib import Path
 
-    from trajshift.commands.validation import nearest_snapshots
+    from trajshift.evaluation.validation import nearest_snapshots
     files = [Path(f"snapshots/step-{n:08d}.safetensors") for n in range(0, 10_000, 300)]
     picked = nearest_snapshots(files[::-1], [10_000, 2_000, 5_000, 5_050])
     assert [p.name for p in picked] == [f"step-{n:08d}.safetensors" for n in (2_100, 5_100, 9_900)]

@@ -53,7 +53,7 @@ def test_two_gloo_processes_match_one(tmp_path, method):
     rank0 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert rank1[0]["tasks"] == [2] and rank0[0]["tasks"] == [0, 1]
     # Meta-training moved the body away from the common random initialization (rebuilt here from the seed).
-    from trajshift.commands.meta_train import build_models
+    from trajshift.runs.experiment import build_models
     initial = build_models(cfg["model"], [3, 4, 5], cfg["seed"])[0].state_dict()["body.0.weight"]
     assert (moved - initial).abs().max() > 1e-4
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import trajshift as ts
-from trajshift.commands.meta_test import PROTOCOLS, train_and_evaluate
+from trajshift.evaluation.protocols import PROTOCOLS, train_and_evaluate
 
 
 class _FixedTask:
@@ -59,9 +59,9 @@ def test_meta_test_finetuning_is_plain_torch_with_the_protocols_schedule(protoco
 
 
 def test_the_initialization_holds_the_task_mean_of_batchnorm_statistics():
-    from trajshift.commands.meta_train import init_state_dict
     from trajshift.engine.module_learners import ModuleLearners
     from trajshift.engine.population import Population
+    from trajshift.runs.train import init_state_dict
     mods = []
     for t in range(3):
         torch.manual_seed(t)

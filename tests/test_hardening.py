@@ -280,7 +280,7 @@ def test_config_values_are_checked_before_any_work(tmp_path, sources, capsys):
     # YAML 1.2 numbers: 1e-2 is a number, not the string "1e-2".
     text = ok.read_text().replace("meta_lr: 0.3", "meta_lr: 1e-2").replace("lr: 0.05", "lr: 5e-2")
     ok.write_text(text)
-    from trajshift.commands.meta_train import load_config
+    from trajshift.runs.config import load_config
     cfg = load_config(ok)
     assert cfg.meta.meta_lr == 0.01 and cfg.meta.inner_optimizer["lr"] == 0.05
     out = tmp_path / "never"
@@ -487,15 +487,15 @@ def test_meta_test_pairs_with_the_runs_own_starting_weights_and_resumes(tmp_path
     assert r["difference"]["all"]["per_seed"] == [0.0, 0.0, 0.0]
     assert "paired difference" in capsys.readouterr().out
     # Ctrl-C after two finished seeds; the rerun finetunes only the third, and gives the uninterrupted result.
-    from trajshift.commands import meta_test as mt
-    real, calls = mt.finetune, []
+    from trajshift.evaluation import meta_test as mt
+    real, calls = mt.finetune_seed, []
 
     def counted(*a, **k):
         calls.append(a[5])
         if len(calls) == 3 and stop:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(mt, "finetune", counted)
+    monkeypatch.setattr(mt, "finetune_seed", counted)
     stop = True
     out = tmp_path / "cut"
     assert main([*args, "--out", str(out)]) == 130          # the command's answer to Ctrl-C

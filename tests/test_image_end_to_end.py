@@ -165,7 +165,7 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
 def test_shipped_configs_validate(name):
     from pathlib import Path
 
-    from trajshift.commands.meta_train import load_config
+    from trajshift.runs.config import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.meta.method == "cts" and len(cfg.tasks) >= 2
 
@@ -212,7 +212,7 @@ def test_meta_test_deterministic_flag_changes_nothing_on_cpu_and_is_switched_off
                                                                                        monkeypatch):
     """--deterministic: deterministic kernels during the finetuning (seen from inside), the caller's setting back
     after; on CPU the accuracies equal the default run's exactly."""
-    from trajshift.commands import meta_test as mt
+    from trajshift.evaluation import meta_test as mt
     seen = []
     inner = mt.meta_test
 

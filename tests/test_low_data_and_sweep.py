@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from test_image_end_to_end import make_dataset
 
 from trajshift.commands.cli import main
-from trajshift.commands.sweep import choose, parse_grid
 from trajshift.core.errors import ConfigError
 from trajshift.data.cache import prepare
 from trajshift.data.tasks import ImageTask, TaskSpec, per_class_subsample
+from trajshift.runs.sweep import choose, parse_grid
 
 
 @pytest.fixture

@@ -246,7 +246,7 @@ def test_diagnose_effective_step_is_the_trajectory_displacement_in_one_dimension
     import yaml
     from conftest import QuadraticTasks
 
-    from trajshift.commands.diagnose import diagnose
+    from trajshift.analysis.diagnose import diagnose
     quad1, K = QuadraticTasks(T=3, P=1, seed=1), 12
     phi0 = torch.tensor([2.0], dtype=torch.float64)
     for method in ("cts", "cts-no-shift"):

@@ -230,8 +230,14 @@ def test_fit_with_beta_zero_is_plain_torch_training_of_each_task():
                     batch_size=8, head="out", dtype="float64",
                     optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
     assert result.learners.spec.names == ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")
+    # The documented replica rule (trajshift/runs/replicas.py): the body of a 2-class template seeded
+    # stream_seed(seed, 0xB0D7), the head of the task's own module seeded stream_seed(seed, task, 0x4EAD).
+    torch.manual_seed(ts.core.sampling.stream_seed(0, 0xB0D7))
+    body = {k: v for k, v in OutNet(2).state_dict().items() if not k.startswith("out.")}
     torch.manual_seed(ts.core.sampling.stream_seed(0, 0, 0x4EAD))
-    ref = OutNet(3).double()
+    ref = OutNet(3)
+    ref.load_state_dict(body, strict=False)
+    ref = ref.double()
     opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
     x, y = data[0].tensors
     for step in range(5):
@@ -361,7 +367,7 @@ def test_tasks_take_their_classes_from_a_group_file(tmp_path):
 
 
 def test_the_shipped_section_4_3_configs_parse(tmp_path, monkeypatch):
-    from trajshift.commands.run_config import load_config
+    from trajshift.runs.config import load_config
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigError, match="imagenet-groups.csv"):   # the paper's groups: the user's file
         load_config(ROOT / "configs" / "paper-4.3.yaml")

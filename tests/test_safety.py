@@ -10,8 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trajshift.commands.meta_test import load_init
-from trajshift.commands.meta_train import ExperimentConfig
 from trajshift.core.errors import ConfigError, TrajshiftError
 from trajshift.data.formats import (
     read_idx,
@@ -20,6 +18,8 @@ from trajshift.data.formats import (
     read_tiny_imagenet,
     safe_unpickle,
 )
+from trajshift.evaluation.meta_test import load_init
+from trajshift.runs.config import ExperimentConfig
 from trajshift.training.checkpoint import load_latest, save_checkpoint
 from trajshift.training.config import MetaConfig
 
@@ -227,7 +227,7 @@ def test_fuzz_experiment_config(data):
                                            "meta: {method: cts, options: {1: 2}}", "device: quantum"]),
                           max_size=5).map("\n".join)))
 def test_fuzz_yaml_config_files(tmp_path, text):
-    from trajshift.commands.meta_train import load_config
+    from trajshift.runs.config import load_config
     p = tmp_path / "c.yaml"
     p.write_text(text)
     try:

@@ -1,6 +1,6 @@
 """trajshift: large-scale meta-learning of shared initializations with continual trajectory shifting
 (Shin, Lee, Gong & Hwang, ICML 2021), its ablations and the first-order baselines."""
-from .commands.api import FitResult, finetune, fit
+from .api import FitResult, finetune, fit
 from .core.errors import ConfigError, DivergenceError, TrajshiftError
 from .core.flat import FlatSpec
 from .core.sampling import batch_indices

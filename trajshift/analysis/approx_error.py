@@ -52,7 +52,7 @@ def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: i
     The CTS side runs the library's own loop (trajshift.training.loop.MetaTrainer with method cts) for k - 1 inner steps,
     each followed by its meta-update and shift, then takes the k-th inner step; the exact side restores the state
     at the start and takes k inner steps from the final phi = phi + Delta_1 + ... + Delta_{k-1}."""
-    from ..commands.meta_train import build_models
+    from ..runs.experiment import build_models
     from ..training.config import MetaConfig
     from ..training.loop import MetaTrainer
     models = build_models(model_spec, [t.num_classes for t in tasks], seed)

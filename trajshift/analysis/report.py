@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from ..commands.meta_test import MetaTestConfig, meta_test
 from ..core.atomic import write_json, write_text
+from ..core.errors import ConfigError
 from ..core.stats import mean_ci95
+from ..evaluation.meta_test import MetaTestConfig, meta_test
 
 
 def read_run(run: Path) -> dict:
@@ -55,9 +56,11 @@ def _setting(report: dict, n) -> dict:
     return report["by_images_per_class"][str(n)] if n is not None else report
 
 
-def _evaluate(init: Path, model: dict, targets, n_list, common: dict) -> dict:
-    cfg = MetaTestConfig(targets=targets, init=str(init), model=model,
-                         images_per_class=None if n_list == [None] else n_list, **common)
+def _evaluate(init: Path, targets, n_list, common: dict) -> dict:
+    """The meta-test of one file under the report's common settings: explicit flags, else (resolved the same way
+    as ``trajshift meta-test``) the init's own records (trajshift/evaluation/settings.py)."""
+    cfg = MetaTestConfig(targets=targets, init=str(init), images_per_class=None if n_list == [None] else n_list,
+                         **common)
     res = meta_test(cfg, None, log=lambda *_: None)
     return {str(n): {"targets": {t: {k: v for k, v in r.items() if k in ("mean", "ci95", "accs")}
                                  for t, r in _setting(res, n)["targets"].items()},
@@ -65,16 +68,19 @@ def _evaluate(init: Path, model: dict, targets, n_list, common: dict) -> dict:
 
 
 def make_report(runs: list[str | Path], targets: list[str], out: str | Path, seeds: int = 5,
-                steps: int | None = None, protocol: str = "paper", every_snapshot: int = 1, resolution=None,
+                steps: int | None = None, protocol: str | None = None, every_snapshot: int = 1, resolution=None,
                 data_root=None, cache_dir=None, images_per_class: list[int] | None = None,
                 curve_images_per_class: int | None = None, batch_size: int | None = None,
-                augment: str = "crop+flip", log=print) -> dict:
+                augment: str | None = None, log=print) -> dict:
     """Meta-test every run's snapshots (Fig. 7) and final init.pt (Figs. 6b, 8, 9), and the common random
     initialization (snapshot 0: the scratch baseline, the same weights every method started from), all with the
-    same seeds, so that differences to scratch are paired by seed."""
+    same seeds, so that differences to scratch are paired by seed. Settings not given (protocol, augment,
+    resolution, model) are resolved from each run's records as ``trajshift meta-test`` resolves them; runs whose
+    resolved settings differ are refused (they would not be compared alike)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     infos = [read_run(Path(r)) for r in runs]
+    protocol, augment, resolution = _common_settings(infos, protocol, augment, resolution, targets, log)
     finals, curve_n = _entry_settings(images_per_class, curve_images_per_class)
     common = {"protocol": protocol, "steps": steps, "seeds": seeds, "resolution": resolution,
               "batch_size": batch_size, "augment": augment, "data_root": data_root, "cache_dir": cache_dir}
@@ -100,16 +106,16 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
         if info["snapshots"] and snaps[-1] != info["snapshots"][-1]:
             snaps.append(info["snapshots"][-1])
         for snap in snaps:
-            res = _evaluate(snap, info["model"], targets, [curve_n], common)[str(curve_n)]["average"]
+            res = _evaluate(snap, targets, [curve_n], common)[str(curve_n)]["average"]
             inner = int(snap.stem.split("-")[1])
             curve.append({"inner_steps": inner, **res})
             log(f"{info['name']} ({info['method']}) at {inner} inner steps: meta-test accuracy "
                 f"{100 * res['mean']:.2f} +- {_ci(res['ci95'])}%")
-        by_n = _evaluate(info["init"], info["model"], targets, finals, common)
+        by_n = _evaluate(info["init"], targets, finals, common)
         scratch = None
         if info["snapshots"] and int(info["snapshots"][0].stem.split("-")[1]) == 0:
             scratch = {"file_sha256": hashlib.sha256(info["snapshots"][0].read_bytes()).hexdigest(),
-                       "by_images_per_class": _evaluate(info["snapshots"][0], info["model"], targets, finals, common)}
+                       "by_images_per_class": _evaluate(info["snapshots"][0], targets, finals, common)}
         entry = {"run": info["name"], "path": str(run), "method": info["method"],
                  "meta_lr": info["config"]["meta"]["meta_lr"], "curve": curve, "by_images_per_class": by_n,
                  "final": by_n[str(curve_n)]["targets"], "final_average": by_n[str(curve_n)]["average"],
@@ -122,6 +128,24 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
     write_json(out / "report.json", report)
     write_text(out / "table.md", _table(report))
     return report
+
+
+def _common_settings(infos: list[dict], protocol, augment, resolution, targets, log) -> tuple:
+    """The protocol, augmentation and resolution every run is scored with: the flags, else each run's records
+    (resolved as meta-test resolves them), which must then agree across the runs."""
+    from ..evaluation.meta_test import resolve_settings
+    chosen = {}
+    for info in infos:
+        s = resolve_settings(MetaTestConfig(targets=targets, init=str(info["init"]), protocol=protocol,
+                                            augment=augment, resolution=resolution))
+        log(f"{info['name']}: meta-test settings: {s.describe()}")
+        for key in ("protocol", "augment", "resolution"):
+            if key in chosen and chosen[key][0] != s[key]:
+                raise ConfigError(f"report: {chosen[key][1]} is scored with {key} {chosen[key][0]!r} and "
+                                  f"{info['name']} with {s[key]!r} (from their records); give --{key} to score "
+                                  f"every run alike")
+            chosen.setdefault(key, (s[key], info["name"]))
+    return tuple(chosen[k][0] if k in chosen else None for k in ("protocol", "augment", "resolution"))
 
 
 def _ci(ci) -> str:

@@ -42,7 +42,7 @@ def _meta_test(args) -> int:
 
 
 def _meta_train(args) -> int:
-    from .meta_train import load_config, meta_train
+    from ..runs.experiment import load_config, meta_train
     overrides = parse_overrides(args.set)
     if args.backend:
         overrides["execution.backend"] = args.backend
@@ -81,7 +81,7 @@ def _approx_error(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import parse_grid, run_sweep
+    from ..runs.sweep import parse_grid, run_sweep
     report = run_sweep(args.config, args.out, parse_grid(args.grid),
                        [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
                        args.jobs, args.set, log=log_of(args))
@@ -95,7 +95,7 @@ def _sweep(args) -> int:
 
 
 def _validate(args) -> int:
-    from .validation import score_run, score_snapshots
+    from ..evaluation.validation import score_run, score_snapshots
     if args.at is not None and not all(isinstance(n, int) and n >= 0 for n in args.at):
         raise ConfigError(f"--at: expected inner-step counts >= 0 like 2000,5000,10000, got {args.at}")
     if args.at and not args.snapshots:
@@ -114,7 +114,7 @@ def _validate(args) -> int:
 
 def _report(args) -> int:
     from ..analysis.report import make_report
-    from .sweep import expand_runs
+    from ..runs.sweep import expand_runs
     args.runs = [str(r) for r in expand_runs(args.runs)]
     for run in args.runs:
         from ..data.init_file import run_init
@@ -161,9 +161,9 @@ def _download(args) -> int:
 def _list(args) -> int:
     from ..data.registry import DATASETS
     from ..engine.optim import OPTIMIZERS
+    from ..evaluation.protocols import PROTOCOLS
     from ..methods import METHODS
     from ..models import MODELS
-    from .meta_test import PROTOCOLS
     print("methods:    " + ", ".join(METHODS.names()))
     print("optimizers: " + ", ".join(OPTIMIZERS.names()))
     print("models:     " + ", ".join(MODELS.names()))
@@ -173,7 +173,7 @@ def _list(args) -> int:
 
 
 def _diagnose(args) -> int:
-    from .diagnose import diagnose, format_table
+    from ..analysis.diagnose import diagnose, format_table
     print(format_table(diagnose(args.run)))
     return 0
 

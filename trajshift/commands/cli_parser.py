@@ -5,8 +5,8 @@ import argparse
 
 from ..analysis.approx_error import ApproxErrorConfig
 from ..analysis.synthetic_study import SyntheticStudyConfig
+from ..evaluation.meta_test import MetaTestConfig
 from .cli_options import _converter, add_config_flags
-from .meta_test import MetaTestConfig
 
 # The synthetic study's flags: config field -> flag (defaults, types and help come from the dataclass).
 SYNTHETIC_FLAGS = {
@@ -25,6 +25,19 @@ APPROX_ERROR_FLAGS = {name: "--" + name.replace("_", "-") for name in (
 
 def _data_options(sub: argparse.ArgumentParser) -> None:
     add_config_flags(sub, MetaTestConfig, DATA_FLAGS, keep_defaults=True)
+
+
+def _evaluation_settings(sub: argparse.ArgumentParser) -> None:
+    """The settings meta-test and report resolve alike (trajshift/evaluation/settings.py): a flag wins, else the
+    init's records, else the declared default; choices from the registries."""
+    from ..data.tasks import AUGMENTATIONS
+    from ..evaluation.protocols import PROTOCOLS
+    from ..evaluation.settings import DEFAULT_AUGMENT, DEFAULT_PROTOCOL
+    sub.add_argument("--protocol", default=None, choices=PROTOCOLS.names(),
+                     help=f"finetuning protocol (default: the run's validation block, else {DEFAULT_PROTOCOL})")
+    sub.add_argument("--augment", default=None, choices=list(AUGMENTATIONS),
+                     help=f"finetuning batch augmentation (default: the sources' recorded in init.json, else "
+                          f"{DEFAULT_AUGMENT}, the paper's; flips are wrong for digits and characters)")
 
 
 def _finetune_options(sub: argparse.ArgumentParser) -> None:
@@ -61,7 +74,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                     help="override a config value, e.g. --set meta.method=reptile --set meta.inner_steps=100")
     mt.add_argument("--resume", action="store_true", help="require a checkpoint in DIR/checkpoints to resume from "
                     "(a run folder holding checkpoints is resumed automatically anyway)")
-    mt.add_argument("--backend", choices=["loop", "batched", "auto"], default=None,
+    from ..engine.backends import BACKEND_CHOICES
+    mt.add_argument("--backend", choices=list(BACKEND_CHOICES), default=None,
                     help="how the tasks run: one after another (loop), in one vmapped pass (batched), or the faster "
                          "of the two measured at start-up (auto, the default); same results either way")
     mt.add_argument("--log", default=None, metavar="tensorboard,wandb",
@@ -85,17 +99,15 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                          "'start' is the run's own starting weights (snapshots/step-00000000: the common random or "
                          "pretrained initialization every method started from), or an init file / run folder")
     te.add_argument("--out", required=True, help="output folder for results.json and results.md (created)")
-    te.add_argument("--model", default=None, help="model name (default: init.json's model, else the run's "
-                    "config.yaml, else the registered model whose keys the file fits; resnet20 from scratch)")
+    te.add_argument("--model", default=None, help="a registered model name, or a model of your own as "
+                    "package.module:factory (called as factory(num_classes=C); --set model.call='task, num_classes' "
+                    "for a Python API model_fn); default: init.json's model, else the run's config.yaml, else the "
+                    "registered model whose keys the file fits; resnet20 from scratch")
     te.add_argument("--activation", default=None, help="relu or softplus (default: the run's, else relu)")
     te.add_argument("--set", action="append", metavar="model.KEY=VALUE",
                     help="a model option, e.g. --set model.width=32 (default: the run's config.yaml)")
-    te.add_argument("--protocol", default=None, help="paper | table1 | reference (default: the run's validation "
-                    "protocol, else paper)")
     te.add_argument("--train-images", type=int, default=None, help="subsample the target's training set")
-    te.add_argument("--augment", default=None, choices=["crop+flip", "crop", "flip", "none"],
-                    help="finetuning batch augmentation (default: the sources' recorded in init.json, else crop+flip, "
-                         "the paper's; flips are wrong for digits and characters)")
+    _evaluation_settings(te)
     _finetune_options(te)
     _data_options(te)
     te.add_argument("--device", default="cpu", help="torch device to finetune on, e.g. cuda (default cpu)")
@@ -143,12 +155,10 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run folders written by meta-train (one per method), sweep folders "
                     "(every method's chosen run) or a sweep's method folders (its chosen run)")
     rp.add_argument("--out", required=True, help="report folder: report.json, table.md and the figures")
-    rp.add_argument("--protocol", default="paper", help="paper | table1 | reference (default paper)")
     rp.add_argument("--curve-images-per-class", type=int, default=None, metavar="N",
                     help="the setting of the snapshot curves and bar charts (default: the first of "
                          "--images-per-class)")
-    rp.add_argument("--augment", default="crop+flip", choices=["crop+flip", "crop", "flip", "none"],
-                    help="finetuning batch augmentation (default crop+flip)")
+    _evaluation_settings(rp)
     rp.add_argument("--every-snapshot", type=int, default=1, help="meta-test every n-th snapshot (default all)")
     _finetune_options(rp)
     _data_options(rp)

@@ -47,8 +47,8 @@ def run_demo(out: str | Path, steps: int = 1000, finetune_steps: int = 100, seed
     the random weights CTS started from (snapshot 0). Seed s fixes the target subsample, the head and the batch order
     for both, so their difference is paired by seed."""
     from ..core.stats import mean_ci95
-    from .meta_test import MetaTestConfig, meta_test
-    from .meta_train import ExperimentConfig, meta_train
+    from ..evaluation.meta_test import MetaTestConfig, meta_test
+    from ..runs.experiment import ExperimentConfig, meta_train
     out = Path(out)
     sources, target, note = choose_datasets(data_root)
     log(note)
@@ -66,7 +66,8 @@ def run_demo(out: str | Path, steps: int = 1000, finetune_steps: int = 100, seed
     for label, init in (("cts", run / "init.safetensors"), ("scratch", run / "snapshots" / "step-00000000.safetensors")):
         test = MetaTestConfig(targets=[target], init=str(init), model=cfg.model, protocol="table1",
                               steps=finetune_steps, seeds=seeds, batch_size=32, augment="crop",
-                              images_per_class=[images_per_class], data_root=data_root, cache_dir=cache_dir)
+                              images_per_class=[images_per_class], data_root=data_root, cache_dir=cache_dir,
+                              given_by="the demo's design")
         res = meta_test(test, None, log=lambda *_: None)["by_images_per_class"][str(images_per_class)]
         results[label] = {k: res["average"][k] for k in ("mean", "ci95")} | {"accs": res["average"]["per_seed"]}
         log(f"meta-test from {label}: {100 * res['average']['mean']:.2f}%")

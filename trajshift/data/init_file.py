@@ -51,6 +51,11 @@ def snapshot_files(run: str | Path) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
+def snapshot_steps(path: str | Path) -> int | None:
+    """The cumulative inner steps of a snapshot file (step-N.safetensors), None for the final init."""
+    return int(Path(path).stem.split("-")[1]) if Path(path).stem.startswith("step-") else None
+
+
 def save_init(path: str | Path, state_dict: dict[str, torch.Tensor], info: dict) -> Path:
     """Write ``path`` (.safetensors; a folder means FOLDER/init.safetensors) and its .json beside it, atomically."""
     from safetensors.torch import save

@@ -223,6 +223,17 @@ class ImageTask:
     def label(self) -> str:
         return self.spec.label
 
+    @property
+    def val_is_train(self) -> bool:
+        """No held-out data (val_fraction 0): the val split is the training set."""
+        return self.spec.val_fraction == 0
+
+    def fingerprint(self) -> dict:
+        """The training split's fingerprint for the run identity (trajshift/runs/identity.py)."""
+        from .fingerprint import dataset_fingerprint
+        x, y = self.x["train"], self.y["train"]
+        return dataset_fingerprint(range(len(y)), self.num_classes, lambda i: (x[i], y[i]))
+
     def prepare_images(self, images: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
         x = to_float(images, self.channels)
         ops = AUGMENTATIONS[self.spec.augment] if augment else ()

@@ -3,14 +3,20 @@ trajshift.finetune).
 
 A ``DatasetTask`` draws mini-batch ``step`` of a split as ``batch_indices(len(dataset), batch_size, step, seed,
 task)`` (epochs of a seeded permutation, without replacement) and collates ``dataset[i]`` with torch's
-``default_collate``. The dataset's own random transforms (torchvision's RandomCrop, ...) draw from torch's global
-generator: it is seeded by (seed, task, step, split) for the fetch and restored afterwards, so a batch is a pure
-function of its step, as the engine needs for exact resume and for cts-accurate's replays.
+``default_collate``. The dataset's own random transforms draw from the global generators users actually use:
+torch's (torchvision's RandomCrop, ...), NumPy's legacy global one (``np.random.rand``, albumentations) and Python's
+``random``. All three are seeded by (seed, task, step, split) for the fetch and restored afterwards (the caller's
+states are left as they were), as DataLoader's worker seeding does, so a batch is a pure function of its step, as
+the engine needs for exact resume and for cts-accurate's replays. (A NumPy ``Generator`` the dataset owns, made
+once with ``np.random.default_rng()``, is its own state: it cannot be reseeded from outside, so it is not covered.)
 """
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -18,6 +24,21 @@ from ..core.errors import ConfigError
 from ..core.sampling import batch_indices, stream_seed
 
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+
+
+@contextlib.contextmanager
+def seeded_global_randomness(seed: int):
+    """torch's, NumPy's global and Python's ``random`` generators seeded from ``seed`` inside, restored after."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def infer_num_classes(dataset: Dataset, where: str) -> int:
@@ -58,8 +79,7 @@ class DatasetTask:
         if ds is None:
             raise ConfigError(f"{self.label}: no {split} dataset was given")
         idx = batch_indices(len(ds), self.batch_size, step, stream_seed(self.seed, SPLIT_CODES[split]), self.task_id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stream_seed(self.seed, self.task_id, step, SPLIT_CODES[split], 0xDA7A))
+        with seeded_global_randomness(stream_seed(self.seed, self.task_id, step, SPLIT_CODES[split], 0xDA7A)):
             items = [ds[int(i)] for i in idx]
         try:
             x, y = default_collate(items)[:2]
@@ -68,9 +88,26 @@ class DatasetTask:
                               f"must yield (input tensor, integer label) pairs of one shape") from None
         return x.to(self.device), torch.as_tensor(y).long().to(self.device)
 
+    @property
+    def val_is_train(self) -> bool:
+        """No held-out data was given: the val split is the training set."""
+        return self.data["val"] is self.data["train"]
+
+    def fingerprint(self) -> dict:
+        """The training set's fingerprint for the run identity (trajshift/runs/identity.py): items fetched with the
+        same seeded randomness as a batch, so random transforms give the same bytes."""
+        from .fingerprint import dataset_fingerprint
+        ds = self.data["train"]
+
+        def fetch(i):
+            with seeded_global_randomness(stream_seed(self.seed, self.task_id, i, 0xF1D)):
+                return ds[i]
+        return dataset_fingerprint(ds, self.num_classes, fetch)
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str = "test", batch_size: int = 512) -> float:
-        """Top-1 accuracy of ``model`` on the whole split, in order, in eval mode."""
+        """Top-1 accuracy of ``model`` on the whole split, in order, in eval mode (items fetched under a fixed seed:
+        a dataset with random transforms scores the same model the same way every time)."""
         ds = self.data[split]
         if ds is None:
             raise ConfigError(f"{self.label}: no {split} dataset was given")
@@ -78,7 +115,9 @@ class DatasetTask:
         model.eval()
         correct = 0
         for start in range(0, len(ds), batch_size):
-            x, y = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])[:2]
+            with seeded_global_randomness(stream_seed(self.seed, self.task_id, start, SPLIT_CODES[split], 0xE7A1)):
+                items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            x, y = default_collate(items)[:2]
             correct += int((model(x.to(self.device)).argmax(1).cpu() == torch.as_tensor(y)).sum())
         model.train(was)
         return correct / len(ds)

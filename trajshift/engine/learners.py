@@ -18,16 +18,14 @@ Batches are a pure function of (task, step, split) (see ``batch_indices``), whic
 """
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.flat import FlatSpec
-
-DEFAULT_HEAD_PATTERNS = ("fc.*", "head.*", "classifier.*")
+from ..models.heads import DEFAULT_HEAD_PATTERNS  # noqa: F401  (re-exported: the engine's default head)
 
 
 class Learners:
@@ -112,21 +110,8 @@ class FunctionLearners(Learners):
         return self.loss_fn(theta, step, split)
 
 
-def select_meta_names(names: Sequence[str], include: Sequence[str] = ("*",),
-                      exclude: Sequence[str] = DEFAULT_HEAD_PATTERNS, option: str = "meta_params") -> list[str]:
-    """Names that match an ``include`` pattern and no ``exclude`` pattern (fnmatch globs, e.g. 'fc.*')."""
-    chosen = [n for n in names
-              if any(fnmatch.fnmatchcase(n, p) for p in include) and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
-    if not chosen:
-        raise ConfigError(
-            f"{option}: include={list(include)} exclude={list(exclude)} matches no parameter; "
-            f"the model's parameters are: {', '.join(names)}")
-    return chosen
-
-
 def head_names(model: nn.Module, meta_params: dict | None = None) -> list[str]:
-    """The parameters of ``model`` that are a task's own (its head): those the meta_params filter does not select."""
-    mp = meta_params or {}
-    names = [n for n, _ in model.named_parameters()]
-    meta = set(select_meta_names(names, mp.get("include", ("*",)), mp.get("exclude", DEFAULT_HEAD_PATTERNS)))
-    return [n for n in names if n not in meta]
+    """The parameters of ``model`` that are a task's own (its head): those the meta_params filter does not select
+    (module paths, parameter names or globs; trajshift/models/heads.py)."""
+    from ..models.heads import head_from_meta_params
+    return head_from_meta_params(model, meta_params)

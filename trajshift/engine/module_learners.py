@@ -22,7 +22,7 @@ from .backends import (
     fastest_backend,
 )
 from .backends.vmap import batched_unsupported_reason
-from .learners import DEFAULT_HEAD_PATTERNS, Learners, select_meta_names
+from .learners import DEFAULT_HEAD_PATTERNS, Learners, head_names
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ class ModuleLearners(Learners):
         self.num_tasks = len(self.modules)
         self.batch_fn = batch_fn
         self.loss = loss or nn.functional.cross_entropy
-        names0 = [n for n, _ in self.modules[0].named_parameters()]
-        meta = select_meta_names(names0, include, exclude)
+        head = set(head_names(self.modules[0], {"include": list(include), "exclude": list(exclude)}))
+        meta = [n for n, _ in self.modules[0].named_parameters() if n not in head]
         self.spec = FlatSpec.from_tensors([(n, p) for n, p in self.modules[0].named_parameters() if n in meta])
         for t, m in enumerate(self.modules):
             params = dict(m.named_parameters())

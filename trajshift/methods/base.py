@@ -85,6 +85,7 @@ class Method:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     defaults: ClassVar[dict] = {}    # preset option values of a registry entry (e.g. cts-no-shift)
+    uses_held_out_batches: ClassVar[bool] = False   # the meta-gradient reads the tasks' "val" batches (FOMAML, iMAML)
 
     def __init__(self, options: dict | None = None):
         self.opts = self.parse_options(options or {})
@@ -92,6 +93,13 @@ class Method:
     @classmethod
     def parse_options(cls, options: dict):
         return parse(cls.Options, {**cls.defaults, **options}, f"options[{cls.name}]")
+
+    @classmethod
+    def effective_step(cls, beta: float, updates: int, rho: float, options: dict | None = None) -> float | None:
+        """How far one trajectory moves phi, in units of one Reptile step toward theta_K (``trajshift diagnose``):
+        ``updates`` meta-updates per trajectory, rho = mean_k ||gap_k|| / ||gap_K||. None: not applicable (the
+        method makes no Reptile-like step, e.g. MTL, or its step has no such reading)."""
+        return None
 
     @classmethod
     def updates_per_trajectory(cls, inner_steps: int, options: dict | None = None) -> int:

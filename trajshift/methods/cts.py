@@ -59,6 +59,14 @@ class CTS(Method):
     def updates_per_trajectory(cls, inner_steps, options=None):
         return inner_steps // cls.parse_options(options or {}).meta_every
 
+    @classmethod
+    def effective_step(cls, beta, updates, rho, options=None):
+        """With the shift (or the exact re-run) the gap is the sum of the inner updates, so a trajectory moves phi by
+        beta (gap_1 + ... + gap_K): about beta K rho Reptile steps. Without it the gap forgets: 1 - (1 - beta)^K."""
+        if cls.parse_options(options or {}).shift in ("cts", "exact"):
+            return beta * updates * rho
+        return 1 - (1 - beta) ** updates
+
     def init(self):
         # The same seed on every process: the random-shift direction must be identical everywhere.
         rng = torch.Generator().manual_seed(stream_seed(self.seed, 0xC75)).get_state() \

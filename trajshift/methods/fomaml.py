@@ -33,6 +33,7 @@ def val_gradient(method: Method, m: int, k: int, batches: int) -> torch.Tensor:
 
 class FOMAML(Method):
     name = "fomaml"
+    uses_held_out_batches = True
     Options = FOMAMLOptions
 
     def end_trajectory(self, state, info):
@@ -54,6 +55,7 @@ class GradientSum(State):
 
 class FOMAMLPlusPlus(Method):
     name = "fomaml++"
+    uses_held_out_batches = True
     Options = FOMAMLPlusOptions
 
     def init(self):

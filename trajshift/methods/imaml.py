@@ -28,6 +28,7 @@ class IMAMLOptions:
 
 class IMAML(Method):
     name = "imaml"
+    uses_held_out_batches = True
     Options = IMAMLOptions
 
     def transform_gradient(self, state, step):

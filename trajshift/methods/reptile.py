@@ -34,6 +34,11 @@ class Reptile(Method):
     name = "reptile"
     Options = ReptileOptions
 
+    @classmethod
+    def effective_step(cls, beta, updates, rho, options=None):
+        """beta toward theta_K; toward the average iterate, beta mean_k gap_k: about beta rho."""
+        return beta * rho if cls.parse_options(options or {}).toward == "average" else beta
+
     def init(self):
         return AverageIterateState() if self.opts.toward == "average" else State()
 

@@ -31,15 +31,40 @@ def import_factory(path: str, option: str = "model.factory"):
     return obj
 
 
-def build_model(spec: dict, num_classes: int):
-    """``spec``: {name, **options} for a registered model (options: activation relu|softplus, pooling avg|max,
-    ...), or {factory: "package.module:function", **options} for any model: ``function(num_classes=C, **options)``
-    must return an nn.Module whose head is sized for C classes."""
+CALL_NUM_CLASSES = "num_classes="
+CALL_TASK_NUM_CLASSES = "task, num_classes"
+CALLS = (CALL_NUM_CLASSES, CALL_TASK_NUM_CLASSES)
+
+
+def build_model(spec: dict, num_classes: int, task: int = 0):
+    """A model from a spec: ``{name, **options}`` (registered: ``Class(num_classes=C, **options)``; options:
+    activation relu|softplus, pooling avg|max, ...) or ``{factory: "package.module:function", call: ..., **options}``
+    for any model, called by its convention: ``call: "num_classes="`` (the default) as ``function(num_classes=C,
+    **options)``, ``call: "task, num_classes"`` (a Python API model_fn) as ``function(task, C, **options)``. It
+    must return an nn.Module whose head is sized for C classes. A factory that refuses its options is one error."""
+    from ..core.errors import ConfigError
     spec = dict(spec)
     if "factory" in spec:
-        return import_factory(spec.pop("factory"))(num_classes=num_classes, **spec)
-    cls = MODELS.get(spec.pop("name", None))
-    return cls(num_classes=num_classes, **spec)
+        path = spec.pop("factory")
+        call = spec.pop("call", CALL_NUM_CLASSES)
+        if call not in CALLS:
+            raise ConfigError(f"model.call: {call!r} is not a calling convention; allowed: {', '.join(CALLS)}")
+        factory = import_factory(path)
+        args = (task, num_classes) if call == CALL_TASK_NUM_CLASSES else ()
+        kwargs = spec if call == CALL_TASK_NUM_CLASSES else {"num_classes": num_classes, **spec}
+    else:
+        factory = MODELS.get(spec.pop("name", None))
+        path, args, kwargs = factory.__name__, (), {"num_classes": num_classes, **spec}
+    import inspect
+    try:
+        inspect.signature(factory).bind(*args, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model: {path} does not take these options ({err}); check the model's options "
+                          f"({', '.join(sorted(spec)) or 'none given'})") from None
+    except ValueError:           # no signature to check (a builtin): call it and let it say
+        pass
+    return factory(*args, **kwargs)
 
 
-__all__ = ["MODELS", "Conv4", "ResNet18", "ResNet20", "build_model", "import_factory"]
+__all__ = ["CALLS", "CALL_NUM_CLASSES", "CALL_TASK_NUM_CLASSES", "MODELS", "Conv4", "ResNet18", "ResNet20",
+           "build_model", "import_factory"]

@@ -34,7 +34,9 @@ _MISSING = "(not set)"
 def first_difference(old, new, prefix: str = ""):
     """(key path, old value, new value) of the first difference between two nested dicts/lists, or None."""
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
+        # In the order the new dict declares its keys (an identity puts what the user chose first, what is derived
+        # from it last), then keys only the old one has.
+        for key in [*new, *(k for k in old if k not in new)]:
             d = first_difference(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}.{key}" if prefix else
                                  str(key))
             if d is not None:
@@ -123,7 +125,10 @@ def resume(tr) -> bool:
     if isinstance(old_m, int) and isinstance(new_m, int) and new_m > old_m:
         theirs = {**theirs, "trajectories": new_m}
         tr.extended_from = old_m
-    for ours, saved in ((mine, theirs), (tr.identity, state.get("identity", tr.identity))):
+    saved_identity = state.get("identity", tr.identity)
+    # Keys an older checkpoint's identity does not have (data fingerprints, the resolved head) are not compared.
+    our_identity = {k: v for k, v in tr.identity.items() if k in saved_identity}
+    for ours, saved in ((mine, theirs), (our_identity, saved_identity)):
         diff = first_difference(saved, ours)
         if diff is not None:
             key, old, new = diff

@@ -105,7 +105,7 @@ def _score(init: Path, key: str, raw: dict, val: ValidationConfig, data_root, ca
     cfg = MetaTestConfig(targets=val.tasks, init=str(init), model=raw["model"], protocol=val.protocol,
                          steps=val.steps, seeds=val.seeds, batch_size=val.batch_size, augment=val.augment,
                          images_per_class=[val.images_per_class] if val.images_per_class else None,
-                         data_root=data_root, cache_dir=cache_dir)
+                         data_root=data_root, cache_dir=cache_dir, given_by="the run's validation block")
     report = meta_test(cfg, None, log=log, progress=progress)
     setting = report["by_images_per_class"][str(val.images_per_class)] if val.images_per_class else report
     return {"key": key, "score": setting["average"]["mean"], "ci95": setting["average"]["ci95"],
@@ -143,7 +143,7 @@ def score_run(run: str | Path, data_root=None, cache_dir=None, log=print, progre
 def nearest_snapshots(files: list[Path], at: list[int]) -> list[Path]:
     """The snapshot nearest to each requested count of inner steps (the earlier one on a tie), each once, in step
     order: a run with K = 300 has no snapshot at 2,000 steps, and 2,100 stands for it."""
-    from .meta_train import tr_inner
+    from ..data.init_file import snapshot_steps as tr_inner
     steps = {path: tr_inner(path) for path in files}
     chosen = {min(files, key=lambda path: (abs(steps[path] - want), steps[path])) for want in at}
     return sorted(chosen, key=steps.__getitem__)
@@ -158,8 +158,8 @@ def score_snapshots(run: str | Path, data_root=None, cache_dir=None, log=print,
     snapshot nearest to each, for runs with many short trajectories (Fig. 6c's K = 100 writes 100 snapshots).
     Returns {inner_steps: result} for every snapshot scored so far."""
     from ..data.init_file import snapshot_files
+    from ..data.init_file import snapshot_steps as tr_inner
     from .meta_test import write_json
-    from .meta_train import tr_inner
     run = Path(run)
     raw, val, data_root, cache_dir = _run_settings(run, data_root, cache_dir)
     files = snapshot_files(run)

@@ -5,7 +5,7 @@ method by meta-validation, never by meta-test.
 
 Every (method, grid point) is an ordinary meta-train run folder, DIR/<method>/<key>=<value>[,...]/, so an interrupted
 sweep resumes where it stopped (finished runs are skipped, unfinished ones resume from their checkpoints). Each
-finished run is scored on the config's ``validation`` block (trajshift.commands.validation: held-out source classes, never a
+finished run is scored on the config's ``validation`` block (trajshift.evaluation.validation: held-out source classes, never a
 meta-test target), and the value with the best mean score is chosen per method. A run that fails (diverges) gets no
 score and is never chosen.
 
@@ -136,9 +136,9 @@ def choose(points: list[dict]) -> dict | None:
 def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], methods: list[str] | None = None,
               jobs: int = 1, overrides: list[str] | None = None, log=print) -> dict:
     from ..core.yamlio import parse_overrides as _overrides
+    from ..evaluation.validation import check_held_out
     from ..methods import METHODS
-    from .meta_train import load_config
-    from .validation import check_held_out
+    from .config import load_config
     overrides = list(overrides or [])
     cfg = load_config(config, _overrides(overrides))      # every key checked before any work
     if cfg.validation is None:
@@ -150,7 +150,7 @@ def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], method
         METHODS.get(m)
     for values in itertools.product(*grid.values()):      # every point's config is valid before any work
         load_config(config, {**_overrides(overrides), **dict(zip(grid, values))})
-    from .validation import ValidationConfig
+    from ..evaluation.validation import ValidationConfig
     check_held_out(cfg.tasks, ValidationConfig.from_dict(cfg.validation), cfg.data_root, cfg.cache_dir)
     check_value(jobs, int, Rule(low=1), "--jobs")
     out = Path(out)

@@ -13,7 +13,7 @@
     snapshot_every: 0            # save phi every S cumulative inner steps (0: never)
     meta_params: {include: ["*"], exclude: ["fc.*"]}     # meta-learned parameters; the rest is each task's head
     execution: {backend: auto, channels_last: false, autocast: none, compile: false}   # speed only, same math
-    validation: null             # held-out source classes for `trajshift sweep` (trajshift.commands.validation)
+    validation: null             # held-out source classes for `trajshift sweep` (trajshift.evaluation.validation)
     meta: {method: cts, inner_steps: 1000, trajectories: 200, meta_lr: 0.01,
            inner_optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0.0005}}
 
@@ -62,7 +62,7 @@ def _tasks(value, path):
 
 
 def _validation(value, path):
-    from .validation import ValidationConfig
+    from ..evaluation.validation import ValidationConfig
     return ValidationConfig.from_dict(value, path).to_dict()
 
 
@@ -176,18 +176,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     return ExperimentConfig.from_dict(data)
 
 
-def run_identity(cfg: ExperimentConfig) -> dict:
-    """Everything besides the meta block that makes a checkpoint belong to a run: the model, the tasks and their
-    data options, the seed, the batch size, the meta-learned parameter filter and the execution options that change
-    the arithmetic (autocast). The backend and channels_last change only the rounding and speed."""
-    identity = {"model": cfg.model, "tasks": cfg.tasks, "seed": cfg.seed, "batch_size": cfg.batch_size,
-                "meta_params": _identity_meta_params(cfg), "execution": {"autocast": cfg.execution.get("autocast")}}
-    if cfg.init_from is not None:           # older runs' identities have no such key: they still resume
-        identity["init_from"] = {"path": cfg.init_from, "heads": cfg.init_heads, "sha256": file_digest(cfg.init_from)}
-    return identity
-
-
-def _identity_meta_params(cfg: ExperimentConfig) -> dict:
+def identity_meta_params(cfg: ExperimentConfig) -> dict:
     """The head filter as older runs recorded it (exclude fc.*) when it selects the same head on this model: the
     default filter became fc.*, head.*, classifier.* (the library's), which changes no registered model's split."""
     from ..engine.learners import head_names
@@ -201,19 +190,5 @@ def _identity_meta_params(cfg: ExperimentConfig) -> dict:
     return legacy if same else cfg.meta_params
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of an init file (a run folder: of its init), so a resumed run is refused if the file changed."""
-    import hashlib
-
-    from ..data.init_file import run_init
-    path = Path(path)
-    path = (run_init(path) or path) if path.is_dir() else path
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-__all__ = ["ExecutionConfig", "ExperimentConfig", "MetaParams", "check_model_spec", "load_config",
-           "run_identity"]
+__all__ = ["ExecutionConfig", "ExperimentConfig", "MetaParams", "check_model_spec", "identity_meta_params",
+           "load_config"]

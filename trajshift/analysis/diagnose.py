@@ -26,9 +26,6 @@ import yaml
 from ..core.atomic import write_json
 from ..core.errors import ConfigError
 
-SHIFTING = ("cts", "cts-accurate")
-NOT_SHIFTING = ("cts-no-shift", "cts-random-shift")
-
 
 def diagnose(run: str | Path) -> dict:
     run = Path(run)
@@ -40,6 +37,8 @@ def diagnose(run: str | Path) -> dict:
     method, beta, K = meta.get("method"), float(meta.get("meta_lr", 0)), int(meta.get("inner_steps", 0))
     options = meta.get("options") or {}
     every = int(options.get("meta_every", 1))
+    from ..methods import METHODS
+    rule = METHODS.get(method)
     text = gzip.decompress(metrics.read_bytes()).decode() if metrics.suffix == ".gz" else metrics.read_text()
     rows = [r for r in map(json.loads, filter(str.strip, text.splitlines())) if "step" in r and "trajectory" in r]
     source = "gap_norm"
@@ -64,14 +63,7 @@ def diagnose(run: str | Path) -> dict:
             continue                                     # an unfinished trajectory
         updates = [r["gap_norm"] for r in rs if r["step"] % every == 0]
         rho = (sum(updates) / len(updates)) / final["gap_norm"] if updates else math.nan
-        if method in SHIFTING:
-            effective = beta * (K // every) * rho
-        elif method in NOT_SHIFTING:
-            effective = 1 - (1 - beta) ** (K // every)
-        elif method == "reptile":
-            effective = beta
-        else:
-            effective = None
+        effective = rule.effective_step(beta, K // every, rho, options)     # the method's own reading
         marks = sorted({k for k in (10, 50, 100, 200, 500, 1000, K) if k <= K})
         out["trajectories"].append({
             "trajectory": m, "gap_K": final["gap_norm"], "rho": rho, "effective_step": effective,
@@ -95,4 +87,7 @@ def format_table(d: dict) -> str:
                      f"({t['no_shift_formula']:.3g})")
     if d["effective_step"] is not None:
         lines.append(f"mean effective Reptile step per trajectory: {d['effective_step']:.3g} (rho {d['rho']:.3f})")
+    else:
+        lines.append(f"effective Reptile step: not applicable to {d['method']} (it makes no Reptile-like step from "
+                     f"the trajectory's gap); the gap norms are shown as logged")
     return "\n".join(lines)

@@ -1,13 +1,7 @@
 """Meta-test: finetune from an initialization (or from scratch) on target datasets with a fresh head; report the
-mean top-1 test accuracy over seeds with its 95% confidence interval (Student t).
-
-Protocols (``--protocol``):
-* paper: Section 4.2: SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4, 1,000 steps, batch 128. The
-  paper says "an appropriate learning rate schedule" without more: we decay x0.1 at 50% and 75% of the steps.
-* table1: Section 4.3 / Table 1: Nesterov SGD, lr 0.01, x0.2 at steps 400/700/900 (of 1,000), weight decay 1e-4,
-  batch 256, 1,000-image training subsets.
-* reference: the authors' code: Adam, lr 1e-3, weight decay 5e-4, batch 128, 1,000 steps, x0.3 at 40/70/90%.
-``steps`` rescales the schedule (milestones are fractions of the steps).
+mean top-1 test accuracy over seeds with its 95% confidence interval (Student t). The protocols and the finetuning
+loop: trajshift/evaluation/protocols.py; the settings (model, resolution, augmentation, protocol) every door resolves
+the same way: trajshift/evaluation/settings.py.
 """
 from __future__ import annotations
 
@@ -20,46 +14,23 @@ import torch
 
 from ..core.atomic import write_json, write_text
 from ..core.errors import ConfigError
-from ..core.registry import Registry
 from ..core.sampling import stream_seed
 from ..core.schema import Rule, opt, revalidate
 from ..core.stats import mean_ci95
 from ..data.tasks import AUGMENTATIONS
 from ..engine.learners import head_names
-from ..engine.optim import build_optimizer
 from ..models import build_model
+from .protocols import PROTOCOLS, Protocol, check_protocol, train_and_evaluate
 from .seed_cache import SeedCache
 
 
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    optimizer: dict
-    steps: int
-    milestones: tuple[float, ...]       # fractions of the steps
-    gamma: float
-    batch_size: int
-    train_images: int | None = None
-    description: str = ""
-
-
-PROTOCOLS: Registry[Protocol] = Registry("protocol", "--protocol")
-for _p in (
-    Protocol("paper", {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, 1000,
-             (0.5, 0.75), 0.1, 128, None, "Section 4.2 (schedule x0.1 at 50%/75%: our choice)"),
-    Protocol("table1", {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}, 1000,
-             (0.4, 0.7, 0.9), 0.2, 256, 1000, "Table 1: 1,000-image subsets"),
-    Protocol("reference", {"name": "adam", "lr": 1e-3, "weight_decay": 5e-4}, 1000, (0.4, 0.7, 0.9), 0.3, 128,
-             None, "the reference code"),
-):
-    PROTOCOLS.register(_p.name, _p)
-
-
-def meta_params_beside(init: str | Path) -> dict | None:
-    """The meta_params (head split) recorded in the init.json beside an init file, if any."""
-    from ..data.init_file import read_info
-    mp = read_info(init).get("meta_params")
-    return mp if isinstance(mp, dict) else None
+def resolve_settings(cfg: MetaTestConfig):
+    """The meta-test's settings (trajshift/evaluation/settings.py): the config's explicit values, then the init's
+    records, then the declared defaults."""
+    from .settings import resolve
+    return resolve(cfg.init, model=cfg.model, resolution=cfg.resolution, augment=cfg.augment,
+                   protocol=cfg.protocol, given_by=cfg.given_by,
+                   match_keys=lambda init: match_registered_model(load_init(init), f"--init {init}"))
 
 
 def load_init(path: str | Path) -> dict[str, torch.Tensor]:
@@ -69,18 +40,33 @@ def load_init(path: str | Path) -> dict[str, torch.Tensor]:
     return read_init(path)[0]
 
 
-def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
-              meta_params: dict | None = None) -> None:
-    """Load everything but the head (the parameters ``meta_params`` does not select; default fc.*, head.*,
-    classifier.*); any other mismatch is an error that names the keys."""
-    head = set(head_names(model, meta_params))
-    body = {k: v for k, v in sd.items() if k not in head}
+def target_head(model: torch.nn.Module, head) -> list[str]:
+    """The target model's head: ``head`` as the settings resolved it (None: the default rule; {"meta_params": ...}:
+    an init's recorded filter; anything else: head names, trajshift/models/heads.py)."""
+    from ..models.heads import head_from_meta_params, head_parameter_names
+    if isinstance(head, dict):                  # {"meta_params": filter} as resolved, or a filter itself
+        return head_from_meta_params(model, head.get("meta_params", head))
+    return head_parameter_names(model, head)
+
+
+def load_body(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str, head=None) -> list[str]:
+    """Load everything but the head (``target_head``); returns the init's keys that are the target model's head and
+    were therefore dropped (each target gets a fresh head). Any other mismatch is an error that names the keys."""
+    from ..models.heads import head_keys
+    skip = head_keys(model.state_dict(), target_head(model, head))
+    body = {k: v for k, v in sd.items() if k not in skip}
     _check_shapes(model, body, where)
     result = model.load_state_dict(body, strict=False)
-    missing = [k for k in result.missing_keys if k not in head]
+    missing = [k for k in result.missing_keys if k not in skip]
     if missing or result.unexpected_keys:
         raise ConfigError(f"{where}: the initialization does not fit the model: missing {missing[:4]}, "
-                          f"unexpected {result.unexpected_keys[:4]}; check --model")
+                          f"unexpected {result.unexpected_keys[:4]}; check the model (--model / model=)")
+    return sorted(k for k in sd if k in skip)
+
+
+def dropped_head_note(where: str, dropped: list[str]) -> str:
+    return (f"{where} holds {len(dropped)} tensors of the target model's head ({', '.join(dropped[:4])}"
+            f"{', ...' if len(dropped) > 4 else ''}): dropped; each target gets a fresh head")
 
 
 def match_registered_model(sd: dict[str, torch.Tensor], where: str) -> dict:
@@ -118,48 +104,20 @@ def _check_shapes(model, body, where) -> None:
                               f"model; check --model")
 
 
-def finetune(task, model_spec: dict, init: dict | None, protocol: Protocol, steps: int, seed: int,
-             device="cpu", where: str = "init", on_step=None, meta_params: dict | None = None) -> float:
-    """Train a fresh-headed model on ``task`` for ``steps`` steps; returns its test accuracy."""
+def finetune_seed(make, task, init: dict | None, protocol: Protocol, steps: int, seed: int, device="cpu",
+                  where: str = "init", on_step=None, head=None, loss_fn=None) -> tuple[float, list[str]]:
+    """Seed ``seed``'s finetuning: the model ``make(0, C)`` built under stream_seed(seed, 0xF17E) (its fresh head),
+    the init's body loaded, the protocol run on ``task``; returns (test accuracy, the init's head keys dropped)."""
     torch.manual_seed(stream_seed(seed, 0xF17E))
-    model = build_model(model_spec, task.num_classes).to(device)
-    if init is not None:
-        load_body(model, init, where, meta_params)
-    return train_and_evaluate(model, task, protocol, steps, seed, on_step)
-
-
-def train_and_evaluate(model: torch.nn.Module, task, protocol: Protocol, steps: int, seed: int, on_step=None,
-                       loss_fn=None) -> float:
-    """The protocol's finetuning of ``model`` (its head fresh, its body loaded) on ``task`` (``task.batch(step,
-    "train")`` and ``task.evaluate(model)``), then its test accuracy: what meta-test and trajshift.finetune run."""
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
-    opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
-    # The learning rate times gamma at each milestone (fractions of the steps; never at step 0).
-    milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
-    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=protocol.gamma)
-    model.train()
-    for step in range(steps):
-        x, y = task.batch(step, "train")
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            from ..core.errors import DivergenceError
-            raise DivergenceError(f"meta-test on {task.label}: loss {loss.item()} at step {step} (seed {seed})")
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if on_step is not None:
-            on_step()
-    return task.evaluate(model)
-
-
-def check_protocol(name: str, path: str) -> str:
-    PROTOCOLS.get(name)                  # an unknown name lists the registered protocols
-    return name
+    model = make(0, task.num_classes).to(device)
+    dropped = load_body(model, init, where, head) if init is not None else []
+    return train_and_evaluate(model, task, protocol, steps, seed, on_step, loss_fn=loss_fn), dropped
 
 
 def _model(spec, path):
     from ..models import MODELS, import_factory
+    if spec is None:
+        return None
     if "factory" in spec:
         import_factory(str(spec["factory"]), f"{path}.factory")
     else:
@@ -178,8 +136,9 @@ class MetaTestConfig:
     targets: list = opt(check=_targets, doc="dataset names or paths to image folders/archives (class folders or "
                         "manifest.csv), or task specs {dataset, classes, resolution}; comma-separated on the command line")
     init: str | None = opt(None, doc="None: from scratch")
-    model: dict = opt(factory=lambda: {"name": "resnet20"}, check=_model)
-    protocol: str = opt("paper", check=check_protocol)
+    model: dict | None = opt(None, check=_model, doc="default: the init's records (trajshift/evaluation/settings.py)")
+    protocol: str | None = opt(None, check=lambda v, p: v if v is None else check_protocol(v, p),
+                               doc="default: the run's validation block, else paper")
     steps: int | None = opt(None, low=1, doc="finetuning steps (default: the protocol's 1000)")
     seeds: int = opt(5, low=1, doc="finetuning runs per target")
     first_seed: int = opt(0, low=0, doc="the first finetuning seed (seeds first_seed .. first_seed + seeds - 1): "
@@ -192,7 +151,8 @@ class MetaTestConfig:
         "low-data regime: subsample each target's training split to exactly N images per class (seeded by the seed: "
         "the same subsample for every initialization; the test split stays whole); several values give one meta-test "
         "each, e.g. 5,20,100 (report: Fig. 9's gain against N)"))
-    augment: str = opt("crop+flip", choices=tuple(AUGMENTATIONS), doc="finetuning batches (the paper's crop+flip)")
+    augment: str | None = opt(None, choices=(*AUGMENTATIONS, None), doc="finetuning batches (default: init.json's, "
+                              "else the paper's crop+flip)")
     batch_size: int | None = opt(None, low=1, doc="finetuning batch (default: the protocol's; never more than the "
                                  "training set)")
     data_root: str | None = opt(None, doc="folder holding the datasets (default: $TRAJSHIFT_DATA, ./data, "
@@ -200,6 +160,7 @@ class MetaTestConfig:
     cache_dir: str | None = opt(None, doc="decoded-image cache (default: $TRAJSHIFT_CACHE or ~/.cache/trajshift)")
     device: str = opt("cpu")
     meta_params: dict | None = opt(None, doc="the head split of the init (default: init.json beside it, else fc.*)")
+    given_by: str = opt("command line", doc="how the explicit settings are named where they are printed")
 
     def validate_fields(self, where):
         if self.images_per_class is not None:
@@ -222,12 +183,18 @@ def meta_test(cfg: MetaTestConfig, out: str | Path | None = None, log=print, pro
     "all", without a per-class subsample), targets: {NAME: {mean, ci95, accs, ...}} and average: {mean, ci95,
     per_seed} of the first setting}. A CI needs 2 seeds: with one it is null."""
     cfg.validate()
+    init = load_init(cfg.init) if cfg.init else None
+    chosen = resolve_settings(cfg)
+    log(f"meta-test settings: {chosen.describe()}")
+    import dataclasses
+    cfg = dataclasses.replace(cfg, model=chosen["model"], protocol=chosen["protocol"], augment=chosen["augment"],
+                              resolution=chosen["resolution"])
     protocol = PROTOCOLS.get(cfg.protocol)
     steps = cfg.steps or protocol.steps
-    init = load_init(cfg.init) if cfg.init else None
     t0 = time.perf_counter()
     report = {"init": cfg.init or "scratch", "protocol": protocol.name, "steps": steps, "seeds": cfg.seeds,
-              "first_seed": cfg.first_seed, "model": cfg.model, "augment": cfg.augment}
+              "first_seed": cfg.first_seed, "model": cfg.model, "augment": cfg.augment,
+              "settings": chosen.record(), "head": chosen["head"]}
     from ..training.progress import bar
     settings = cfg.images_per_class or [None]
     progress = bar(len(settings) * len(cfg.targets) * cfg.seeds * steps, "meta-test", show=progress)
@@ -267,7 +234,10 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
     from ..data.tasks import ImageTask, TaskSpec
     results: dict = {}
     per_seed: dict[int, list[float]] = {}
-    meta_params = cfg.meta_params or (meta_params_beside(cfg.init) if cfg.init else None)
+    head = {"meta_params": cfg.meta_params} if cfg.meta_params else resolve_settings(cfg)["head"]
+    from ..models import build_model as build
+    make = lambda task_index, c: build(cfg.model, c, task_index)
+    dropped_said = False
     for target in cfg.targets:
         # A target is a dataset name or path, or a task spec {dataset, classes, resolution, ...} (held-out classes).
         base = dict(target) if isinstance(target, dict) else {"dataset": target}
@@ -290,8 +260,12 @@ def _meta_test_setting(cfg: MetaTestConfig, init, protocol: Protocol, steps: int
                 accs.append(cache.done[key])
                 progress.update(steps)
             else:
-                accs.append(finetune(task, cfg.model, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
-                                     on_step=lambda: progress.update(1), meta_params=meta_params))
+                acc, dropped = finetune_seed(make, task, init, protocol, steps, seed, cfg.device, cfg.init or "scratch",
+                                             on_step=lambda: progress.update(1), head=head)
+                accs.append(acc)
+                if dropped and not dropped_said:
+                    log(dropped_head_note(cfg.init, dropped))
+                    dropped_said = True
                 if cache is not None:
                     cache.add(key, accs[-1])
             per_seed.setdefault(seed, []).append(accs[-1])
