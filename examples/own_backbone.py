@@ -39,6 +39,7 @@ result = trajshift.fit(lambda task, num_classes: Net(num_classes), [classes(0, 1
                        optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9), init_from=backbone)
 print("saved", result.save(tempfile.mkdtemp()))       # init.safetensors + init.json
 scores = trajshift.finetune(result, lambda t, c: Net(c), classes(8, 9, part=slice(0, 20)),
-                            classes(8, 9, part=slice(20, None)), head="out", steps=50, seeds=5, baseline=backbone)
+                            classes(8, 9, part=slice(20, None)), head="out", protocol="table1", steps=50, seeds=5,
+                            baseline=backbone)
 print(f"CTS {100 * scores['mean']:.1f}%, pretrained {100 * scores['baseline']['mean']:.1f}%, paired difference "
       f"{100 * scores['difference']['mean']:+.1f} ± {100 * scores['difference']['ci95']:.1f} points")

@@ -145,7 +145,7 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
     from .evaluation.meta_test import dropped_head_note, finetune_seed
     from .evaluation.protocols import PROTOCOLS
     from .evaluation.settings import resolve
-    log = log or (lambda message: warnings.warn(message, stacklevel=3))
+    log = log or (lambda message: warnings.warn(message, stacklevel=4))
     n_classes = num_classes or DatasetTask(train_dataset, 1, 0, 0).num_classes
 
     def run(source) -> dict:

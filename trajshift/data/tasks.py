@@ -29,10 +29,11 @@ from .formats import Split
 # Training-batch augmentations: random crop with zero padding and horizontal flip (the paper's convention) or a part
 # of it. Flips are wrong for digits, characters and signs, so the choice is the task's.
 AUGMENTATIONS = {"crop+flip": ("crop", "flip"), "crop": ("crop",), "flip": ("flip",), "none": ()}
+DEFAULT_AUGMENT = "crop+flip"        # the paper's; every door's default (trajshift/evaluation/settings.py reads it)
 
 
 def _augment(value, path):
-    value = {True: "crop+flip", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    value = {True: DEFAULT_AUGMENT, False: "none"}.get(value, value) if isinstance(value, bool) else value
     if value not in AUGMENTATIONS:
         raise ConfigError(f"{path}: unknown value {value!r}; allowed values: {', '.join(AUGMENTATIONS)} (or "
                           f"true/false)")
@@ -105,7 +106,7 @@ class TaskSpec:
     images_per_class: int | None = opt(None, low=1)
     val_fraction: float = opt(0.0, low=0, high=1, open_high=True)
     name: str | None = opt(None)
-    augment: bool | str = opt("crop+flip", check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
+    augment: bool | str = opt(DEFAULT_AUGMENT, check=_augment, doc="training batches: crop+flip (true), crop, flip, none")
     manifest: str | dict | None = opt(None, check=_manifest, doc="a path dataset's CSV manifest")
     class_depth: int | None = opt(None, low=1, doc="a path dataset's class: its last N folders (default: the whole "
                                                    "folder path below the root)")
@@ -241,7 +242,10 @@ class ImageTask:
             x = random_crop(x, self.padding, generator)
         if "flip" in ops:
             x = random_flip(x, generator)
-        return normalize(x, self.mean, self.std)
+        # NCHW-contiguous, as a DataLoader's collate gives it: the same memory layout through every door, so the same
+        # convolution kernels (a channels-last view here would round differently; execution.channels_last asks for
+        # that layout on purpose).
+        return normalize(x, self.mean, self.std).contiguous()
 
     def batch(self, step: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """Mini-batch number ``step`` of ``split`` (train: augmented; val: not), gathered and augmented on the

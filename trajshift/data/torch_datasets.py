@@ -50,8 +50,9 @@ def infer_num_classes(dataset: Dataset, where: str) -> int:
     labels = getattr(dataset, "targets", None)
     if labels is None and hasattr(dataset, "tensors") and len(dataset.tensors) > 1:
         labels = dataset.tensors[1]
-    if labels is None:
-        labels = [dataset[i][1] for i in range(len(dataset))]
+    if labels is None:           # every item's label, fetched under a fixed seed (the caller's generators kept)
+        with seeded_global_randomness(0x1AB):
+            labels = [dataset[i][1] for i in range(len(dataset))]
     labels = torch.as_tensor(labels)
     if labels.numel() == 0 or labels.is_floating_point() or labels.dim() != 1:
         raise ConfigError(f"{where}: cannot tell the number of classes (labels should be integers 0..C-1); give "

@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.tasks import DEFAULT_AUGMENT
+
 DEFAULT_PROTOCOL = "paper"
-DEFAULT_AUGMENT = "crop+flip"            # the paper's finetuning augmentation
 DEFAULT_MODEL = {"name": "resnet20"}     # only for --from scratch without --model
 NORMALISATION = "each target normalised by its own training-set mean and std"
 DEFAULTS = {"protocol": DEFAULT_PROTOCOL, "augment": DEFAULT_AUGMENT, "resolution": None}
@@ -73,8 +74,10 @@ def records_of(init) -> tuple[dict, dict]:
         return dict(init.info), {}
     if isinstance(init, dict):
         return {}, {}
-    from ..data.init_file import read_info
+    from ..data.init_file import read_info, run_init
     path = Path(init)
+    if path.is_dir():                      # a run folder: its init file's records
+        path = run_init(path) or path
     info = read_info(path)
     config = run_config_of(path)
     run = {}

@@ -33,6 +33,7 @@ from ..core.errors import ConfigError
 from ..core.schema import opt, parse
 from ..data.tasks import AUGMENTATIONS, check_task_specs
 from .meta_test import check_protocol
+from .settings import DEFAULT_PROTOCOL
 
 
 def _tasks(value, path):
@@ -46,7 +47,7 @@ class ValidationConfig:
     images_per_class: int | None = opt(10, low=1)
     steps: int = opt(100, low=1)
     seeds: int = opt(5, low=2)
-    protocol: str = opt("paper", check=check_protocol)
+    protocol: str = opt(DEFAULT_PROTOCOL, check=check_protocol)
     batch_size: int | None = opt(64, low=1)
     augment: str = opt("crop", choices=tuple(AUGMENTATIONS))
 

@@ -140,6 +140,10 @@ class ExperimentConfig:
 
     @staticmethod
     def from_dict(d: dict, where: str = "") -> ExperimentConfig:
+        # One seed: the run's `seed` is also the method's (the random shift's directions), as trajshift.fit(seed=)
+        # does, unless the meta block names its own.
+        if isinstance(d, dict) and isinstance(d.get("meta"), dict) and "seed" not in d["meta"] and "seed" in d:
+            d = {**d, "meta": {**d["meta"], "seed": d["seed"]}}
         return parse(ExperimentConfig, d, where)
 
     def to_dict(self) -> dict:

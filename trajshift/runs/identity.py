@@ -58,8 +58,7 @@ def run_identity(*, model: dict | None, architecture: dict, tasks: list, data: l
     if meta_params is not None:
         identity["meta_params"] = meta_params
     identity["execution"] = {"autocast": autocast}
-    if init_from is not None:
-        identity["init_from"] = init_from
+    identity["init_from"] = init_from         # None too: starting from a file later is another run
     # Derived from the choices above (compared after them, so a refusal names the choice that changed first).
     identity["head"] = list(head)
     identity["architecture"] = architecture

@@ -143,7 +143,7 @@ def run_sweep(config: str | Path, out: str | Path, grid: dict[str, list], method
     cfg = load_config(config, _overrides(overrides))      # every key checked before any work
     if cfg.validation is None:
         raise ConfigError(f"{config}: a sweep needs a validation block (held-out source classes to score each run "
-                          f"on); see trajshift/commands/validation.py, e.g. validation: {{tasks: [{{dataset: tiny-imagenet, "
+                          f"on); see trajshift/evaluation/validation.py, e.g. validation: {{tasks: [{{dataset: tiny-imagenet, "
                           f"classes: '180:200'}}]}}")
     methods = methods or [cfg.meta.method]
     for m in methods:

@@ -1,5 +1,5 @@
 """The one run orchestration every front door calls: ``trajshift.fit`` (trajshift/api.py) and ``trajshift
-meta-train`` (trajshift/commands/meta_train.py) each build their tasks and a ``RunPlan``, then ``train(plan)``.
+meta-train`` (trajshift/runs/experiment.py) each build their tasks and a ``RunPlan``, then ``train(plan)``.
 
     replicas   <- build_replicas(...)             (trajshift/runs/replicas.py: body, heads, init_from)
     learners   <- ModuleLearners(replicas, tasks' batches, head filter, execution options)
