@@ -51,3 +51,12 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     for backend in ("loop", "batched"):       # CPU kernels are deterministic: every pair identical, in either mode
         assert det["backends"][backend]["default"]["init_identical"]
         assert det["backends"][backend]["deterministic"]["metrics_identical"]
+
+
+def test_identity_cost_benchmark_smoke(tmp_path):
+    out = tmp_path / "identity.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "identity_cost.py"), "--items", "200",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["items"] == 200 and res["fingerprint_items"] == 16 and res["fingerprint"]["length"] == 200

@@ -195,6 +195,7 @@ def test_meta_test_report_and_finetune_give_the_same_per_seed_numbers(tmp_path):
         assert record["augment"] == {"value": "none", "source": "init.json"}
         assert record["protocol"] == {"value": "paper", "source": "default"}
     assert rep["protocol"] == "paper" and rep["augment"] == "none"
+    assert rep["settings"]["run"]["resolution"] == {"value": 16, "source": "init.json"}
 
 
 def test_finetune_and_meta_test_default_to_one_protocol():

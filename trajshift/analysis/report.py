@@ -80,12 +80,14 @@ def make_report(runs: list[str | Path], targets: list[str], out: str | Path, see
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     infos = [read_run(Path(r)) for r in runs]
-    protocol, augment, resolution = _common_settings(infos, protocol, augment, resolution, targets, log)
+    protocol, augment, resolution, settings_by_run = _common_settings(infos, protocol, augment, resolution, targets,
+                                                                      log)
     finals, curve_n = _entry_settings(images_per_class, curve_images_per_class)
     common = {"protocol": protocol, "steps": steps, "seeds": seeds, "resolution": resolution,
               "batch_size": batch_size, "augment": augment, "data_root": data_root, "cache_dir": cache_dir}
     report = {"targets": targets, "seeds": seeds, "protocol": protocol, "steps": steps, "batch_size": batch_size,
-              "augment": augment, "images_per_class": finals, "curve_images_per_class": curve_n, "runs": []}
+              "augment": augment, "images_per_class": finals, "curve_images_per_class": curve_n, "runs": [],
+              "settings": settings_by_run}
     settings = {"targets": targets, "seeds": seeds, "steps": steps, "protocol": protocol,
                 "every_snapshot": every_snapshot, "resolution": resolution, "images_per_class": finals,
                 "curve": curve_n, "batch_size": batch_size, "augment": augment}
@@ -134,18 +136,19 @@ def _common_settings(infos: list[dict], protocol, augment, resolution, targets, 
     """The protocol, augmentation and resolution every run is scored with: the flags, else each run's records
     (resolved as meta-test resolves them), which must then agree across the runs."""
     from ..evaluation.meta_test import resolve_settings
-    chosen = {}
+    chosen, records = {}, {}
     for info in infos:
         s = resolve_settings(MetaTestConfig(targets=targets, init=str(info["init"]), protocol=protocol,
                                             augment=augment, resolution=resolution))
         log(f"{info['name']}: meta-test settings: {s.describe()}")
+        records[info["name"]] = s.record()
         for key in ("protocol", "augment", "resolution"):
             if key in chosen and chosen[key][0] != s[key]:
                 raise ConfigError(f"report: {chosen[key][1]} is scored with {key} {chosen[key][0]!r} and "
                                   f"{info['name']} with {s[key]!r} (from their records); give --{key} to score "
                                   f"every run alike")
             chosen.setdefault(key, (s[key], info["name"]))
-    return tuple(chosen[k][0] if k in chosen else None for k in ("protocol", "augment", "resolution"))
+    return (*(chosen[k][0] if k in chosen else None for k in ("protocol", "augment", "resolution")), records)
 
 
 def _ci(ci) -> str:
