@@ -1,7 +1,7 @@
 """trajshift: large-scale meta-learning of shared initializations with continual trajectory shifting
 (Shin, Lee, Gong & Hwang, ICML 2021), its ablations and the first-order baselines."""
 from .api import FitResult, finetune, fit
-from .core.errors import ConfigError, DivergenceError, TrajshiftError
+from .core.errors import ConfigError, DivergenceError, Interrupted, TrajshiftError
 from .core.flat import FlatSpec
 from .core.sampling import batch_indices
 from .engine.learners import FunctionLearners
@@ -20,6 +20,7 @@ __all__ = [
            "FitResult",
            "FlatSpec",
            "FunctionLearners",
+           "Interrupted",
            "MetaConfig",
            "MetaTrainer",
            "ModuleLearners",

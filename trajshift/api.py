@@ -74,7 +74,9 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
         head=None, num_classes: Sequence[int] | None = None, val_datasets: Sequence | None = None,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, seed: int = 0,
         device: str | torch.device = "cpu", out: str | Path | None = None, checkpoint_every: int = 500,
-        snapshot_every: int = 0, log=print, **meta_options) -> FitResult:
+        snapshot_every: int = 0, backend: str | None = None, autocast: str | None = None, compile: bool = False,
+        channels_last: bool = False, threads: int | None = None, callbacks: Sequence[Callable] = (),
+        input_key=None, label_key=None, collate_fn=None, log=print, **meta_options) -> FitResult:
     """Meta-learn a shared initialization of ``model``'s body over ``datasets`` (one task each).
 
     ``optimizer``: the inner optimizer: a torch.optim class, a partial of one, or {name, lr, ...} (default SGD lr
@@ -84,14 +86,74 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     fomaml/imaml's meta-gradient (default: the training sets). ``out``: a run folder for metrics.jsonl, checkpoints
     and init.safetensors: an interrupted fit with the same inputs resumes there, and a fit with other inputs (model,
     data, head, init_from, method options) is refused, naming the first difference. ``meta_options``: any other
-    MetaConfig field (options, meta_optimizer, reset_optimizer_state, dtype, clip_grad_norm, ...) and ModuleLearners'
-    backend."""
+    MetaConfig field (options, meta_optimizer, reset_optimizer_state, dtype, clip_grad_norm, ...); a misspelled one is
+    refused with "did you mean". Execution (the CLI's ``execution`` block, the same defaults; none changes the math):
+    ``backend`` (loop, batched or auto, the default), ``autocast``, ``compile``, ``channels_last``. ``threads``:
+    torch's intra-op threads during the fit (restored after). ``callbacks``: functions of the trainer, called after
+    every meta-update (MetaTrainer's). ``log=None``: nothing printed (no progress bar either). Data: Datasets or
+    DataLoaders (their dataset and collate_fn) whose items are (input, label) pairs, dicts (``{"pixel_values",
+    "labels"}``, ``{"image", "label"}``, ...) or tuples with more fields; ``input_key``/``label_key`` name the fields
+    (keys or positions) where the common names do not; ``collate_fn`` turns a list of items into (inputs, labels)."""
+    data_format = {"input_key": input_key, "label_key": label_key, "collate_fn": collate_fn}
+    _check_meta_options(meta_options)
+    from .runs.config import check_execution
+    execution = check_execution({"backend": backend or _default_backend(), "autocast": autocast,
+                                 "compile": bool(compile), "channels_last": bool(channels_last)})
+    if log is None:
+        log = _silent
+        meta_options.setdefault("progress", False)
+    with _threads(threads):
+        return _fit(model, datasets, method, inner_steps, trajectories, meta_lr, optimizer, batch_size, init_from,
+                    head, num_classes, val_datasets, loss, seed, device, out, checkpoint_every, snapshot_every,
+                    execution, list(callbacks), log, meta_options, data_format)
+
+
+def _silent(*_args, **_kwargs) -> None:
+    return None
+
+
+def _default_backend() -> str:
+    from .engine.module_learners import ExecutionConfig
+    return ExecutionConfig().backend
+
+
+def _check_meta_options(options: dict) -> None:
+    """fit's **meta_options are MetaConfig fields: a misspelled one is refused naming the closest."""
+    from .core.schema import did_you_mean
+    allowed = [f.name for f in dataclasses.fields(MetaConfig)
+               if f.name not in ("method", "inner_steps", "trajectories", "meta_lr", "inner_optimizer", "seed")]
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(f"fit: unexpected keyword {key!r}; {did_you_mean(key, allowed + list(_FIT_KEYWORDS))}"
+                              f"fit takes {', '.join(_FIT_KEYWORDS)} and the MetaConfig fields {', '.join(allowed)}")
+
+
+class _threads:
+    """torch.set_num_threads(n) inside, the caller's count restored after (None: unchanged)."""
+
+    def __init__(self, n: int | None):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"threads: expected an integer >= 1, got {n!r}")
+        self.n, self.before = n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            torch.set_num_threads(self.before)
+
+
+def _fit(model, datasets, method, inner_steps, trajectories, meta_lr, optimizer, batch_size, init_from, head,
+         num_classes, val_datasets, loss, seed, device, out, checkpoint_every, snapshot_every, execution, callbacks,
+         log, meta_options, data_format) -> FitResult:
     datasets = as_dataset_list(datasets, "datasets")
     source = model_source(model)
     if isinstance(model, torch.nn.Module) and num_classes is not None and len(set(num_classes)) > 1:
         raise ConfigError(f"model: one module was given for datasets of {sorted(set(num_classes))} classes; its head "
                           f"fits one class count; pass model_fn(task, num_classes) instead")
-    execution = {"backend": meta_options.pop("backend", "loop")}
     inner = optimizer_spec(optimizer if optimizer is not None else {"name": "sgd", "lr": 0.05, "momentum": 0.9},
                            "optimizer")
     cfg = MetaConfig(method=method, inner_steps=inner_steps, trajectories=trajectories, meta_lr=meta_lr,
@@ -100,8 +162,12 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     if len(vals) != len(datasets) or (num_classes is not None and len(num_classes) != len(datasets)):
         raise ConfigError("val_datasets / num_classes: give one per dataset")
     tasks = [DatasetTask(ds, batch_size, seed, t, device, val=vals[t], label=f"datasets[{t}]",
-                         num_classes=None if num_classes is None else num_classes[t])
+                         num_classes=None if num_classes is None else num_classes[t], **data_format)
              for t, ds in enumerate(datasets)]
+    capped = [f"{t.label} ({len(t.data['train'])} items)" for t in tasks if len(t.data["train"]) < batch_size]
+    if capped:
+        warnings.warn(f"batch_size {batch_size} is more than {', '.join(capped)} hold: their batches are capped to "
+                      f"the whole dataset (a batch never holds an item twice)", stacklevel=3)
     if isinstance(model, torch.nn.Module) and len({t.num_classes for t in tasks}) > 1:
         raise ConfigError(f"model: one module was given for datasets of {sorted({t.num_classes for t in tasks})} "
                           f"classes; its head fits one class count; pass model_fn(task, num_classes) instead")
@@ -110,7 +176,7 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
                    execution=execution, loss=loss, out=Path(out) if out is not None else None,
                    snapshot_every=snapshot_every, checkpoint_every=checkpoint_every,
                    info={"sources": [t.label for t in tasks], "made_by": "trajshift.fit"}, device=device,
-                   task_names=[t.label for t in tasks])
+                   task_names=[t.label for t in tasks], callbacks=callbacks)
     outcome = train(plan, log=log)
     return FitResult(outcome.phi, outcome.learners, outcome.train, outcome.info, outcome.load_summary)
 
@@ -118,7 +184,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
 def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protocol: str | None = None,
              seeds: int = 5, first_seed: int = 0, steps: int | None = None, batch_size: int | None = None,
              baseline=None, head=None, num_classes: int | None = None, loss: Callable | None = None,
-             images_per_class: int | None = None, data_root=None, cache_dir=None,
+             images_per_class: int | None = None, data_root=None, cache_dir=None, optimizer=None,
+             scheduler=None, threads: int | None = None, input_key=None, label_key=None, collate_fn=None,
              device: str | torch.device = "cpu", log=None) -> dict:
     """Finetune ``init``'s body with a fresh head on a target: the finetuning of ``trajshift meta-test``.
 
@@ -129,11 +196,31 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
     the command and ``report``). ``head``: default the init's recorded head, else the default rule. ``protocol``:
     default the run's validation block, else ``paper`` (trajshift/evaluation/settings.py); ``steps`` rescales it.
     Seed s (first_seed .. first_seed + seeds - 1) fixes the head's initial weights and the batch order whatever the
-    init, so two inits are paired by seed. Returns {accs, mean, ci95, protocol, steps, seeds, settings} with, for a
-    baseline, {baseline: {...}, difference: {mean, ci95, per_seed}} (init minus baseline, in accuracy units)."""
+    init, so two inits are paired by seed. ``optimizer`` (a torch.optim class, a partial of one or {name, ...}) and
+    ``scheduler`` (a function of the optimizer returning a torch LR scheduler, stepped once per step, e.g.
+    ``functools.partial(CosineAnnealingLR, T_max=500)``) replace the protocol's; its steps and batch stay.
+    ``threads``: torch's threads meanwhile. Returns the record of meta-test's results.json ({init, protocol, steps,
+    seeds, first_seed, settings, targets: {target: {mean, ci95, accs}}, average: {mean, ci95, per_seed},
+    by_images_per_class: {"all" or N: ...}}) plus accs, mean and ci95 at the top; with a baseline also {baseline:
+    {...}, difference: {mean, ci95, per_seed}} (init minus baseline, in accuracy units)."""
+    with _threads(threads):
+        return _finetune(init, model, train_dataset, test_dataset, protocol, seeds, first_seed, steps, batch_size,
+                         baseline, head, num_classes, loss, images_per_class, data_root, cache_dir, optimizer,
+                         scheduler, device, log, {"input_key": input_key, "label_key": label_key,
+                                                  "collate_fn": collate_fn})
+
+
+def _finetune(init, model, train_dataset, test_dataset, protocol, seeds, first_seed, steps, batch_size, baseline,
+              head, num_classes, loss, images_per_class, data_root, cache_dir, optimizer, scheduler, device,
+              log, data_format) -> dict:
     if init is not None and not isinstance(init, str) and isinstance(init, (str, Path)):
         init = str(init)
+    if seeds < 2:
+        warnings.warn("a 95% confidence interval needs at least 2 seeds: ci95 is null (seeds=1)", stacklevel=3)
     if isinstance(train_dataset, (str, Path)):
+        if optimizer is not None or scheduler is not None:
+            raise ConfigError("finetune: optimizer= and scheduler= apply to torch Datasets; a target given by name "
+                              "or path is finetuned by a protocol (protocol=)")
         return _finetune_named(init, model, str(train_dataset), protocol, seeds, first_seed, steps, batch_size,
                                baseline, head, images_per_class, data_root, cache_dir, device, log)
     if images_per_class is not None:
@@ -146,7 +233,14 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
     from .evaluation.protocols import PROTOCOLS
     from .evaluation.settings import resolve
     log = log or (lambda message: warnings.warn(message, stacklevel=4))
-    n_classes = num_classes or DatasetTask(train_dataset, 1, 0, 0).num_classes
+    probe = DatasetTask(train_dataset, 1, 0, 0, label="train_dataset", test=test_dataset,
+                        num_classes=num_classes, **data_format)
+    n_classes = probe.num_classes
+    from .data.torch_datasets import label_set
+    unseen = sorted(label_set(probe.data["test"], probe.items) - label_set(probe.data["train"], probe.items))
+    if unseen:
+        warnings.warn(f"finetune: test_dataset has class(es) {', '.join(map(str, unseen[:8]))} that train_dataset "
+                      f"lacks: no finetuning can learn them, so the accuracy is capped below 100%", stacklevel=3)
 
     def run(source) -> dict:
         scratch = source is None or (isinstance(source, str) and source == "scratch")
@@ -158,26 +252,44 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
                               "none that can be rebuilt")
         make = model_source(chosen_model).make
         proto = PROTOCOLS.get(settings["protocol"])
+        if optimizer is not None:          # the user's optimizer (and scheduler) on the protocol's steps and batch
+            proto = dataclasses.replace(proto, name=f"{proto.name} with the given optimizer",
+                                        optimizer=optimizer_spec(optimizer, "optimizer"))
         n_steps = steps or proto.steps
         sd, where = (None, "scratch") if scratch else init_tensors(source)
         accs, said = [], False
         for seed in range(first_seed, first_seed + seeds):
             task = DatasetTask(train_dataset, batch_size or proto.batch_size, seed, 0, device, test=test_dataset,
-                               num_classes=n_classes, label="target")
+                               num_classes=n_classes, label="target", **data_format)
             acc, dropped = finetune_seed(make, task, sd, proto, n_steps, seed, device, where,
-                                         head=settings["head"], loss_fn=loss)
+                                         head=settings["head"], loss_fn=loss, scheduler=scheduler)
             accs.append(acc)
             if dropped and not said:
                 log(dropped_head_note(where, dropped))
                 said = True
-        mean, ci = mean_ci95(accs)
-        return {"init": where, "accs": accs, "mean": mean, "ci95": ci, "protocol": proto.name, "steps": n_steps,
-                "seeds": seeds, "first_seed": first_seed, "settings": settings.record()}
+        return _record(where, accs, proto.name, n_steps, seeds, first_seed, settings.record(), "target")
 
     report = run(init)
     if baseline is not None:
         report = _with_baseline(report, run(baseline))
     return report
+
+
+def _finite(ci):
+    import math
+    return None if ci is None or math.isnan(ci) else ci
+
+
+def _record(init: str, accs: list[float], protocol: str, steps: int, seeds: int, first_seed: int, settings: dict,
+            target: str) -> dict:
+    """meta-test's results.json shape for one target without a per-class subsample, accs/mean/ci95 at the top."""
+    mean, ci = mean_ci95(accs)
+    ci = _finite(ci)
+    setting = {"targets": {target: {"mean": mean, "ci95": ci, "accs": accs}},
+               "average": {"mean": mean, "ci95": ci, "per_seed": accs}}
+    return {"init": init, "protocol": protocol, "steps": steps, "seeds": seeds, "first_seed": first_seed,
+            "settings": settings, "images_per_class": None, "by_images_per_class": {"all": setting}, **setting,
+            "accs": accs, "mean": mean, "ci95": ci}
 
 
 def _head_filter(head) -> dict | None:
@@ -213,15 +325,17 @@ def _finetune_named(init, model, target, protocol, seeds, first_seed, steps, bat
                              meta_params=_head_filter(head))
         res = meta_test(cfg, None, log=log or (lambda *_: None), progress=False)
         setting = next(iter(res["by_images_per_class"].values()))
-        accs = setting["average"]["per_seed"]
-        mean, ci = mean_ci95(accs)
-        return {"init": res["init"], "accs": accs, "mean": mean, "ci95": ci, "protocol": res["protocol"],
-                "steps": res["steps"], "seeds": seeds, "first_seed": first_seed, "settings": res["settings"]}
+        mean, ci = mean_ci95(setting["average"]["per_seed"])
+        return {**res, "accs": setting["average"]["per_seed"], "mean": mean, "ci95": _finite(ci)}
 
     report = run(init)
     if baseline is not None:
         report = _with_baseline(report, run(baseline))
     return report
 
+
+_FIT_KEYWORDS = ("method", "inner_steps", "trajectories", "meta_lr", "optimizer", "batch_size", "init_from", "head",
+                 "num_classes", "val_datasets", "loss", "seed", "device", "out", "checkpoint_every", "snapshot_every",
+                 "backend", "autocast", "compile", "channels_last", "threads", "callbacks", "log")
 
 __all__ = ["FitResult", "ModelFn", "finetune", "fit"]

@@ -79,15 +79,15 @@ def diagnose(run: str | Path) -> dict:
 
 
 def format_table(d: dict) -> str:
+    if d["effective_step"] is None:
+        return (f"{d['run']}: {d['method']}: not applicable: {d['method']} makes no Reptile-like step from a "
+                f"trajectory's gap, so it has no effective Reptile step (diagnose reads cts, its ablations, reptile "
+                f"and reptile-average runs)")
     lines = [f"{d['run']}: {d['method']}, beta {d['beta']:g}, K {d['K']}",
              "trajectory  ||gap_K||   rho    effective Reptile step   (no-shift formula 1-(1-beta)^K)"]
     for t in d["trajectories"]:
         eff = "n/a" if t["effective_step"] is None else f"{t['effective_step']:.3g}"
         lines.append(f"{t['trajectory']:>10}  {t['gap_K']:9.4g}  {t['rho']:5.3f}  {eff:>22}   "
                      f"({t['no_shift_formula']:.3g})")
-    if d["effective_step"] is not None:
-        lines.append(f"mean effective Reptile step per trajectory: {d['effective_step']:.3g} (rho {d['rho']:.3f})")
-    else:
-        lines.append(f"effective Reptile step: not applicable to {d['method']} (it makes no Reptile-like step from "
-                     f"the trajectory's gap); the gap norms are shown as logged")
+    lines.append(f"mean effective Reptile step per trajectory: {d['effective_step']:.3g} (rho {d['rho']:.3f})")
     return "\n".join(lines)

@@ -194,7 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
     warnings.formatwarning = _one_line_warning      # users see what happened, not our source line
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "command", None):
+        # One line that names the command and the closest option, not the top-level usage.
+        from ..core.schema import did_you_mean
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        options = [o for a in command._actions for o in a.option_strings]
+        print(f"trajshift {args.command}: error: unknown option {unknown[0]!r}; "
+              f"{did_you_mean(unknown[0].split('=')[0], options)}see trajshift {args.command} --help", file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -203,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         out = getattr(args, "out", None)
         if out is not None and Path(out).exists() and not Path(out).is_dir():
             raise ConfigError(f"--out {out}: an existing file, not a folder; give a folder path (created if missing)")
+        if getattr(args, "threads", None) is not None:
+            check_value(args.threads, int, Rule(low=1), "--threads")
+            import torch
+            torch.set_num_threads(args.threads)
         rc = args.func(args)
         return rc
     except Interrupted as err:

@@ -31,8 +31,10 @@ def _shown(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, flags: dict[str, str], keep_defaults: bool = False) -> None:
-    """One flag per entry of ``flags`` (field -> flag; a leading "!" inverts a bool field whose default is True).
+def add_config_flags(parser: argparse.ArgumentParser, cls, flags: dict[str, str], keep_defaults: bool = False,
+                     inverted_help: dict[str, str] | None = None) -> None:
+    """One flag per entry of ``flags`` (field -> flag; a leading "!" inverts a bool field whose default is True, and
+    ``inverted_help[field]`` says what the inverting flag does: the field's doc describes the default).
     ``keep_defaults``: the flag's value is ``args.<field>``, the dataclass default when not given (for handlers
     that read the namespace themselves); otherwise only given flags reach ``config_from_args``."""
     hints, known = typing.get_type_hints(cls), fields_of(cls)
@@ -47,9 +49,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, flags: dict[str, str]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if kind is bool:
             value = not default if flag.startswith("!") else True
+            if flag.startswith("!"):
+                what = (inverted_help or {}).get(field, f"the opposite of: {help_text}")
+                text = f"{what} ({field} = {str(value).lower()}; default {str(default).lower()}: {help_text})"
+            else:
+                text = f"{field} = {str(value).lower()} ({help_text}; default: {str(default).lower()})"
             parser.add_argument(flag.lstrip("!"), dest=dest, action="store_const", const=value,
-                                default=unset, help=f"{field} = {str(value).lower()} ({help_text}; "
-                                f"default: {str(default).lower()})".replace("%", "%%"))
+                                default=unset, help=text.replace("%", "%%"))
             continue
         choices = list(rule.choices) if rule.choices and kind is not list else None
         metavar = "A,B,..." if kind is list else None if choices else {int: "N", float: "X"}.get(kind, "VALUE")

@@ -61,7 +61,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (created)")
     s.add_argument("--start", action="append", metavar="X,Y", help="a starting point (repeatable); replaces "
                    "the grid")
-    add_config_flags(s, SyntheticStudyConfig, SYNTHETIC_FLAGS)
+    add_config_flags(s, SyntheticStudyConfig, SYNTHETIC_FLAGS, inverted_help={
+        "reset_optimizer_state": "carry the inner optimizer's state (momentum buffers) across trajectory resets, as "
+                                 "the reference code does for the image experiments"})
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=handlers["synthetic"])
     mt = sub.add_parser("meta-train", help="meta-train an initialization on image tasks from a YAML config",
@@ -168,7 +170,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                         "data folder's datasets, else scikit-learn's digits)",
                         description="Meta-trains CTS on the source datasets, then finetunes on the target with a few "
                                     "training images per class, from the CTS initialization and from scratch (the "
-                                    "same random weights CTS started from), 5 seeds; prints both accuracies with 95%% "
+                                    "same random weights CTS started from), 5 seeds; prints both accuracies with 95% "
                                     "CIs and what their paired difference shows. A few minutes on 2 CPU cores.")
     dm.add_argument("--out", required=True, help="output folder: demo.json and the meta-train run folder")
     dm.add_argument("--steps", type=int, default=1000, help="meta-training inner steps per task (default 1000)")
@@ -186,4 +188,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     dl.set_defaults(func=handlers["download"])
     ls = sub.add_parser("list", help="list the registered methods, optimizers, models, datasets and protocols")
     ls.set_defaults(func=handlers["list"])
+    for command in sub.choices.values():      # on every command: a shared machine needs fewer threads than cores
+        command.add_argument("--threads", type=int, default=None, metavar="N",
+                             help="intra-op threads of this process (torch.set_num_threads; default: PyTorch's, one "
+                                  "per core). On a shared or busy machine fewer threads can be much faster")
     return p

@@ -14,8 +14,10 @@ class DivergenceError(TrajshiftError, FloatingPointError):
     """A loss or parameter became NaN or infinite during training."""
 
 
-class Interrupted(TrajshiftError):
-    """The user stopped a run (Ctrl-C or SIGTERM); the message says how to resume."""
+class Interrupted(KeyboardInterrupt):
+    """The user stopped a run (Ctrl-C or SIGTERM); the message says how to resume. A KeyboardInterrupt, so
+    ``except KeyboardInterrupt`` in a user's script catches it (and ``except Exception`` does not swallow it), as
+    PyTorch users expect of Ctrl-C; exported as ``trajshift.Interrupted``."""
 
 
 def unsafe_or_unreadable(path, err: Exception) -> str:

@@ -27,7 +27,19 @@ def download(name: str, data_root: str | Path = "data", log=print) -> Path:
     if not spec.downloads:
         raise DataError(f"dataset {name!r}: no canonical download address is registered; place {spec.expected} "
                         f"in {folder}")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]     # what a failure must not leave
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_all(spec, name, folder, Path(data_root), log)
+    except BaseException:
+        for p in created:                     # innermost first: only folders this call made, and only if empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+    return folder
+
+
+def _fetch_all(spec, name: str, folder: Path, data_root: Path, log) -> None:
     for url, sha256 in spec.downloads:
         if "<" in url:
             raise DataError(f"dataset {name!r}: files are per category ({url}); download the categories you want "
@@ -52,7 +64,6 @@ def download(name: str, data_root: str | Path = "data", log=print) -> Path:
         tmp.replace(target)
         if target.name.endswith((".tar.gz", ".tgz")) or (target.suffix == ".zip" and spec.name in ("tiny-imagenet",)):
             _extract(target, Path(data_root))
-    return folder
 
 
 def _extract(archive: Path, dest: Path) -> None:

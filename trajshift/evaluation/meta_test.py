@@ -105,13 +105,15 @@ def _check_shapes(model, body, where) -> None:
 
 
 def finetune_seed(make, task, init: dict | None, protocol: Protocol, steps: int, seed: int, device="cpu",
-                  where: str = "init", on_step=None, head=None, loss_fn=None) -> tuple[float, list[str]]:
+                  where: str = "init", on_step=None, head=None, loss_fn=None,
+                  scheduler=None) -> tuple[float, list[str]]:
     """Seed ``seed``'s finetuning: the model ``make(0, C)`` built under stream_seed(seed, 0xF17E) (its fresh head),
     the init's body loaded, the protocol run on ``task``; returns (test accuracy, the init's head keys dropped)."""
     torch.manual_seed(stream_seed(seed, 0xF17E))
     model = make(0, task.num_classes).to(device)
     dropped = load_body(model, init, where, head) if init is not None else []
-    return train_and_evaluate(model, task, protocol, steps, seed, on_step, loss_fn=loss_fn), dropped
+    return train_and_evaluate(model, task, protocol, steps, seed, on_step, loss_fn=loss_fn,
+                              scheduler=scheduler), dropped
 
 
 def _model(spec, path):

@@ -44,14 +44,19 @@ for _p in (
 
 
 def train_and_evaluate(model: torch.nn.Module, task, protocol: Protocol, steps: int, seed: int, on_step=None,
-                       loss_fn=None) -> float:
+                       loss_fn=None, scheduler=None) -> float:
     """The protocol's finetuning of ``model`` (its head fresh, its body loaded) on ``task`` (``task.batch(step,
-    "train")`` and ``task.evaluate(model)``), then its test accuracy: what meta-test and trajshift.finetune run."""
+    "train")`` and ``task.evaluate(model)``), then its test accuracy: what meta-test and trajshift.finetune run.
+    ``scheduler``: a function of the optimizer returning a torch LR scheduler stepped once per step (the Python
+    API's), instead of the protocol's milestones."""
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     opt = build_optimizer(model.parameters(), protocol.optimizer, f"protocol {protocol.name}")
-    # The learning rate times gamma at each milestone (fractions of the steps; never at step 0).
-    milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
-    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=protocol.gamma)
+    if scheduler is not None:
+        schedule = scheduler(opt)
+    else:
+        # The learning rate times gamma at each milestone (fractions of the steps; never at step 0).
+        milestones = sorted({max(1, round(f * steps)) for f in protocol.milestones})
+        schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=protocol.gamma)
     model.train()
     for step in range(steps):
         x, y = task.batch(step, "train")

@@ -86,6 +86,7 @@ class Method:
     Options: ClassVar[type] = NoOptions
     defaults: ClassVar[dict] = {}    # preset option values of a registry entry (e.g. cts-no-shift)
     uses_held_out_batches: ClassVar[bool] = False   # the meta-gradient reads the tasks' "val" batches (FOMAML, iMAML)
+    uses_meta_lr: ClassVar[bool] = True             # False: phi is set, never stepped by beta (MTL, pretrain)
 
     def __init__(self, options: dict | None = None):
         self.opts = self.parse_options(options or {})

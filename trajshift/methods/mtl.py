@@ -16,6 +16,7 @@ from .base import MetaStep, Method
 
 class MTL(Method):
     name = "mtl"
+    uses_meta_lr = False
 
     def transform_gradient(self, state, step):
         return self.task_mean(step.grad).expand_as(step.grad), state

@@ -45,6 +45,11 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
                       f"({type(model).__name__}); give the model's own submodule or its path")
 
 
+def _top_level(model: nn.Module) -> str:
+    """The model's top-level module names, in definition order (never a set's order: messages are reproducible)."""
+    return ", ".join(name for name, _ in model.named_children()) or "none"
+
+
 def _matches(entry: str, names: list[str], modules: set[str]) -> list[str]:
     """The parameter names an entry selects: a module path (every parameter under it), a name, or a glob."""
     if any(c in entry for c in GLOB_CHARACTERS):
@@ -74,7 +79,7 @@ def head_parameter_names(model: nn.Module, head=None) -> list[str]:
             raise ConfigError(f"head: {path!r} is not a name; give a module path such as 'fc' or 'top.1'")
         found = _matches(path, names, modules)
         if not found:
-            top = ", ".join(n for n in modules if n and "." not in n) or "none"
+            top = _top_level(model)
             raise ConfigError(f"head {path!r}: no module or parameter of {type(model).__name__} is named so (its "
                               f"top-level modules: {top}); give a module path as named_modules() spells it, e.g. "
                               f"'top.1', a parameter name or a glob")
@@ -97,7 +102,7 @@ def head_from_meta_params(model: nn.Module, meta_params: dict | None) -> list[st
     for entry in exclude:
         found = _matches(str(entry), names, modules)
         if not found and entry not in DEFAULT_HEAD_PATTERNS:
-            top = ", ".join(n for n in modules if n and "." not in n) or "none"
+            top = _top_level(model)
             raise ConfigError(f"meta_params.exclude: {entry!r} matches no module or parameter of "
                               f"{type(model).__name__} (its top-level modules: {top}); give a module path such as "
                               f"'top.1', a parameter name or a glob")

@@ -78,6 +78,7 @@ class RunPlan:
     loggers: tuple[str, ...] = ()
     deterministic: bool = False
     device: str | torch.device = "cpu"
+    callbacks: list = field(default_factory=list)   # after every meta-update (MetaTrainer's callbacks)
     probe: bool = True
 
 
@@ -169,6 +170,9 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
     what = plan.model_spec or "model"
     from ..methods import METHODS
     method_cls = METHODS.get(plan.meta.method)
+    if not method_cls.uses_meta_lr and comm.is_main():
+        log(f"{plan.meta.method}: meta_lr ({plan.meta.meta_lr:g}) is not used: phi follows the shared body, it is "
+            f"never stepped by a meta learning rate")
     names = plan.task_names or [t.label for t in tasks]
     no_val = [name for name, t in zip(names, tasks) if getattr(t, "val_is_train", False)]
     if method_cls.uses_held_out_batches and no_val:
@@ -225,6 +229,7 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
 
     checkpointing = out is not None and plan.checkpoint_every > 0
     trainer = MetaTrainer(learners, plan.meta, metrics_path=None, step_callbacks=[report_backend, snapshot],
+                          callbacks=list(plan.callbacks),
                           comm=comm, trajectory_callbacks=[snapshot], task_ids=task_ids,
                           checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=plan.checkpoint_every if checkpointing else 0,
