@@ -4,6 +4,7 @@ import functools
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 from front_door_models import SeqNet, seq_net
@@ -202,3 +203,108 @@ def test_threads_flag_sets_torchs_threads(tmp_path):
         assert main(["list", "--threads", "0"]) == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- a Meta-Album reader for local files ---------------------------------------------------------------------------
+def _meta_album(root, classes=("Acer", "Quercus", "Betula"), per_class=6, seed=0):
+    """Meta-Album's layout: images/ and labels.csv with FILE_NAME, CATEGORY and SUPER_CATEGORY."""
+    import numpy as np
+    from image_files import png_bytes
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = ["FILE_NAME,CATEGORY,SUPER_CATEGORY"]
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            img = np.clip(rng.integers(0, 256, (3,)) + rng.normal(0, 20, (10, 10, 3)), 0, 255).astype(np.uint8)
+            file = f"{c}_{i}.png"
+            (root / "images" / file).write_bytes(png_bytes(img))
+            rows.append(f"{file},{name},Trees")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_meta_album_folder_is_a_task_source(tmp_path):
+    import yaml
+
+    from trajshift.data.formats import read_image_tree
+    album = _meta_album(tmp_path / "PLT_NET_Mini")
+    data = read_image_tree(album, resolution=10)
+    assert sorted(data.classes) == ["Acer", "Betula", "Quercus"]              # CATEGORY, not SUPER_CATEGORY
+    labels = np.concatenate([split.labels for split in data.splits.values()])
+    assert np.bincount(labels).tolist() == [6, 6, 6]
+    other = _meta_album(tmp_path / "OTHER", classes=("a", "b"), seed=1)
+    cfg = {"model": {"name": "conv4", "width": 4}, "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "c"),
+           "tasks": [{"dataset": str(album), "resolution": 10}, {"dataset": str(other), "resolution": 10}],
+           "meta": {"method": "cts", "inner_steps": 2, "trajectories": 1, "meta_lr": 0.1,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["meta-train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "init.safetensors").is_file()
+
+
+def test_colour_image_folders_as_one_channel_images(tmp_path):
+    import yaml
+    from test_image_end_to_end import make_dataset
+
+    from trajshift.data.cache import prepare
+    from trajshift.data.tasks import ImageTask, TaskSpec
+    folder = make_dataset(tmp_path / "colour", classes=3, per_class=8, seed=0)
+    data = prepare(str(folder), 12, None, tmp_path / "c")
+    grey = ImageTask(TaskSpec.from_dict({"dataset": str(folder), "resolution": 12, "channels": 1, "augment": "none"},
+                                        "t"), data, 4, 0, 0)
+    x = grey.prepare_images(grey.x["train"], False, None)
+    rgb = grey.x["train"].double() / 255                                  # [N, H, W, 3], computed here
+    luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).unsqueeze(1)
+    mean = sum(w * m for w, m in zip((0.299, 0.587, 0.114), data.mean))
+    std = sum(w * s for w, s in zip((0.299, 0.587, 0.114), data.std))
+    assert x.shape[1] == 1 and torch.allclose(x.double(), (luma - mean) / std, atol=1e-5)
+    cfg = {"model": {"name": "conv4", "width": 4, "in_channels": 1}, "batch_size": 4, "cache_dir": str(tmp_path / "c"),
+           "tasks": [{"dataset": str(folder), "resolution": 12, "channels": 1}] * 2,
+           "meta": {"method": "cts", "inner_steps": 2, "trajectories": 1, "meta_lr": 0.1,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["meta-train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_the_dict_items_and_dataloader_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "examples" / "dict_items_and_dataloader.py")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'factory': 'examples_models:SmallConvNet'" in proc.stdout and "paired difference" in proc.stdout
+
+
+def test_fit_probes_the_model_on_a_real_batch_and_names_the_shape():
+    class WantsSeven(torch.nn.Module):
+        def __init__(self, num_classes: int = 3):
+            super().__init__()
+            self.body, self.fc = torch.nn.Linear(7, 4), torch.nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+    with pytest.raises(ConfigError, match=r"its forward fails on an input of shape \(2, 6\)"):
+        ts.fit(lambda t, c: WantsSeven(c), _vectors(), inner_steps=1, trajectories=1, batch_size=8, **QUIET)
+
+
+def test_a_finished_run_asked_again_says_so_and_init_json_has_the_final_steps(tmp_path, capsys):
+    import json
+
+    import yaml
+    from test_image_end_to_end import make_dataset
+    sources = [make_dataset(tmp_path / f"s{i}", classes=3, per_class=6, seed=i) for i in range(2)]
+    cfg = {"model": {"name": "conv4", "width": 4}, "batch_size": 4, "cache_dir": str(tmp_path / "c"),
+           "tasks": [{"dataset": str(s), "resolution": 12} for s in sources], "checkpoint_every": 1,
+           "meta": {"method": "cts", "inner_steps": 2, "trajectories": 3, "meta_lr": 0.1,
+                    "inner_optimizer": {"name": "sgd", "lr": 0.05}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["meta-train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "run" / "init.json").read_text())["inner_steps"] == 6
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "finished at inner step 6; nothing to run" in text and "trajectory 4" not in text

@@ -159,6 +159,9 @@ def test_demo_runs_offline_on_digits(tmp_path, monkeypatch):
     diffs = [a - b for a, b in zip(r["cts"]["accs"], r["scratch"]["accs"])]
     assert r["gain"]["mean"] == pytest.approx(sum(diffs) / 2) and rep["images_per_class"] == 5
     assert rep["conclusion"].startswith("The ") and rep["conclusion"].count(".") >= 1
+    from PIL import Image
+    with Image.open(tmp_path / "demo" / "demo.png") as png:            # the demo's figure, a real PNG
+        assert png.format == "PNG" and png.size[0] > 400
 
 
 @pytest.mark.parametrize("name", ["cpu-study.yaml", "paper.yaml", "image-study.yaml", "offline-digits.yaml"])

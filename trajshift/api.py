@@ -242,10 +242,15 @@ def _finetune(init, model, train_dataset, test_dataset, protocol, seeds, first_s
         warnings.warn(f"finetune: test_dataset has class(es) {', '.join(map(str, unseen[:8]))} that train_dataset "
                       f"lacks: no finetuning can learn them, so the accuracy is capped below 100%", stacklevel=3)
 
+    chosen = {"model": model}
+
     def run(source) -> dict:
         scratch = source is None or (isinstance(source, str) and source == "scratch")
-        settings = resolve(None if scratch else source, model=model, head=head, protocol=protocol,
+        # A scratch baseline is the init's model with its own random body: the model the init resolved to.
+        settings = resolve(None if scratch else source, model=chosen["model"], head=head, protocol=protocol,
                            given_by="argument", image_targets=False)
+        if chosen["model"] is None and settings["model"] is not None and not scratch:
+            chosen["model"] = settings["model"]
         chosen_model = settings["model"]
         if chosen_model is None:
             raise ConfigError("finetune: model: give the model (model_fn, a factory or a module); the init records "

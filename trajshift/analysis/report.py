@@ -245,11 +245,15 @@ def _plots(out: Path, report: dict) -> None:
     bars = [(f"{r['run']}", r["by_images_per_class"][key]["average"]) for r in report["runs"]]
     if report.get("scratch"):
         bars.append(("scratch", report["scratch"][key]["average"]))
-    _bars(bars, out / "fig6b_final_meta_test.png", "meta-test accuracy (%), target average")
+    setting = (f"{n} images per class" if n is not None else "whole training sets") + \
+        f", {report['protocol']} protocol, {report['seeds']} seeds, mean and 95% CI"
+    _bars(bars, out / "fig6b_final_meta_test.png", "meta-test accuracy (%), target average",
+          f"Fig. 6b: final initializations\n{setting}")
     ablation = [(r["run"], r["by_images_per_class"][key]["average"]) for r in report["runs"]
                 if r["method"] in ABLATION_METHODS]
     if len(ablation) >= 2:
-        _bars(ablation, out / "fig8_ablation.png", "meta-test accuracy (%), target average")
+        _bars(ablation, out / "fig8_ablation.png", "meta-test accuracy (%), target average",
+              f"Fig. 8: what the shift adds (CTS, no shift, random shift, Reptile)\n{setting}")
     if report.get("scratch") and report["images_per_class"] != [None]:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         ns = report["images_per_class"]
@@ -261,6 +265,12 @@ def _plots(out: Path, report: dict) -> None:
                         marker="o", capsize=3, label=f"{r['run']} ({r['method']})")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+        ax.xaxis.set_major_locator(FixedLocator(ns))          # every measured size labelled as the number it is
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_title(f"Fig. 9: gain against images per class\n{report['protocol']} protocol, {report['seeds']} "
+                     f"seeds, mean and 95% CI", fontsize=9)
         _finish(fig, ax, "training images per class of each target",
                 "gain over scratch (points), paired by seed", out / "fig9_gain_vs_images_per_class.png")
 
@@ -275,14 +285,18 @@ def _clipped_errors(means: list[float], cis: list) -> list[list[float]]:
     return [lo, hi]
 
 
-def _bars(items: list[tuple[str, dict]], path: Path, ylabel: str) -> None:
+def _bars(items: list[tuple[str, dict]], path: Path, ylabel: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(items) + 1.5), 3.8))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(items) + 1.5), 4.2))
     ms = [100 * r["mean"] for _, r in items]
-    ax.bar(range(len(items)), ms, yerr=_clipped_errors(ms, [r["ci95"] for _, r in items]), capsize=3,
-           color="tab:blue", alpha=0.8)
+    errors = _clipped_errors(ms, [r["ci95"] for _, r in items])
+    ax.bar(range(len(items)), ms, yerr=errors, capsize=3, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(items)), [name for name, _ in items], rotation=35, ha="right", fontsize=7)
-    ax.set_ylim(0.0, min(100.0, max(ms) + 5))          # bars start at 0: a cut axis would exaggerate differences
+    # Bars start at 0 (a cut axis would exaggerate differences); the top leaves room for every whisker.
+    top = max(m + e for m, e in zip(ms, errors[1]))
+    ax.set_ylim(0.0, min(100.0, top * 1.05 + 1))
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

@@ -9,10 +9,13 @@ import torch
 
 
 def to_float(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
-    """uint8 [B, H, W, C] -> float [B, channels, H, W] in [0, 1]; grayscale repeated to ``channels``."""
+    """uint8 [B, H, W, C] -> float [B, channels, H, W] in [0, 1]; grayscale repeated to 3 channels, colour turned
+    into luma for 1."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 3 and channels == 1:       # luma (ITU-R BT.601), as PIL's convert("L")
+        x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     return x
 
 

@@ -286,6 +286,9 @@ def read_image_tree(path: str | Path | list, resolution: int | None = None, mode
     folder; an optional ``split`` column. Without options the delimiter (, ; tab |) and the columns (file /
     filename / path / image; label / class / classid / category) are recognised from the header. The same file
     (class path, name and bytes) met twice, e.g. in Omniglot's two zips that share alphabets, is kept once.
+    Meta-Album's layout reads as it is: a folder (or its zip) with ``labels.csv`` (columns FILE_NAME, CATEGORY, and
+    SUPER_CATEGORY which is ignored) beside ``images/`` holding the files; with no split column, ``prepare`` holds
+    out a seeded test fraction of every class.
     A class with fewer than 2 images is dropped with a warning; fewer than 2 classes is an error.
     """
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
@@ -420,18 +423,28 @@ def _tree_entries(tree: _Tree, class_depth: int, manifest: str | dict | None) ->
     else:
         fcol, lcol, scol = 0, 1, None
     present = set(names)
+    # Meta-Album's layout: labels.csv (FILE_NAME, CATEGORY, ...) beside an images/ folder that holds the files.
+    images_dir = base / "images"
+    first_file = next((r[fcol].strip() for r in rows if r and len(r) > fcol and r[fcol].strip()), None)
+    if first_file is not None and _member(base, first_file) not in present \
+            and _member(images_dir, first_file) in present:
+        base = images_dir
     for i, row in enumerate(rows, start=2 if has_header else 1):
         if not row or not "".join(row).strip():
             continue
         if len(row) <= max(fcol, lcol) or not row[lcol].strip():
             raise DataError(f"{where}: line {i}: expected a file and a label (delimiter {delimiter!r}), got {row}")
         file = row[fcol].strip()
-        member = file if str(base) == "." else str(base / file)
+        member = _member(base, file)
         if member not in present:
             raise DataError(f"{where}: line {i}: file {file!r} is not in {tree.path}")
         split = SPLIT_NAMES.get(row[scol].strip().lower()) if scol is not None and len(row) > scol else None
         entries.append((member, row[lcol].strip(), split))
     return entries
+
+
+def _member(base: PurePosixPath, file: str) -> str:
+    return file if str(base) == "." else str(base / file)
 
 
 def _folder_entries(tree: _Tree, images: list[str], class_depth: int | None) -> list[tuple[str, str, str | None]]:

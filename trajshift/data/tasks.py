@@ -29,6 +29,7 @@ from .formats import Split
 # Training-batch augmentations: random crop with zero padding and horizontal flip (the paper's convention) or a part
 # of it. Flips are wrong for digits, characters and signs, so the choice is the task's.
 AUGMENTATIONS = {"crop+flip": ("crop", "flip"), "crop": ("crop",), "flip": ("flip",), "none": ()}
+LUMA = (0.299, 0.587, 0.114)         # ITU-R BT.601, as PIL's convert("L")
 DEFAULT_AUGMENT = "crop+flip"        # the paper's; every door's default (trajshift/evaluation/settings.py reads it)
 
 
@@ -110,6 +111,8 @@ class TaskSpec:
     manifest: str | dict | None = opt(None, check=_manifest, doc="a path dataset's CSV manifest")
     class_depth: int | None = opt(None, low=1, doc="a path dataset's class: its last N folders (default: the whole "
                                                    "folder path below the root)")
+    channels: int = opt(3, choices=(1, 3), doc="the channels the model takes: 3 (grayscale images repeated) or 1 "
+                                                "(color images converted to luma, 0.299 R + 0.587 G + 0.114 B)")
 
     def validate_fields(self, where):
         if self.train_images is not None and self.images_per_class is not None:
@@ -188,10 +191,10 @@ class ImageTask:
     """One task: uint8 images kept on ``device``, batches drawn deterministically, augmented on ``device``."""
 
     def __init__(self, spec: TaskSpec, data: PreparedData, batch_size: int, seed: int, task_id: int,
-                 device: str | torch.device = "cpu", where: str = "task", channels: int = 3):
+                 device: str | torch.device = "cpu", where: str = "task", channels: int | None = None):
         self.spec, self.batch_size, self.seed, self.task_id = spec, batch_size, seed, task_id
         self.device = torch.device(device)
-        self.channels = channels
+        self.channels = channels or spec.channels
         keep = select_classes(data.classes, spec.classes, where)
         self.classes = [data.classes[i] for i in keep]
         train, test = _subset(data.train, keep), _subset(data.test, keep)
@@ -209,6 +212,8 @@ class ImageTask:
         if len(train_idx) == 0:
             raise ConfigError(f"{where}: no training images left after subsampling and the validation split")
         self.mean, self.std = data.mean, data.std
+        if self.channels == 1 and len(self.mean) == 3:       # luma of the colour statistics (the std approximately)
+            self.mean, self.std = ([sum(w * v for w, v in zip(LUMA, values))] for values in (data.mean, data.std))
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
         self.x = {"train": to(train.images[train_idx]), "val": to(train.images[val_idx if n_val else train_idx]),
                   "test": to(test.images)}

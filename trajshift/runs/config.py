@@ -102,7 +102,7 @@ def check_model_spec(model, path: str = "model") -> dict:
             warnings.simplefilter("ignore")        # torch's own warnings about zero-sized layers: ours says more
             net = build_model(model, 2)
         with torch.no_grad():           # a forward pass: some bad options (a width of 0) only fail here
-            net.eval()(torch.zeros(1, 3, 16, 16))
+            net.eval()(torch.zeros(1, int(model.get("in_channels", 3)), 16, 16))
     except ConfigError:
         raise
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
