@@ -34,7 +34,9 @@ def collate(items):                         # dicts -> a dict of batched tensors
 
 
 if __name__ == "__main__":
-    from examples_models import SmallConvNet                 # a class in a module: rebuilt by meta-test/finetune
+    from examples_models import (
+        SmallConvNet,  # a class in a module: rebuilt by meta-test/finetune
+    )
     sources = [DataLoader(DigitsDict(d), batch_size=16, shuffle=True, collate_fn=collate)
                for d in ((0, 1, 2), (3, 4, 5), (6, 7))]
     out = Path(tempfile.mkdtemp()) / "run"
