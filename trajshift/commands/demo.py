@@ -92,9 +92,10 @@ def figure(path: Path, report: dict) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(8, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
     ms = [100 * r[k]["mean"] for k in ("cts", "scratch")]
     cis = [0 if r[k]["ci95"] is None else 100 * r[k]["ci95"] for k in ("cts", "scratch")]
-    ax.bar([0, 1], ms, yerr=cis, capsize=4, color=["tab:blue", "tab:gray"])
+    errors = [[min(c, m) for m, c in zip(ms, cis)], [min(c, 100 - m) for m, c in zip(ms, cis)]]   # within [0, 100]
+    ax.bar([0, 1], ms, yerr=errors, capsize=4, color=["tab:blue", "tab:gray"])
     ax.set_xticks([0, 1], ["CTS init", "scratch"])
-    ax.set_ylim(0, min(100, max(m + c for m, c in zip(ms, cis)) * 1.1 + 1))
+    ax.set_ylim(0, min(104, max(m + e for m, e in zip(ms, errors[1])) * 1.08 + 1))   # every whisker's cap shows
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{report['target']}, {report['images_per_class']} images per class", fontsize=9)
     diffs = [100 * (a - b) for a, b in zip(r["cts"]["accs"], r["scratch"]["accs"])]
