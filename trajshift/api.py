@@ -76,7 +76,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
         device: str | torch.device = "cpu", out: str | Path | None = None, checkpoint_every: int = 500,
         snapshot_every: int = 0, backend: str | None = None, autocast: str | None = None, compile: bool = False,
         channels_last: bool = False, threads: int | None = None, callbacks: Sequence[Callable] = (),
-        input_key=None, label_key=None, collate_fn=None, log=print, **meta_options) -> FitResult:
+        input_key=None, label_key=None, collate_fn=None, num_workers: int = 0, log=print,
+        **meta_options) -> FitResult:
     """Meta-learn a shared initialization of ``model``'s body over ``datasets`` (one task each).
 
     ``optimizer``: the inner optimizer: a torch.optim class, a partial of one, or {name, lr, ...} (default SGD lr
@@ -93,8 +94,11 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     every meta-update (MetaTrainer's). ``log=None``: nothing printed (no progress bar either). Data: Datasets or
     DataLoaders (their dataset and collate_fn) whose items are (input, label) pairs, dicts (``{"pixel_values",
     "labels"}``, ``{"image", "label"}``, ...) or tuples with more fields; ``input_key``/``label_key`` name the fields
-    (keys or positions) where the common names do not; ``collate_fn`` turns a list of items into (inputs, labels)."""
-    data_format = {"input_key": input_key, "label_key": label_key, "collate_fn": collate_fn}
+    (keys or positions) where the common names do not; ``collate_fn`` turns a list of items into (inputs, labels);
+    ``num_workers`` > 0 fetches and decodes training batches in that many worker processes, each batch under its
+    own seed, so the run is the same as with none."""
+    data_format = {"input_key": input_key, "label_key": label_key, "collate_fn": collate_fn,
+                   "num_workers": num_workers}
     _check_meta_options(meta_options)
     from .runs.config import check_execution
     execution = check_execution({"backend": backend or _default_backend(), "autocast": autocast,
@@ -186,7 +190,7 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
              baseline=None, head=None, num_classes: int | None = None, loss: Callable | None = None,
              images_per_class: int | None = None, data_root=None, cache_dir=None, optimizer=None,
              scheduler=None, threads: int | None = None, input_key=None, label_key=None, collate_fn=None,
-             device: str | torch.device = "cpu", log=None) -> dict:
+             num_workers: int = 0, device: str | torch.device = "cpu", log=None) -> dict:
     """Finetune ``init``'s body with a fresh head on a target: the finetuning of ``trajshift meta-test``.
 
     ``init`` / ``baseline``: a file path (state_dict, .safetensors, init or run folder), a state_dict, a FitResult,
@@ -207,7 +211,7 @@ def finetune(init, model=None, train_dataset=None, test_dataset=None, *, protoco
         return _finetune(init, model, train_dataset, test_dataset, protocol, seeds, first_seed, steps, batch_size,
                          baseline, head, num_classes, loss, images_per_class, data_root, cache_dir, optimizer,
                          scheduler, device, log, {"input_key": input_key, "label_key": label_key,
-                                                  "collate_fn": collate_fn})
+                                                  "collate_fn": collate_fn, "num_workers": num_workers})
 
 
 def _finetune(init, model, train_dataset, test_dataset, protocol, seeds, first_seed, steps, batch_size, baseline,

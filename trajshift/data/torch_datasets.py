@@ -14,7 +14,9 @@ Items as users hand them over (``ItemFormat``): ``(input, label)`` pairs; tuples
 y)``) with ``input_key``/``label_key`` naming their positions; dicts (Hugging Face style: ``{"pixel_values",
 "labels"}``, ``{"image", "label"}``, ...) by their common key names or ``input_key``/``label_key``; or anything a
 ``collate_fn`` of the user's turns into such a batch. A DataLoader gives its dataset and its collate_fn; its sampler,
-shuffle and batch size are replaced by the seeded batches above (said in a warning).
+shuffle and batch size are replaced by the seeded batches above (said in a warning). ``num_workers`` > 0 fetches
+and collates training batches in worker processes, one whole batch per worker under that batch's own seed, so the
+batches are the very tensors the main process would make.
 """
 from __future__ import annotations
 
@@ -135,12 +137,16 @@ class DatasetTask:
 
     def __init__(self, train: Dataset, batch_size: int, seed: int, task_id: int, device="cpu",
                  val: Dataset | None = None, test: Dataset | None = None, num_classes: int | None = None,
-                 label: str | None = None, input_key=None, label_key=None, collate_fn=None):
+                 label: str | None = None, input_key=None, label_key=None, collate_fn=None,
+                 num_workers: int = 0):
         self.label = label or f"dataset {task_id}"
         train, collate_fn = unwrap_loader(train, collate_fn, self.label)
         val = unwrap_loader(val, None, self.label)[0] if val is not None else None
         test = unwrap_loader(test, None, self.label)[0] if test is not None else None
         self.items = ItemFormat(input_key, label_key, collate_fn, self.label)
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ConfigError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
+        self.num_workers = num_workers
         self.data = {"train": train, "val": val if val is not None else train, "test": test}
         for split, ds in self.data.items():
             if ds is not None and len(ds) == 0:
@@ -150,14 +156,28 @@ class DatasetTask:
         self.num_classes = num_classes or infer_num_classes(train, self.label, self.items)
 
     def batch(self, step: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        ds = self.data[split]
-        if ds is None:
+        if self.data[split] is None:
             raise ConfigError(f"{self.label}: no {split} dataset was given")
+        if self.num_workers and split == "train":
+            x, y = self._workers.get(step)
+        else:
+            x, y = self.fetch(step, split)
+        return x.to(self.device), y.to(self.device)
+
+    def fetch(self, step: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of ``split``: its items fetched in order under its own seed, collated. A pure function of
+        (seed, task, step, split), wherever it runs (this process or a worker)."""
+        ds = self.data[split]
         idx = batch_indices(len(ds), self.batch_size, step, stream_seed(self.seed, SPLIT_CODES[split]), self.task_id)
         with seeded_global_randomness(stream_seed(self.seed, self.task_id, step, SPLIT_CODES[split], 0xDA7A)):
             items = [ds[int(i)] for i in idx]
-        x, y = self._collate(items)
-        return x.to(self.device), y.to(self.device)
+        return self._collate(items)
+
+    @property
+    def _workers(self) -> _WorkerBatches:
+        if getattr(self, "_worker_batches", None) is None:
+            self._worker_batches = _WorkerBatches(self, self.num_workers)
+        return self._worker_batches
 
     def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -203,6 +223,50 @@ class DatasetTask:
         return correct / len(ds)
 
 
+class _StepBatches(Dataset):
+    """Item ``step`` is the task's whole training batch ``step`` (DatasetTask.fetch), so a DataLoader's worker fetches,
+    decodes and collates one batch under that batch's own seed: the same tensors as the main process would make."""
+
+    def __init__(self, task: DatasetTask):
+        self.task = task
+
+    def __len__(self):
+        return 2 ** 62
+
+    def __getitem__(self, step: int):
+        return self.task.fetch(int(step), "train")
+
+
+class _FromStep(torch.utils.data.Sampler):
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield step
+            step += 1
+
+
+class _WorkerBatches:
+    """Training batches prefetched by ``num_workers`` worker processes, in step order from the step asked; a step
+    asked out of order (a resume, cts-accurate's replay) restarts the stream there. Workers add no randomness of
+    their own: each batch is DatasetTask.fetch, a pure function of its step."""
+
+    def __init__(self, task: DatasetTask, num_workers: int):
+        self.task, self.num_workers = task, num_workers
+        self.iterator, self.next_step = None, None
+
+    def get(self, step: int):
+        if self.iterator is None or step != self.next_step:
+            loader = torch.utils.data.DataLoader(_StepBatches(self.task), batch_size=None, sampler=_FromStep(step),
+                                                 num_workers=self.num_workers, persistent_workers=False,
+                                                 prefetch_factor=2)
+            self.iterator = iter(loader)
+        self.next_step = step + 1
+        return next(self.iterator)
+
+
 def unwrap_loader(data, collate_fn, where: str):
     """A DataLoader given where a Dataset is expected: its dataset and its collate_fn (unless one is given); its
     sampler, shuffle and batch size give way to trajshift's seeded batches, which a warning says."""
@@ -210,9 +274,10 @@ def unwrap_loader(data, collate_fn, where: str):
     if not isinstance(data, DataLoader):
         return data, collate_fn
     import warnings
-    warnings.warn(f"{where}: a DataLoader was given: its dataset and collate_fn are used; its sampler, shuffle and "
-                  f"batch size are replaced by trajshift's batches (seeded by seed, task and step, so a run resumes "
-                  f"exactly), and batches are fetched in this process (num_workers is not used)", stacklevel=4)
+    warnings.warn(f"{where}: a DataLoader was given: its dataset and collate_fn are used; its sampler, shuffle, "
+                  f"batch size and workers are replaced by trajshift's batches (seeded by seed, task and step, so a "
+                  f"run resumes exactly; num_workers= of fit/finetune fetches them in worker processes)",
+                  stacklevel=4)
     own = data.collate_fn if data.collate_fn is not default_collate else None
     return data.dataset, collate_fn or own
 
