@@ -174,3 +174,25 @@ def test_nearest_snapshots_picks_each_budget_once_in_step_order():
     picked = nearest_snapshots(files[::-1], [10_000, 2_000, 5_000, 5_050])
     assert [p.name for p in picked] == [f"step-{n:08d}.safetensors" for n in (2_100, 5_100, 9_900)]
     assert [p.name for p in nearest_snapshots(files, [150])] == ["step-00000000.safetensors"]
+
+
+def test_crossed_interval_of_an_additive_matrix_is_the_two_variances_by_hand():
+    """d_sf = a_s + b_f exactly: MS_E = 0, so Var(mean) = var(a)/S + var(b)/F (sample variances), computed here by
+    hand; the conditional interval is the t over the row means alone."""
+    import math
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from crossed_intervals import crossed
+    from scipy.stats import t
+    a, b = [0.0, 1.0, 3.0], [0.5, -0.5, 1.0, 0.0, 2.0]
+    d = [[x + y for y in b] for x in a]
+    r = crossed(d)
+    var_a = sum((x - sum(a) / 3) ** 2 for x in a) / 2
+    var_b = sum((y - sum(b) / 5) ** 2 for y in b) / 4
+    variance = var_a / 3 + var_b / 5
+    ms_a, ms_b = 5 * var_a, 3 * var_b
+    df = (ms_a + ms_b) ** 2 / (ms_a ** 2 / 2 + ms_b ** 2 / 4)
+    assert abs(r["mean"] - (sum(a) / 3 + sum(b) / 5)) < 1e-12
+    assert abs(r["ci95_crossed"] - t.ppf(0.975, df) * math.sqrt(variance)) < 1e-9
+    assert abs(r["ci95_over_meta_seeds"] - t.ppf(0.975, 2) * math.sqrt(var_a / 3)) < 1e-9
