@@ -113,12 +113,19 @@ def test_approx_error_is_zero_for_k_1_and_grows(tmp_path, datasets):
     assert approximation_error(tasks, spec, 0.05, 0.5, 1, 0.9, 0) == 0.0
     assert approximation_error(tasks, spec, 0.05, 0.0, 6, 0.9, 0) == 0.0        # beta = 0: nothing to shift
     assert approximation_error(tasks, spec, 0.05, 0.5, 6, 0.9, 0) > 1e-6
+    # The gate's scales: the total shift is (k - 1) meta-updates' worth (positive), the order spread is positive for
+    # k > 1, and the error reported with them is the same number.
+    d = approximation_error(tasks, spec, 0.05, 0.5, 6, 0.9, 0, details=True)
+    assert d["error"] == approximation_error(tasks, spec, 0.05, 0.5, 6, 0.9, 0)
+    assert d["shift"] > 0 and d["order"] > 0
+    assert approximation_error(tasks, spec, 0.05, 0.0, 6, 0.9, 0, details=True)["shift"] == 0.0
     out = tmp_path / "ae"
     assert main(["approx-error", "--out", str(out), "--quick", "--quiet", "--datasets",
                  ",".join(str(d) for d in datasets[:2]), "--resolution", "12", "--cache-dir",
                  str(tmp_path / "c")]) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["sweeps"]) == {"relu", "softplus"} and len(res["sweeps"]["relu"]["k"]) == 2
+    assert all("error_over_order_spread" in row for row in res["sweeps"]["relu"]["k"])
     assert (out / "approx_error.png").exists()
 
 

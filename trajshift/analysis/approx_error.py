@@ -6,6 +6,9 @@ The second term is what CTS computes: theta after its k-th inner step (before th
 the exact k-step trajectory from the current phi, re-run with the same batches and the same starting optimizer
 state. We report ||eps|| (per task, averaged over tasks), with its mean and 95% confidence interval over draws
 (a draw = a fresh initialization and data order), against alpha, beta and k, for ReLU and Softplus networks.
+Beside it, the gate for any better shift: ||eps|| relative to the total shift ||Delta_1 + ... + Delta_{k-1}|| and
+to the spread between two exact trajectories that differ only in their minibatch order; a ratio to the latter
+below 1 means the shift's error is smaller than the noise a different batch order makes.
 """
 from __future__ import annotations
 
@@ -46,8 +49,12 @@ class ApproxErrorConfig:
 
 
 def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: int, momentum: float,
-                        seed: int) -> float:
-    """||eps|| for one draw: mean over tasks of the per-task norm (float64 learners).
+                        seed: int, details: bool = False) -> float | dict:
+    """||eps|| for one draw: mean over tasks of the per-task norm (float64 learners). With ``details``, also the
+    two scales that say whether the error matters (a gate for any better shift, issue "Evidence III" item 5):
+    ``shift``: ||Delta_1 + ... + Delta_{k-1}||, the total shift the approximation stands for; ``order``: the mean
+    over tasks of ||U_k(phi') - U_k^reversed(phi')||, two exact trajectories from the same phi' that differ only in
+    the order of their k minibatches (the noise a different batch order makes).
 
     The CTS side runs the library's own loop (trajshift.training.loop.MetaTrainer with method cts) for k - 1 inner steps,
     each followed by its meta-update and shift, then takes the k-th inner step; the exact side restores the state
@@ -61,18 +68,28 @@ def approximation_error(tasks, model_spec: dict, alpha: float, beta: float, k: i
                      inner_optimizer={"name": "sgd", "lr": alpha, "momentum": momentum})
     trainer = MetaTrainer(learners, cfg)
     pop = trainer.pop
-    start = pop.snapshot()
+    start, phi0 = pop.snapshot(), pop.phi.detach().clone()
     if k > 1:
         for _, step, _ in trainer.steps():      # Algorithm 2, l.8-13, k - 1 times
             if step == k - 1:
                 break
     pop.inner_step(k - 1)                       # the k-th inner step, before its meta-update
     approx = pop.theta.detach().clone()
+    shift = float((pop.phi.detach() - phi0).norm()) if details else None
     pop.restore(start)                          # the exact U_k from phi + Delta_1 + ... + Delta_{k-1}
     pop.reset()
     for j in range(k):
         pop.inner_step(j)
-    return float((pop.theta.detach() - approx).norm(dim=1).mean())
+    error = float((pop.theta.detach() - approx).norm(dim=1).mean())
+    if not details:
+        return error
+    exact = pop.theta.detach().clone()
+    pop.restore(start)                          # the same k minibatches, in the reversed order
+    pop.reset()
+    for j in reversed(range(k)):
+        pop.inner_step(j)
+    order = float((pop.theta.detach() - exact).norm(dim=1).mean())
+    return {"error": error, "shift": shift, "order": order}
 
 
 def run_study(out: str | Path, cfg: ApproxErrorConfig, log=print) -> dict:
@@ -93,14 +110,26 @@ def run_study(out: str | Path, cfg: ApproxErrorConfig, log=print) -> dict:
             rows = []
             for v in values:
                 point = {"alpha": cfg.alpha, "beta": cfg.beta, "k": cfg.k, name: v}
-                errs = []
+                draws = []
                 for seed in range(cfg.draws):
-                    errs.append(approximation_error(tasks, spec, point["alpha"], point["beta"], int(point["k"]),
-                                                    cfg.momentum, seed))
+                    draws.append(approximation_error(tasks, spec, point["alpha"], point["beta"], int(point["k"]),
+                                                     cfg.momentum, seed, details=True))
                     progress.update(1)
+                errs = [d["error"] for d in draws]
                 mean, ci = mean_ci95(errs)
-                rows.append({name: v, "mean": mean, "ci95": ci, "errors": errs})
-                log(f"{act:>8} {name}={v:<6}: ||eps|| = {mean:.3e} +- {ci:.1e}")
+                # The gate: the error against the shift it stands for and against batch-order noise (means of the
+                # per-draw ratios; a draw with a zero scale, k = 1 or beta = 0, is left out).
+                rel_shift = [d["error"] / d["shift"] for d in draws if d["shift"]]
+                rel_order = [d["error"] / d["order"] for d in draws if d["order"]]
+                row = {name: v, "mean": mean, "ci95": ci, "errors": errs,
+                       "shift_norms": [d["shift"] for d in draws], "order_spreads": [d["order"] for d in draws],
+                       "error_over_shift": sum(rel_shift) / len(rel_shift) if rel_shift else None,
+                       "error_over_order_spread": sum(rel_order) / len(rel_order) if rel_order else None}
+                rows.append(row)
+                gate = "" if row["error_over_order_spread"] is None else (
+                    f"; / ||sum Delta|| {row['error_over_shift']:.3f}, / batch-order spread "
+                    f"{row['error_over_order_spread']:.3f}")
+                log(f"{act:>8} {name}={v:<6}: ||eps|| = {mean:.3e} +- {ci:.1e}{gate}")
             results["sweeps"].setdefault(act, {})[name] = rows
     progress.close()
     results["wall_time"] = time.perf_counter() - t0
