@@ -79,7 +79,7 @@ def test_a_dataloader_gives_its_dataset_and_collate_fn_and_says_what_it_replaces
         return torch.stack([i["feats"] for i in items]), torch.stack([i["cls"] for i in items])
     loaders = [DataLoader(DictItems(d, "feats", "cls"), batch_size=5, shuffle=True, collate_fn=collate) for d in base]
     kw = {"inner_steps": 3, "trajectories": 2, "batch_size": 8, "head": "top.1", **QUIET}
-    with pytest.warns(UserWarning, match="sampler, shuffle and batch size are replaced"):
+    with pytest.warns(UserWarning, match="sampler, shuffle, batch size and workers are replaced"):
         got = ts.fit(seq_net, loaders, **kw).phi
     assert torch.equal(got, ts.fit(seq_net, base, **kw).phi)
 
