@@ -93,7 +93,7 @@ def test_padded_head_loss_is_each_tasks_own_cross_entropy():
         torch.testing.assert_close(learners.modules[t].head.weight.grad, m.head.weight.grad, rtol=0, atol=1e-12)
         torch.testing.assert_close(pop.theta_grad[t], learners.spec.flatten(
             {n: p.grad for n, p in m.named_parameters()}), rtol=0, atol=1e-12)
-    assert learners.engine.forward.local_index["head.weight"].shape == (3, 5, 6)
+    assert learners.engine.forwards[0].local_index["head.weight"].shape == (3, 5, 6)
 
 
 def test_auto_measures_both_restores_state_and_matches_loop():
@@ -103,15 +103,53 @@ def test_auto_measures_both_restores_state_and_matches_loop():
     assert_same_run(train("cts", "loop"), auto, atol=1e-12)   # the timing runs left no trace
 
 
-def test_auto_falls_back_to_loop_when_shapes_differ_and_batched_says_why():
-    shapes = [(8, 8), (8, 8), (10, 10)]
-    learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=shapes), backend="auto")
-    ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64).backward(0)
-    assert learners.backend == "loop"
-    learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=shapes), backend="batched")
+SHAPES = [(8, 8), (10, 10), (8, 8)]          # two input shapes; tasks 0 and 2 share one (a non-contiguous group)
+
+
+def train_shapes(method, backend, checkpoint_dir=None, stop_at=None, **options):
+    learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=SHAPES), backend=backend, **options)
+    cfg = ts.MetaConfig(method=method, inner_steps=4, trajectories=3, meta_lr=0.3, dtype="float64",
+                        inner_optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+
+    def stop(tr):
+        if stop_at is not None and tr.inner_steps == stop_at:
+            raise RuntimeError("stopped")
+    trainer = ts.MetaTrainer(learners, cfg, checkpoint_dir=checkpoint_dir, checkpoint_every=1 if checkpoint_dir
+                             else 0, step_callbacks=[stop])
+    if checkpoint_dir is not None:
+        trainer.resume()
+    trainer.run()
+    return trainer, learners
+
+
+@pytest.mark.parametrize("method", ["cts", "reptile", "mtl"])
+def test_batched_groups_tasks_by_input_shape_and_equals_loop(method):
+    """Float64: tasks at two input shapes (8 x 8 and 10 x 10) and heads of 3/5/2 classes run as two vmapped groups
+    ({0, 2}, {1}); every parameter, head and BatchNorm statistic equals the loop backend's."""
+    batched = train_shapes(method, "batched")
+    assert batched[1].engine.groups == [[0, 2], [1]]
+    assert_same_run(train_shapes(method, "loop"), batched, atol=1e-12)
+
+
+def test_grouped_batched_resumes_mid_trajectory_bit_for_bit(tmp_path):
+    with pytest.raises(RuntimeError, match="stopped"):
+        train_shapes("cts", "batched", checkpoint_dir=tmp_path / "ck", stop_at=6)       # trajectory 2, step 2
+    resumed = train_shapes("cts", "batched", checkpoint_dir=tmp_path / "ck")
+    assert_same_run(train_shapes("cts", "batched"), resumed, atol=0)
+
+
+def test_max_group_bounds_the_tasks_per_vmapped_call():
+    from trajshift.engine.backends.vmap import VmapBackend
+    learners = ts.ModuleLearners(make_modules(), make_batch_fn(), backend="batched")
     pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
-    with pytest.raises(ConfigError, match=r"task 2's batch has inputs \(8, 1, 10, 10\).*backend: loop"):
-        pop.backward(0)
+    pop.backward(0)
+    reference = pop.theta_grad.clone()
+    learners2 = ts.ModuleLearners(make_modules(), make_batch_fn(), backend="loop")
+    pop2 = ts.Population(learners2, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
+    learners2.engine = VmapBackend(learners2, max_group=2)
+    pop2.backward(0)
+    assert learners2.engine.groups == [[0, 1], [2]]
+    torch.testing.assert_close(pop2.theta_grad, reference, rtol=0, atol=1e-12)
 
 
 def test_batched_refuses_learners_of_different_structure():
@@ -177,7 +215,7 @@ def test_batched_bf16_runs_the_convolutions_in_bf16():
     pop = ts.Population(learners, {"name": "sgd", "lr": 0.1})
     pop.backward(0)                     # builds the batched forward
     seen = []
-    for mod in learners.engine.forward.template.modules():
+    for mod in learners.engine.forwards[0].template.modules():
         if isinstance(mod, nn.Conv2d):
             mod.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
     pop.backward(1)

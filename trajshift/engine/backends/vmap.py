@@ -19,9 +19,9 @@ products, so T small models become one larger kernel launch each: the gain is on
 small kernels leave the device idle. On a 2-core CPU it is slower than the loop (docs/PERFORMANCE.md), which is why
 ``backend: auto`` measures both at start-up.
 
-Requirements (checked, with a message naming the culprit): every task's batch has the same input shape and batch
-size; every task has the same non-meta-learned parameter names with the same number of dimensions; the same
-buffers with the same shapes.
+Requirements (checked, with a message naming the culprit): every task has the same non-meta-learned parameter names
+with the same number of dimensions; the same buffers with the same shapes. Tasks whose batches differ in shape (input
+resolution, batch size) run in groups of one shape each (VmapBackend), one vmapped call per group.
 """
 from __future__ import annotations
 
@@ -168,45 +168,78 @@ class BatchedForward:
 
 
 class VmapBackend:
-    """backend "batched": the strategy around BatchedForward (built once, at the first use of these learners)."""
+    """backend "batched": the strategy around BatchedForward. Tasks are grouped by the shape of their batches
+    (inputs and targets: resolution, channels, batch size); each group runs one vmapped forward and backward, so tasks
+    at the paper's mixed resolutions (28, 32, 64, 84 px) batch within their resolution instead of falling back to
+    the loop. Groups are formed at the first step from that step's batches (a task's shapes do not change), in task
+    order; ``max_group`` bounds the tasks per vmapped call (memory). BatchNorm statistics stay per task (each group
+    stacks its own tasks' buffers)."""
     name = "batched"
 
-    def __init__(self, learners: ModuleLearners):
+    def __init__(self, learners: ModuleLearners, max_group: int | None = None):
         if learners.batched_unsupported:
             raise ConfigError(f"backend: batched cannot run these task learners: {learners.batched_unsupported}; "
                               f"use backend: loop or auto")
         self.learners = learners
-        self.forward = BatchedForward(learners.modules, learners.spec, learners.local_specs, learners.local_offsets,
-                                      learners.loss, compile=learners.compile,
-                                      autocast_dtype=AUTOCAST_DTYPES.get(learners.autocast),
-                                      device=learners.theta.device)
-        self.forward.bind_buffers(learners.modules)
+        self.max_group = max_group
+        self.groups: list[list[int]] | None = None
+        self.forwards: list[BatchedForward] = []
+        self._order: torch.Tensor | None = None
+
+    def _build(self, batches) -> None:
+        """One BatchedForward per group of tasks whose batches share their shapes."""
+        ln = self.learners
+        by_shape: dict[tuple, list[int]] = {}
+        for t, (x, y) in enumerate(batches):
+            by_shape.setdefault((tuple(x.shape), tuple(y.shape)), []).append(t)
+        groups = []
+        for members in by_shape.values():
+            size = self.max_group or len(members)
+            groups += [members[i:i + size] for i in range(0, len(members), size)]
+        self.groups = groups
+        for g in groups:
+            forward = BatchedForward([ln.modules[t] for t in g], ln.spec, [ln.local_specs[t] for t in g],
+                                     [ln.local_offsets[t] for t in g], ln.loss, compile=ln.compile,
+                                     autocast_dtype=AUTOCAST_DTYPES.get(ln.autocast), device=ln.theta.device)
+            forward.bind_buffers([ln.modules[t] for t in g])
+            self.forwards.append(forward)
+        flat = [t for g in groups for t in g]
+        self._order = torch.argsort(torch.tensor(flat, device=ln.theta.device))    # group order -> task order
 
     @staticmethod
-    def stacked_batches(learners: ModuleLearners, step: int, split: str):
-        """Every task's batch stacked: x [T, B, ...], y [T, B]; None (with the reason) when shapes differ."""
-        xs, ys = zip(*(learners.batch_fn(t, step, split) for t in range(learners.num_tasks)))
-        for t in range(1, learners.num_tasks):
-            if xs[t].shape != xs[0].shape or ys[t].shape != ys[0].shape:
-                return None, (f"task {t}'s batch has inputs {tuple(xs[t].shape)} / targets {tuple(ys[t].shape)}, "
-                              f"task 0's {tuple(xs[0].shape)} / {tuple(ys[0].shape)}")
-        x = torch.stack(xs)
-        return (x.to(learners.dtype) if x.is_floating_point() else x, torch.stack(ys)), None
+    def _rows(theta: torch.Tensor, group: list[int]) -> torch.Tensor:
+        """theta's rows of a group: a view when they are contiguous (gradients land in place), else a gather."""
+        if group == list(range(group[0], group[0] + len(group))):
+            return theta[group[0]:group[0] + len(group)]
+        return theta.index_select(0, torch.tensor(group, device=theta.device))
 
     @staticmethod
     def cannot_stack(learners: ModuleLearners, step: int, split: str) -> str | None:
-        return VmapBackend.stacked_batches(learners, step, split)[1]
+        """Tasks of different batch shapes are grouped, so shapes never prevent batching."""
+        return None
 
     def losses(self, step, split="train"):
         ln = self.learners
         for t in range(ln.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
             ln.rebind(t)
-        batch, reason = self.stacked_batches(ln, step, split)
-        if batch is None:
-            raise ConfigError(f"backend: batched needs every task's batch to have one shape, but {reason}; "
-                              f"use backend: loop (or auto)")
-        x, y = batch
-        return self.forward.losses(ln.modules, ln.theta, ln.local, x, y, split == "train")
+        batches = [ln.batch_fn(t, step, split) for t in range(ln.num_tasks)]
+        if self.groups is None:
+            self._build(batches)
+        out = []
+        for group, forward in zip(self.groups, self.forwards):
+            xs = [batches[t][0] for t in group]
+            if any(x.shape != xs[0].shape for x in xs) or any(batches[t][1].shape != batches[group[0]][1].shape
+                                                              for t in group):
+                raise ConfigError(f"backend: batched: tasks {group} had batches of one shape at the first step and "
+                                  f"of different shapes at step {step}; give every task a fixed batch shape, or use "
+                                  f"backend: loop")
+            x = torch.stack(xs)
+            x = x.to(ln.dtype) if x.is_floating_point() else x
+            y = torch.stack([batches[t][1] for t in group])
+            out.append(forward.losses([ln.modules[t] for t in group], self._rows(ln.theta, group), ln.local, x, y,
+                                      split == "train"))
+        losses = torch.cat(out)
+        return losses if len(self.groups) == 1 else losses[self._order]
 
     def backward(self, step, split="train"):
         losses = self.losses(step, split)
