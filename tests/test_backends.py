@@ -139,14 +139,14 @@ def test_grouped_batched_resumes_mid_trajectory_bit_for_bit(tmp_path):
 
 
 def test_max_group_bounds_the_tasks_per_vmapped_call():
-    from trajshift.engine.backends.vmap import VmapBackend
+    from trajshift.engine.backends.batched import BatchedBackend
     learners = ts.ModuleLearners(make_modules(), make_batch_fn(), backend="batched")
     pop = ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
     pop.backward(0)
     reference = pop.theta_grad.clone()
     learners2 = ts.ModuleLearners(make_modules(), make_batch_fn(), backend="loop")
     pop2 = ts.Population(learners2, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
-    learners2.engine = VmapBackend(learners2, max_group=2)
+    learners2.engine = BatchedBackend(learners2, max_group=2)
     pop2.backward(0)
     assert learners2.engine.groups == [[0, 1], [2]]
     torch.testing.assert_close(pop2.theta_grad, reference, rtol=0, atol=1e-12)

@@ -21,7 +21,7 @@ from .backends import (
     Backend,
     fastest_backend,
 )
-from .backends.vmap import batched_unsupported_reason
+from .backends.batched import batched_unsupported_reason
 from .learners import DEFAULT_HEAD_PATTERNS, Learners, head_names
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .batched import BatchedBackend
 from .loop import LoopBackend
-from .vmap import VmapBackend
 
 if TYPE_CHECKING:
     from ..module_learners import ModuleLearners
@@ -27,11 +27,11 @@ def fastest_backend(learners: ModuleLearners, step: int, split: str, rounds: int
     if learners.batched_unsupported:
         log.info("backend auto: loop (batching impossible: %s)", learners.batched_unsupported)
         return LoopBackend(learners), {}
-    reason = VmapBackend.cannot_stack(learners, step, split)
+    reason = BatchedBackend.cannot_stack(learners, step, split)
     if reason is not None:
         log.info("backend auto: loop (batching impossible: %s)", reason)
         return LoopBackend(learners), {}
-    candidates = [LoopBackend(learners), VmapBackend(learners)]
+    candidates = [LoopBackend(learners), BatchedBackend(learners)]
     saved = copy.deepcopy(learners.state_dict())
     sync = torch.cuda.synchronize if learners.theta.is_cuda else (lambda: None)
     times: dict[str, list[float]] = {b.name: [] for b in candidates}

@@ -1,4 +1,4 @@
-"""The batched backend (``VmapBackend``, backend "batched"): all T task learners in one forward and one backward, by
+"""The batched backend (``BatchedBackend``, backend "batched"): all T task learners in one forward and one backward, by
 ``torch.func.vmap`` over the rows of theta.
 
 The loop backend (backends/loop.py) runs the T replicas one after another. This backend instead calls
@@ -21,7 +21,7 @@ small kernels leave the device idle. On a 2-core CPU it is slower than the loop 
 
 Requirements (checked, with a message naming the culprit): every task has the same non-meta-learned parameter names
 with the same number of dimensions; the same buffers with the same shapes. Tasks whose batches differ in shape (input
-resolution, batch size) run in groups of one shape each (VmapBackend), one vmapped call per group.
+resolution, batch size) run in groups of one shape each (BatchedBackend), one vmapped call per group.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def batched_unsupported_reason(modules: Sequence[nn.Module], meta_names: Sequenc
     return None
 
 
-class BatchedForward:
+class GroupForward:
     """One vmapped forward of all T replicas; see the module docstring."""
 
     def __init__(self, modules: Sequence[nn.Module], spec: FlatSpec, local_specs: Sequence[FlatSpec],
@@ -167,8 +167,8 @@ class BatchedForward:
         return self._fn(params, self.buffers, x, y, *extra)
 
 
-class VmapBackend:
-    """backend "batched": the strategy around BatchedForward. Tasks are grouped by the shape of their batches
+class BatchedBackend:
+    """backend "batched": the strategy around GroupForward. Tasks are grouped by the shape of their batches
     (inputs and targets: resolution, channels, batch size); each group runs one vmapped forward and backward, so tasks
     at the paper's mixed resolutions (28, 32, 64, 84 px) batch within their resolution instead of falling back to
     the loop. Groups are formed at the first step from that step's batches (a task's shapes do not change), in task
@@ -183,11 +183,11 @@ class VmapBackend:
         self.learners = learners
         self.max_group = max_group
         self.groups: list[list[int]] | None = None
-        self.forwards: list[BatchedForward] = []
+        self.forwards: list[GroupForward] = []
         self._order: torch.Tensor | None = None
 
     def _build(self, batches) -> None:
-        """One BatchedForward per group of tasks whose batches share their shapes."""
+        """One GroupForward per group of tasks whose batches share their shapes."""
         ln = self.learners
         by_shape: dict[tuple, list[int]] = {}
         for t, (x, y) in enumerate(batches):
@@ -198,7 +198,7 @@ class VmapBackend:
             groups += [members[i:i + size] for i in range(0, len(members), size)]
         self.groups = groups
         for g in groups:
-            forward = BatchedForward([ln.modules[t] for t in g], ln.spec, [ln.local_specs[t] for t in g],
+            forward = GroupForward([ln.modules[t] for t in g], ln.spec, [ln.local_specs[t] for t in g],
                                      [ln.local_offsets[t] for t in g], ln.loss, compile=ln.compile,
                                      autocast_dtype=AUTOCAST_DTYPES.get(ln.autocast), device=ln.theta.device)
             forward.bind_buffers([ln.modules[t] for t in g])
