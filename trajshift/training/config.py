@@ -19,6 +19,7 @@ from ..core.errors import ConfigError
 from ..core.schema import check_instance, opt, parse, revalidate
 from ..engine.optim import check_optimizer_spec
 from ..methods import METHODS
+from .schedules import SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -50,6 +51,10 @@ class MetaConfig:
     dtype: str = opt("float32", choices=tuple(DTYPES))
     log_every: int = opt(1, low=1)
     clip_grad_norm: float | None = opt(None, low=0, open_low=True, doc="per-task gradient-norm clipping (null: off)")
+    # The inner learning rate over the whole run's K * M inner steps (trajshift/training/schedules.py). The paper
+    # keeps it constant; "cosine" / "linear" decay it to 0 by the run's last step (e.g. for the "None, trained on"
+    # control of pretrain: continued pretraining, annealed).
+    inner_lr_schedule: str = opt("constant", choices=tuple(SCHEDULES))
     progress: bool | None = opt(None, doc="null: a progress bar only when stderr is a terminal")
     # Steps between host read-backs of losses, ||Delta|| and the finiteness checks (one transfer each time; rows
     # and results are the same for every value). null: 1 on CPU, 50 on an accelerator.

@@ -37,6 +37,7 @@ from .config import MetaConfig
 from .metrics import MetricsWriter
 from .readback import ReadBack
 from .run_state import TrainResult
+from .schedules import SCHEDULES
 from .stopping import Supervised
 
 Callback = Callable[["MetaTrainer"], None]
@@ -78,6 +79,8 @@ class MetaTrainer:
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.identity, self.resumed_metrics_rows = identity or {}, None    # identity: the model, tasks, seed...
         self.extended_from: int | None = None      # the checkpoint's M when a resume extends the run (run_state)
+        self._schedule = SCHEDULES[cfg.inner_lr_schedule] if cfg.inner_lr_schedule != "constant" else None
+        self._base_lrs = [g["lr"] for g in self.pop.optimizer.param_groups]
 
     phi = property(lambda self: self.pop.phi)
     inner_steps = property(lambda self: self.pop.steps_taken)
@@ -127,6 +130,13 @@ class MetaTrainer:
         grad, self.method_state = self.method.transform_gradient(self.method_state, step)
         return grad
 
+    def _set_inner_lr(self, s: int, n: int) -> None:
+        """meta.inner_lr_schedule: the configured rate times f(s, n) (trajshift/training/schedules.py), set before
+        every inner step (a reset of the optimizer's state restores the configured rate, so it is set each time)."""
+        factor = self._schedule(s, n)
+        for group, base in zip(self.pop.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
+
     def steps(self):
         """Algorithms 1 and 2 as a generator of (m, k, losses) after every inner step, so callers can interleave
         their own work; ``run`` consumes it. After a resume it continues from the step after the loaded one."""
@@ -140,6 +150,8 @@ class MetaTrainer:
                 self.method_state = method.start_trajectory(self.method_state, m)
             for k in range(k0 + 1 if resumed else 1, K + 1):
                 step = data_step(m, k, K)
+                if self._schedule is not None:
+                    self._set_inner_lr(m * K + k - 1, K * M)
                 losses = self.pop.inner_step(step, self._transform_or_none)                        # l.8-10
                 info = StepInfo(m, k, step, losses)
                 out, self.method_state = method.update(self.method_state, info)                    # l.11

@@ -118,11 +118,17 @@ def resume(tr) -> bool:
     state, path = found
     mine = {k: v for k, v in tr.cfg.to_dict().items() if k not in NOT_COMPARED}
     theirs = {k: v for k, v in state["config"].items() if k not in NOT_COMPARED}
+    # A key newer than the checkpoint's config, at its default, is what the older run did (e.g. inner_lr_schedule).
+    defaults = type(tr.cfg)().to_dict()
+    theirs.update({k: v for k, v in mine.items() if k not in theirs and v == defaults.get(k)})
     # Extending a run: more trajectories (M), and nothing else changed, continue from the checkpoint exactly as a run
     # that asked for the larger M from the start would have gone on (the loop's steps depend on M only as a bound).
     old_m, new_m = theirs.get("trajectories"), mine.get("trajectories")
     tr.extended_from = None
     if isinstance(old_m, int) and isinstance(new_m, int) and new_m > old_m:
+        if mine.get("inner_lr_schedule", "constant") != "constant":
+            raise ConfigError(f"{path}: meta.trajectories cannot grow in a run with inner_lr_schedule = "
+                              f"{mine['inner_lr_schedule']!r} (its rates depend on K * M); use another output folder")
         theirs = {**theirs, "trajectories": new_m}
         tr.extended_from = old_m
     saved_identity = state.get("identity", tr.identity)
