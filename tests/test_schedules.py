@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import trajshift as ts
-from trajshift.core.errors import ConfigError
 from tests.test_checkpoint import make_trainer
+from trajshift.core.errors import ConfigError
 
 G = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 
