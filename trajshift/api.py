@@ -75,8 +75,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, seed: int = 0,
         device: str | torch.device = "cpu", out: str | Path | None = None, checkpoint_every: int = 500,
         snapshot_every: int = 0, backend: str | None = None, autocast: str | None = None, compile: bool = False,
-        channels_last: bool = False, threads: int | None = None, callbacks: Sequence[Callable] = (),
-        input_key=None, label_key=None, collate_fn=None, num_workers: int = 0, log=print,
+        channels_last: bool = False, graphs: bool = False, max_group: int | None = None,
+        threads: int | None = None, callbacks: Sequence[Callable] = (), input_key=None, label_key=None, collate_fn=None, num_workers: int = 0, log=print,
         **meta_options) -> FitResult:
     """Meta-learn a shared initialization of ``model``'s body over ``datasets`` (one task each).
 
@@ -89,7 +89,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     data, head, init_from, method options) is refused, naming the first difference. ``meta_options``: any other
     MetaConfig field (options, meta_optimizer, reset_optimizer_state, dtype, clip_grad_norm, ...); a misspelled one is
     refused with "did you mean". Execution (the CLI's ``execution`` block, the same defaults; none changes the math):
-    ``backend`` (loop, batched or auto, the default), ``autocast``, ``compile``, ``channels_last``. ``threads``:
+    ``backend`` (loop, batched or auto, the default), ``autocast``, ``compile``, ``channels_last``, ``graphs`` (CUDA
+    graphs for the batched groups; CUDA only), ``max_group`` (tasks per vmapped call). ``threads``:
     torch's intra-op threads during the fit (restored after). ``callbacks``: functions of the trainer, called after
     every meta-update (MetaTrainer's). ``log=None``: nothing printed (no progress bar either). Data: Datasets or
     DataLoaders (their dataset and collate_fn) whose items are (input, label) pairs, dicts (``{"pixel_values",
@@ -102,7 +103,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     _check_meta_options(meta_options)
     from .runs.config import check_execution
     execution = check_execution({"backend": backend or _default_backend(), "autocast": autocast,
-                                 "compile": bool(compile), "channels_last": bool(channels_last)})
+                                 "compile": bool(compile), "channels_last": bool(channels_last),
+                                 "graphs": bool(graphs), "max_group": max_group})
     if log is None:
         log = _silent
         meta_options.setdefault("progress", False)
@@ -345,6 +347,7 @@ def _finetune_named(init, model, target, protocol, seeds, first_seed, steps, bat
 
 _FIT_KEYWORDS = ("method", "inner_steps", "trajectories", "meta_lr", "optimizer", "batch_size", "init_from", "head",
                  "num_classes", "val_datasets", "loss", "seed", "device", "out", "checkpoint_every", "snapshot_every",
-                 "backend", "autocast", "compile", "channels_last", "threads", "callbacks", "log")
+                 "backend", "autocast", "compile", "channels_last", "graphs", "max_group", "threads", "callbacks",
+                 "log")
 
 __all__ = ["FitResult", "ModelFn", "finetune", "fit"]

@@ -18,7 +18,9 @@ from .backends import (
     AUTOCAST_DTYPES,
     BACKEND_CHOICES,
     BACKENDS,
+    BACKWARD_MODES,
     Backend,
+    BoundReplicas,
     fastest_backend,
 )
 from .backends.batched import batched_unsupported_reason
@@ -34,11 +36,14 @@ class ExecutionConfig:
     channels_last: bool = opt(False)
     autocast: str | None = opt(None, choices=tuple(AUTOCAST_DTYPES))
     compile: bool = opt(False)
+    graphs: bool = opt(False, doc="CUDA graphs for the batched groups (torch.compile reduce-overhead); CUDA only")
+    max_group: int | None = opt(None, low=1, doc="at most this many tasks per vmapped call (peak memory)")
 
     def validate_fields(self, where):
-        if self.compile and self.backend == "loop":
-            raise ConfigError(f"{where}.compile: torch.compile applies to the batched backend; set {where}.backend "
-                              f"to batched or auto, or compile to false")
+        for option, what in (("compile", "torch.compile"), ("graphs", "CUDA graphs")):
+            if getattr(self, option) and self.backend == "loop":
+                raise ConfigError(f"{where}.{option}: {what} applies to the batched backend; set {where}.backend to "
+                                  f"batched or auto, or {option} to false")
 
 
 BatchFn = Callable[[int, int, str], tuple[torch.Tensor, torch.Tensor]]
@@ -55,7 +60,7 @@ class ModuleLearners(Learners):
     Execution options (none changes the mathematics; docs/PERFORMANCE.md measures each):
 
     * ``backend`` (a strategy of trajshift/engine/backends/): "loop" runs the replicas one after another; "batched" runs
-      all tasks in one vmapped forward and backward (needs equal input shapes); "auto" times both on the first
+      the tasks of each batch shape in one vmapped forward and backward; "auto" times both per group on the first
       step's batches (``auto_rounds`` rounds each, BatchNorm statistics and gradients restored afterwards) and keeps
       the faster, falling back to "loop" when batching is impossible. The choice is kept in checkpoints, so a
       resumed run continues on the same backend.
@@ -63,30 +68,39 @@ class ModuleLearners(Learners):
     * ``channels_last`` (loop backend): inputs in NHWC memory format.
     * ``autocast``: None, "bf16" or "fp16": forward under ``torch.autocast``; parameters, gradients and optimizer
       state stay in the engine's dtype.
-    * ``compile`` (batched backend): ``torch.compile`` the vmapped forward (one graph for all T tasks).
+    * ``compile`` (batched backend): ``torch.compile`` each group's vmapped forward (one graph for its tasks).
+    * ``graphs`` (batched backend, CUDA only): compile in ``reduce-overhead`` mode, so each group's forward and
+      backward replay as CUDA graphs; refused in one line on another device.
+    * ``max_group`` (batched backend): at most this many tasks per vmapped call (bounds peak activation memory).
+
+    The batched backend groups tasks by batch shape (mixed resolutions batch within their resolution); "auto"
+    chooses loop or batched per group.
     """
 
     def __init__(self, modules: nn.Module | Sequence[nn.Module], batch_fn: BatchFn, num_tasks: int | None = None,
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  include: Sequence[str] = ("*",), exclude: Sequence[str] = DEFAULT_HEAD_PATTERNS,
                  backward: str = "per-task", backend: str = "loop", channels_last: bool = False,
-                 autocast: str | None = None, compile: bool = False, auto_rounds: int = 3):
+                 autocast: str | None = None, compile: bool = False, auto_rounds: int = 3, graphs: bool = False,
+                 max_group: int | None = None):
         if isinstance(modules, nn.Module):
             if num_tasks is None:
                 raise ConfigError("num_tasks: required when a single module is given to be replicated")
             modules = [copy.deepcopy(modules) for _ in range(num_tasks)]
-        if backward not in ("per-task", "summed"):
-            raise ConfigError(f"backward: unknown value {backward!r}; allowed values: per-task, summed")
+        if backward not in BACKWARD_MODES:
+            raise ConfigError(f"backward: unknown value {backward!r}; allowed values: {', '.join(BACKWARD_MODES)}")
         # The same rules as the config's execution block (one schema; trajshift/core/schema.py).
         parse(ExecutionConfig, {"backend": backend, "channels_last": bool(channels_last), "autocast": autocast,
-                                "compile": bool(compile)}, "execution")
-        self.backward_mode = backward
+                                "compile": bool(compile), "graphs": bool(graphs), "max_group": max_group},
+              "execution")
+        # Each backend takes the options it lists (LoopBackend.options, BatchedBackend.options).
+        self.backend_options = {"backward": backward, "compile": bool(compile), "graphs": bool(graphs),
+                                "max_group": max_group}
         self.requested_backend = backend
         self.engine: Backend | None = None                # the strategy, built at bind (auto: at the first backward)
         self.backend_timings: dict[str, float] = {}       # ms per backward, when backend "auto" measured them
         self.channels_last = bool(channels_last)
         self.autocast = autocast
-        self.compile = bool(compile)
         self.auto_rounds = int(auto_rounds)
         self.modules = list(modules)
         self.num_tasks = len(self.modules)
@@ -164,10 +178,24 @@ class ModuleLearners(Learners):
         self._bindings = [[(p, p.data, p.grad) for p in m.parameters()] for m in self.modules]
         # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
         self._phi0 = None
+        if self.backend_options["graphs"] and device.type != "cuda":
+            raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on {device.type}; "
+                              f"set execution.graphs: false")
+        # What every backend computes through (and nothing else of this object): backends/base.py.
+        self.bound = BoundReplicas(
+            modules=tuple(self.modules), spec=self.spec, local_specs=tuple(self.local_specs),
+            local_offsets=tuple(self.local_offsets), theta=theta, local=self.local, loss=self.loss,
+            batch=self.engine_batch, rebind=self.rebind, autocast=self.autocast,
+            batched_unsupported=self.batched_unsupported)
         if self.requested_backend != "auto":
-            self.engine = BACKENDS.get(self.requested_backend)(self)
+            self.engine = self._make_backend(self.requested_backend)
         elif self.batched_unsupported:
-            self.engine, _ = fastest_backend(self, 0, "train")        # loop, with the reason logged
+            self.engine, _ = fastest_backend(self.bound, 0, "train", options=self.backend_options)   # loop, logged
+
+    def _make_backend(self, name: str, **choice) -> Backend:
+        """Backend ``name`` on the bound replicas, with the execution options it takes (and a checkpointed choice)."""
+        cls = BACKENDS.get(name)
+        return cls(self.bound, **{k: v for k, v in self.backend_options.items() if k in cls.options}, **choice)
 
     @property
     def backend(self) -> str:
@@ -208,7 +236,8 @@ class ModuleLearners(Learners):
 
     def _engine_for(self, step: int, split: str) -> Backend:
         if self.engine is None:                             # backend auto, first call: measure once
-            self.engine, self.backend_timings = fastest_backend(self, step, split, self.auto_rounds)
+            self.engine, self.backend_timings = fastest_backend(self.bound, step, split, self.auto_rounds,
+                                                                self.backend_options)
         return self.engine
 
     def losses_at(self, theta, step, split="train"):
@@ -236,13 +265,13 @@ class ModuleLearners(Learners):
     def state_dict(self):
         return {"buffers": [{n: b.detach().clone() for n, b in m.named_buffers()} for m in self.modules],
                 "local": None if self.local is None else self.local.detach().clone(),
-                "backend": self.backend}
+                "backend": self.backend, "backend_choice": self.engine.choice() if self.engine is not None else {}}
 
     @torch.no_grad()
     def load_state_dict(self, state):
         # A run resumed with backend "auto" continues on the backend it chose (same floating-point path).
         if self.engine is None and state.get("backend") in BACKENDS:
-            self.engine = BACKENDS.get(state["backend"])(self)
+            self.engine = self._make_backend(state["backend"], **state.get("backend_choice", {}))
         for m, bufs in zip(self.modules, state["buffers"]):
             own = dict(m.named_buffers())
             for n, v in bufs.items():

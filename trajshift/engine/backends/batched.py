@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.flat import FlatSpec
-from .base import AUTOCAST_DTYPES
-
-if TYPE_CHECKING:
-    from ..module_learners import ModuleLearners
+from .base import AUTOCAST_DTYPES, BoundReplicas, autocast_context
 
 
 def _set_by_name(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -70,7 +65,7 @@ class GroupForward:
     def __init__(self, modules: Sequence[nn.Module], spec: FlatSpec, local_specs: Sequence[FlatSpec],
                  local_offsets: Sequence[int], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  compile: bool = False, autocast_dtype: torch.dtype | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", graphs: bool = False):
         reason = batched_unsupported_reason(modules, spec.names)
         if reason is not None:
             raise ConfigError(f"backend: batched cannot run these task learners: {reason}; use backend: loop")
@@ -125,7 +120,7 @@ class GroupForward:
         # Built once: torch.compile caches its graphs on this function object.
         self._fn = torch.func.vmap(one_task)
         if compile:
-            self._fn = torch.compile(self._fn)
+            self._fn = torch.compile(self._fn, mode="reduce-overhead" if graphs else None)
 
     def bind_buffers(self, modules: Sequence[nn.Module]) -> None:
         """Stack every replica's buffers into [T, ...] tensors and point the replicas at their rows."""
@@ -169,26 +164,59 @@ class GroupForward:
 
 class BatchedBackend:
     """backend "batched": the strategy around GroupForward. Tasks are grouped by the shape of their batches
-    (inputs and targets: resolution, channels, batch size); each group runs one vmapped forward and backward, so tasks
-    at the paper's mixed resolutions (28, 32, 64, 84 px) batch within their resolution instead of falling back to
-    the loop. Groups are formed at the first step from that step's batches (a task's shapes do not change), in task
-    order; ``max_group`` bounds the tasks per vmapped call (memory). BatchNorm statistics stay per task (each group
-    stacks its own tasks' buffers)."""
-    name = "batched"
+    (inputs and targets: resolution, channels, batch size), so tasks at the paper's mixed resolutions (28, 32, 64,
+    84 px) batch within their resolution instead of falling back to the loop. Groups are formed at the first step
+    from that step's batches (a task's shapes do not change), in task order. Each group runs in one of two modes:
 
-    def __init__(self, learners: ModuleLearners, max_group: int | None = None):
-        if learners.batched_unsupported:
-            raise ConfigError(f"backend: batched cannot run these task learners: {learners.batched_unsupported}; "
+        batched  one vmapped forward and backward for the group's tasks (GroupForward)
+        loop     the group's tasks one after another through their own modules (a group of one task, or a shape
+                 where vmap is slower: backend "auto" times both per group, once, and checkpoints the choice)
+
+    and each group's backward runs before the next group's forward, so only one group's activations are alive at
+    a time. Options: ``max_group`` bounds the tasks per vmapped call (peak memory: activations of at most that many
+    tasks); ``compile`` wraps each group's vmapped forward in torch.compile; ``graphs`` (CUDA only) compiles it in
+    ``reduce-overhead`` mode, which replays the group's forward and backward kernels as CUDA graphs (one launch
+    instead of hundreds of small ones); ``group_modes``: the per-group modes (default all batched; "auto" and a
+    resumed checkpoint give them). BatchNorm statistics stay per task (each group stacks its own tasks' buffers)."""
+    name = "batched"
+    options = ("compile", "graphs", "max_group")
+    MODES = ("batched", "loop")
+
+    def __init__(self, bound: BoundReplicas, compile: bool = False, graphs: bool = False,
+                 max_group: int | None = None, group_modes: Sequence[str] | None = None):
+        if bound.batched_unsupported:
+            raise ConfigError(f"backend: batched cannot run these task learners: {bound.batched_unsupported}; "
                               f"use backend: loop or auto")
-        self.learners = learners
-        self.max_group = max_group
+        if graphs and bound.theta.device.type != "cuda":
+            raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on "
+                              f"{bound.theta.device.type}; set execution.graphs: false")
+        if max_group is not None and (not isinstance(max_group, int) or max_group < 1):
+            raise ConfigError(f"execution.max_group: expected a positive integer or null, got {max_group!r}")
+        if group_modes is not None and any(m not in self.MODES for m in group_modes):
+            raise ConfigError(f"group_modes: expected {' or '.join(self.MODES)} per group, got {list(group_modes)}")
+        self.bound = bound
+        self.compile, self.graphs, self.max_group = bool(compile), bool(graphs), max_group
+        self.group_modes: list[str] | None = list(group_modes) if group_modes is not None else None
         self.groups: list[list[int]] | None = None
-        self.forwards: list[GroupForward] = []
+        self.forwards: list[GroupForward | None] = []
         self._order: torch.Tensor | None = None
 
+    def choice(self) -> dict:
+        return {} if self.group_modes is None else {"group_modes": list(self.group_modes)}
+
+    def batches(self, step: int, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every task's batch of this step; the groups are formed from the first step's."""
+        bound = self.bound
+        for t in range(bound.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
+            bound.rebind(t)
+        batches = [bound.batch(t, step, split) for t in range(bound.num_tasks)]
+        if self.groups is None:
+            self._build(batches)
+        return batches
+
     def _build(self, batches) -> None:
-        """One GroupForward per group of tasks whose batches share their shapes."""
-        ln = self.learners
+        """The groups of tasks whose batches share their shapes, and one GroupForward per batched group."""
+        bound = self.bound
         by_shape: dict[tuple, list[int]] = {}
         for t, (x, y) in enumerate(batches):
             by_shape.setdefault((tuple(x.shape), tuple(y.shape)), []).append(t)
@@ -196,15 +224,24 @@ class BatchedBackend:
         for members in by_shape.values():
             size = self.max_group or len(members)
             groups += [members[i:i + size] for i in range(0, len(members), size)]
+        if self.group_modes is None:
+            self.group_modes = ["batched"] * len(groups)
+        elif len(self.group_modes) != len(groups):
+            raise ConfigError(f"group_modes: {len(self.group_modes)} modes for {len(groups)} groups of tasks "
+                              f"{groups}; the checkpoint is of another task set or max_group")
         self.groups = groups
-        for g in groups:
-            forward = GroupForward([ln.modules[t] for t in g], ln.spec, [ln.local_specs[t] for t in g],
-                                     [ln.local_offsets[t] for t in g], ln.loss, compile=ln.compile,
-                                     autocast_dtype=AUTOCAST_DTYPES.get(ln.autocast), device=ln.theta.device)
-            forward.bind_buffers([ln.modules[t] for t in g])
-            self.forwards.append(forward)
+        self.forwards = [self._forward(g) for g in groups]
         flat = [t for g in groups for t in g]
-        self._order = torch.argsort(torch.tensor(flat, device=ln.theta.device))    # group order -> task order
+        self._order = torch.argsort(torch.tensor(flat, device=bound.theta.device))    # group order -> task order
+
+    def _forward(self, group: list[int]) -> GroupForward:
+        bound = self.bound
+        forward = GroupForward([bound.modules[t] for t in group], bound.spec, [bound.local_specs[t] for t in group],
+                               [bound.local_offsets[t] for t in group], bound.loss,
+                               compile=self.compile or self.graphs, graphs=self.graphs,
+                               autocast_dtype=AUTOCAST_DTYPES.get(bound.autocast), device=bound.theta.device)
+        forward.bind_buffers([bound.modules[t] for t in group])
+        return forward
 
     @staticmethod
     def _rows(theta: torch.Tensor, group: list[int]) -> torch.Tensor:
@@ -213,35 +250,51 @@ class BatchedBackend:
             return theta[group[0]:group[0] + len(group)]
         return theta.index_select(0, torch.tensor(group, device=theta.device))
 
-    @staticmethod
-    def cannot_stack(learners: ModuleLearners, step: int, split: str) -> str | None:
-        """Tasks of different batch shapes are grouped, so shapes never prevent batching."""
-        return None
+    def group_losses(self, i: int, batches, step: int, split: str, mode: str | None = None) -> torch.Tensor:
+        """Group i's differentiable losses [len(group)], in ``mode`` (default: the group's own)."""
+        bound, group = self.bound, self.groups[i]
+        if (mode or self.group_modes[i]) == "loop":
+            return torch.stack([self._module_loss(t, *batches[t], split) for t in group])
+        xs = [batches[t][0] for t in group]
+        if any(x.shape != xs[0].shape for x in xs) or any(batches[t][1].shape != batches[group[0]][1].shape
+                                                          for t in group):
+            raise ConfigError(f"backend: batched: tasks {group} had batches of one shape at the first step and "
+                              f"of different shapes at step {step}; give every task a fixed batch shape, or use "
+                              f"backend: loop")
+        x, y = torch.stack(xs), torch.stack([batches[t][1] for t in group])
+        return self.forwards[i].losses([bound.modules[t] for t in group], self._rows(bound.theta, group),
+                                       bound.local, x, y, split == "train")
 
-    def losses(self, step, split="train"):
-        ln = self.learners
-        for t in range(ln.num_tasks):     # the replicas' buffers and views back the checkpoints and state_dicts
-            ln.rebind(t)
-        batches = [ln.batch_fn(t, step, split) for t in range(ln.num_tasks)]
-        if self.groups is None:
-            self._build(batches)
-        out = []
-        for group, forward in zip(self.groups, self.forwards):
-            xs = [batches[t][0] for t in group]
-            if any(x.shape != xs[0].shape for x in xs) or any(batches[t][1].shape != batches[group[0]][1].shape
-                                                              for t in group):
-                raise ConfigError(f"backend: batched: tasks {group} had batches of one shape at the first step and "
-                                  f"of different shapes at step {step}; give every task a fixed batch shape, or use "
-                                  f"backend: loop")
-            x = torch.stack(xs)
-            x = x.to(ln.dtype) if x.is_floating_point() else x
-            y = torch.stack([batches[t][1] for t in group])
-            out.append(forward.losses([ln.modules[t] for t in group], self._rows(ln.theta, group), ln.local, x, y,
-                                      split == "train"))
-        losses = torch.cat(out)
+    def _module_loss(self, t: int, x: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
+        m = self.bound.modules[t]
+        m.train(split == "train")
+        with autocast_context(self.bound.autocast, x.device):
+            return self.bound.loss(m(x), y)
+
+    def group_backward(self, i: int, batches, step: int, split: str, mode: str | None = None) -> torch.Tensor:
+        """Group i's backward (gradients accumulated into its tasks' rows); its detached losses."""
+        if (mode or self.group_modes[i]) == "loop":
+            out = []
+            for t in self.groups[i]:
+                loss = self._module_loss(t, *batches[t], split)
+                loss.backward()
+                out.append(loss.detach())
+            return torch.stack(out)
+        losses = self.group_losses(i, batches, step, split, "batched")
+        losses.sum().backward()
+        return losses.detach()
+
+    def _in_task_order(self, per_group: list[torch.Tensor]) -> torch.Tensor:
+        losses = torch.cat(per_group)
         return losses if len(self.groups) == 1 else losses[self._order]
 
+    def losses(self, step, split="train"):
+        batches = self.batches(step, split)
+        return self._in_task_order([self.group_losses(i, batches, step, split) for i in range(len(self.groups))])
+
     def backward(self, step, split="train"):
-        losses = self.losses(step, split)
-        losses.sum().backward()
-        return losses.detach().to(self.learners.dtype)
+        # Each group's tasks own disjoint rows of theta and slices of local, so one backward per group accumulates
+        # exactly what one backward of the sum would, and frees the group's activations before the next forward.
+        batches = self.batches(step, split)
+        out = [self.group_backward(i, batches, step, split) for i in range(len(self.groups))]
+        return self._in_task_order(out).to(self.bound.dtype)

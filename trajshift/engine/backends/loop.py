@@ -2,47 +2,53 @@
 storage-sharing views of theta (docs/design.md), so autograd accumulates straight into theta's gradient buffer."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from .base import autocast_context
+from ...core.errors import ConfigError
+from .base import BoundReplicas, autocast_context
 
-if TYPE_CHECKING:
-    from ..module_learners import ModuleLearners
+BACKWARD_MODES = ("per-task", "summed")
+
+
+def task_loss(bound: BoundReplicas, t: int, step: int, split: str) -> torch.Tensor:
+    """Task t's loss through its own module (the loop backend's unit, also the batched backend's loop groups)."""
+    m = bound.modules[t]
+    m.train(split == "train")
+    x, y = bound.batch(t, step, split)
+    bound.rebind(t)
+    with autocast_context(bound.autocast, x.device):
+        return bound.loss(m(x), y)
 
 
 class LoopBackend:
+    """``backward``: "per-task" (default) forwards and backwards one task at a time, so each task's activations are
+    freed before the next task's forward; "summed" (one backward over the sum of all T graphs) keeps every task's
+    activations alive at once (T x the activation memory); on CPU it measured 1.08x slower with 1 thread, 0.95x
+    with 2 (docs/PERFORMANCE.md)."""
     name = "loop"
+    options = ("backward",)
 
-    def __init__(self, learners: ModuleLearners):
-        self.learners = learners
+    def __init__(self, bound: BoundReplicas, backward: str = "per-task"):
+        if backward not in BACKWARD_MODES:
+            raise ConfigError(f"backward: unknown value {backward!r}; allowed values: {', '.join(BACKWARD_MODES)}")
+        self.bound = bound
+        self.backward_mode = backward
 
-    def _task_loss(self, t: int, step: int, split: str) -> torch.Tensor:
-        ln = self.learners
-        m = ln.modules[t]
-        m.train(split == "train")
-        x, y = ln.engine_batch(t, step, split)
-        ln.rebind(t)
-        with autocast_context(ln.autocast, x.device):
-            return ln.loss(m(x), y)
+    def choice(self) -> dict:
+        return {}
 
     def losses(self, step, split="train"):
-        return torch.stack([self._task_loss(t, step, split) for t in range(self.learners.num_tasks)])
+        return torch.stack([task_loss(self.bound, t, step, split) for t in range(self.bound.num_tasks)])
 
     def backward(self, step, split="train"):
-        # Default: forward and backward one task at a time, so each task's activations are freed before the next
-        # task's forward. "summed" (one backward over the sum of all T graphs) keeps every task's activations alive
-        # at once (T x the activation memory); on CPU it measured 1.08x slower with 1 thread, 0.95x with 2
-        # (docs/PERFORMANCE.md).
-        ln = self.learners
-        if ln.backward_mode == "summed":
+        bound = self.bound
+        if self.backward_mode == "summed":
             losses = self.losses(step, split)
             losses.sum().backward()
             return losses.detach()
-        out = torch.empty(ln.num_tasks, dtype=ln.dtype, device=ln.theta.device)
-        for t in range(ln.num_tasks):
-            loss = self._task_loss(t, step, split)
+        out = torch.empty(bound.num_tasks, dtype=bound.dtype, device=bound.theta.device)
+        for t in range(bound.num_tasks):
+            loss = task_loss(bound, t, step, split)
             loss.backward()
             out[t] = loss.detach()
         return out
