@@ -243,7 +243,8 @@ def test_group_modes_are_checkpointed_and_resumed(tmp_path):
         train_shapes("cts", "batched", checkpoint_dir=tmp_path / "ck", stop_at=6, modes=["loop", "batched"])
     learners = ts.ModuleLearners(make_modules(), make_batch_fn(shapes=SHAPES), backend="auto")
     ts.Population(learners, {"name": "sgd", "lr": 0.1}, dtype=torch.float64)
-    state = torch.load(sorted((tmp_path / "ck").glob("ckpt-*.pt"))[-1], weights_only=False)
+    from trajshift.training.checkpoint import list_checkpoints
+    state = torch.load(list_checkpoints(tmp_path / "ck")[-1], weights_only=False)
     learners.load_state_dict(state["learners"])
     assert isinstance(learners.engine, BatchedBackend) and learners.engine.group_modes == ["loop", "batched"]
     reference = train_shapes("cts", "batched", modes=["loop", "batched"])
@@ -279,7 +280,7 @@ def test_backends_see_only_the_bound_replicas():
     import dataclasses
     import pathlib
 
-    import trajshift.engine.backends as backends
+    from trajshift.engine import backends
     folder = pathlib.Path(backends.__file__).parent
     for path in folder.glob("*.py"):
         tree = ast.parse(path.read_text())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
