@@ -63,8 +63,11 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many inner steps instead (a smoke "
                     "run that does not depend on the machine's speed)")
     ap.add_argument("--throughput", default=None, help="gpu_throughput JSON for the projection")
+    ap.add_argument("--torchrun", action="store_true", help="launch by a one-rank torchrun with the process group "
+                    "forced (TRAJSHIFT_DISTRIBUTED=1): NCCL on CUDA, gloo on CPU; summary.json's comm says which ran")
     ap.add_argument("--out", default="benchmarks/out/gpu_meta_train.json")
     ap.add_argument("--work", default="benchmarks/out/gpu-meta-train", help="run folder (replaced)")
+    ap.add_argument("--graphs", action="store_true", help="execution.graphs (CUDA graphs; CUDA only)")
     args = ap.parse_args()
     cfg = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
     classes_of = {"tiny-imagenet": 100, "cifar100": 100, "stanford-dogs": 120, "aircraft": 100, "cub": 200,
@@ -76,16 +79,18 @@ def main() -> int:
         cfg["meta"].update({"inner_steps": args.max_steps, "trajectories": 1})
     cfg.update({"device": args.device, "batch_size": args.batch, "snapshot_every": 100, "checkpoint_every": 500,
                 "cache_dir": str(ROOT / "benchmarks" / "out" / "gpu-cache"),
-                "execution": {"backend": args.backend, "compile": args.compile}})
+                "execution": {"backend": args.backend, "compile": args.compile, "graphs": args.graphs}})
     work = ROOT / args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work.parent / "gpu-meta-train.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "trajshift", "meta-train", str(work.parent / "gpu-meta-train.yaml"), "--out",
-           str(work)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"] \
+        if args.torchrun else [sys.executable]
+    cmd = [*launcher, "-m", "trajshift", "meta-train", str(work.parent / "gpu-meta-train.yaml"), "--out", str(work)]
+    env = {**os.environ, "TRAJSHIFT_DISTRIBUTED": "1"} if args.torchrun else None
     start = time.perf_counter()
     log = open(work.parent / "gpu-meta-train.log", "w")        # noqa: SIM115  (closed below)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         proc.wait(timeout=None if args.max_steps else args.seconds)
     except subprocess.TimeoutExpired:
@@ -112,7 +117,9 @@ def main() -> int:
               "last_loss": steps[-1]["loss_mean"] if steps else None,
               "resolutions": sorted({t["resolution"] for t in cfg["tasks"]}), "execution": cfg["execution"],
               "backend_line": next((x for x in output.splitlines() if x.startswith("backend:")), None),
-              "steady": steady_rate(work / "snapshots", len(cfg["tasks"]))}
+              "steady": steady_rate(work / "snapshots", len(cfg["tasks"])),
+              "comm": json.loads((work / "summary.json").read_text()).get("comm")
+              if (work / "summary.json").exists() else None}
     best = None
     if result["steady"]:
         result["projection_from_this_run"] = {

@@ -37,7 +37,7 @@ def test_throughput_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_script_runs_on_cpu(tmp_path):
-    """benchmarks/gpu.sh --cpu: the GPU script's four parts in seconds, so it never rots between GPU sessions."""
+    """benchmarks/gpu.sh --cpu: every part of the GPU script on CPU, so it never rots between GPU sessions."""
     import os
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu"], capture_output=True, text=True,
                           check=False, timeout=900, env={**os.environ, "PY": sys.executable})
@@ -47,6 +47,12 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     assert res["snapshots"][0] == "step-00000000.safetensors"
     p = res["projection"]
     assert p["projected_full_run_hours"] == pytest.approx(8 * 200_000 / p["task_steps_per_s"] / 3600)
+    mixed = json.loads((ROOT / "benchmarks" / "out" / "gpu_mixed_resolution.json").read_text())
+    assert sorted({t["resolution"] for t in mixed["tasks"]}) == [28, 32, 64, 84]
+    assert mixed["backends"]["cts-grouped"]["group_modes"] == ["batched"] * 4        # one group per resolution
+    assert set(mixed["ratio_to_plain"]) == {"plain", "cts-loop", "cts-grouped", "cts-auto", "cts-grouped-max2"}
+    assert mixed["errors"]["cts-grouped-graphs"].startswith("ConfigError: execution.graphs: CUDA graphs need a CUDA")
+    assert json.loads((ROOT / "benchmarks" / "out" / "gpu_nccl_one_rank.json").read_text())["comm"] == "gloo"
     det = json.loads((ROOT / "benchmarks" / "out" / "gpu_determinism.json").read_text())
     for backend in ("loop", "batched"):       # CPU kernels are deterministic: every pair identical, in either mode
         assert det["backends"][backend]["default"]["init_identical"]

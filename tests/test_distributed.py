@@ -21,8 +21,8 @@ def test_shards_are_contiguous_and_uneven():
     assert sorted(i for r in range(4) for i in shard(9, 4, r)) == list(range(9))
 
 
-def torchrun(args, cwd, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(args, cwd, nproc=2, **env_vars):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc-per-node={nproc}", "-m", "trajshift", *args], cwd=cwd, env=env,
                           capture_output=True, check=False, text=True, timeout=600)
@@ -56,6 +56,28 @@ def test_two_gloo_processes_match_one(tmp_path, method):
     from trajshift.runs.experiment import build_models
     initial = build_models(cfg["model"], [3, 4, 5], cfg["seed"])[0].state_dict()["body.0.weight"]
     assert (moved - initial).abs().max() > 1e-4
+
+
+def test_one_forced_rank_runs_the_process_group_path_and_matches_no_launcher(tmp_path):
+    """TRAJSHIFT_DISTRIBUTED=1 under a one-rank torchrun takes the process group (gloo here, NCCL on CUDA:
+    benchmarks/gpu.sh's check) and gives the initialization of a run without torchrun: the all-reduce of one rank
+    is the sum itself."""
+    datasets = [make_dataset(tmp_path / f"ds{i}", classes=3 + i, per_class=8, seed=i) for i in range(2)]
+    cfg = {"model": {"name": "conv4", "width": 4}, "tasks": [{"dataset": str(d), "resolution": 12} for d in datasets],
+           "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path / "cache"),
+           "execution": {"backend": "loop"},        # auto's choice by timing could differ between the two runs
+           "meta": {"method": "cts", "inner_steps": 2, "trajectories": 2, "meta_lr": 0.3}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for name, forced in (("local", "0"), ("group", "1")):        # the same launcher and threads, bit for bit
+        proc = torchrun(["meta-train", str(path), "--out", str(tmp_path / name), "--quiet"], cwd=tmp_path, nproc=1,
+                        TRAJSHIFT_DISTRIBUTED=forced)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in ("local", "group")}
+    assert summaries["local"]["comm"] == "local" and summaries["group"]["comm"] == "gloo"
+    assert summaries["group"]["world_size"] == 1
+    one, grouped = (load_file(tmp_path / n / "init.safetensors") for n in ("local", "group"))
+    assert all(torch.equal(one[k], grouped[k]) for k in one)
 
 
 def test_more_processes_than_tasks_is_a_clear_error(tmp_path):

@@ -13,6 +13,7 @@ class LocalComm:
 
     rank = 0
     world_size = 1
+    backend_name = "local"          # recorded in summary.json ("gloo" / "nccl" under torch.distributed)
 
     def task_mean(self, local_sum: torch.Tensor, local_count: int) -> torch.Tensor:
         """(sum over all tasks of a per-task quantity) / (number of tasks); ``local_sum`` has any shape."""
@@ -43,6 +44,7 @@ class DistributedComm(LocalComm):
         self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self.backend_name = str(dist.get_backend())
 
     def task_mean(self, local_sum, local_count):
         # One all-reduce: the sum and the count travel together.
@@ -74,9 +76,12 @@ def shard(num_tasks: int, world_size: int, rank: int) -> range:
 
 
 def init_from_env(device: str = "cpu") -> LocalComm:
-    """A DistributedComm when launched by torchrun (WORLD_SIZE > 1; gloo on CPU, NCCL on CUDA), else LocalComm."""
+    """A DistributedComm when launched by torchrun (WORLD_SIZE > 1; gloo on CPU, NCCL on CUDA), else LocalComm.
+    TRAJSHIFT_DISTRIBUTED=1 takes the process group at one rank too (a one-rank torchrun then runs the NCCL or gloo
+    code path: benchmarks/gpu.sh checks NCCL this way on a one-GPU machine)."""
     import os
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    forced = os.environ.get("TRAJSHIFT_DISTRIBUTED") == "1" and "MASTER_ADDR" in os.environ
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not forced:
         return LocalComm()
     import torch.distributed as dist
     if not dist.is_initialized():

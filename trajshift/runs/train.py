@@ -296,7 +296,7 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
             return RunOutcome(result.phi, learners, result, info, before, replicas.load_summary)
     save(result.phi, out / INIT_NAME, result.inner_steps)
     summary = {"method": plan.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
-               "wall_time": result.wall_time, "world_size": comm.world_size,
+               "wall_time": result.wall_time, "world_size": comm.world_size, "comm": comm.backend_name,
                "tasks": plan.info.get("sources") or [t.label for t in tasks]}
     if comm.is_main():
         write_json(out / "summary.json", summary)
