@@ -18,7 +18,10 @@ short keeps the rest), then ``--repeats`` more rounds time every variant.
 Projection: the paper's full run is 8 tasks x 200 trajectories x 1,000 inner steps = 1.6 M task-steps; at a
 variant's measured rate (task-steps/s = 8 x 1000 / ms per step) it takes 1.6e6 / rate / 3600 hours. Peak memory
 (CUDA): torch.cuda.max_memory_allocated over one block of the variant above the memory allocated before it (its
-activations and temporaries; every variant's parameters are resident the whole time); on CPU it is not measured.
+activations and temporaries; every variant's parameters are resident the whole time); on CPU (``--memory``), each
+variant again in a fresh child process: its peak resident memory (VmHWM, reset after the data are built) over the
+build and 2 steps, with glibc returning freed blocks to the kernel (MALLOC_MMAP_THRESHOLD_=65536, as
+benchmarks/throughput.py), so the peak follows live tensors.
 
 The JSON is written after every round (a run cut short keeps what it measured).
 
@@ -31,9 +34,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,6 +110,43 @@ def peak_mib(run, device: str) -> float | None:
     return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
 
 
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(args, tasks) -> None:
+    """One variant in this fresh process: its peak RSS above the data (MiB), printed as JSON."""
+    warm_data, warm_models = setup(args.model, tasks[:1], 2, args.device)     # lazy imports happen here, not below
+    stepper(args.variant, warm_models, lambda t, s: warm_data[t][s % 4])(1)
+    del warm_data, warm_models
+    gc.collect()
+    data, models = setup(args.model, tasks, args.batch, args.device)
+    Path("/proc/self/clear_refs").write_text("5")      # reset VmHWM to the current RSS
+    rss0 = rss_kib("VmRSS")
+    stepper(args.variant, models, lambda t, s: data[t][s % 4])(2)
+    print(json.dumps({"peak_rss_mib_above_data": (rss_kib("VmHWM") - rss0) / 1024}))
+
+
+def stepper(variant: str, models, batch_of):
+    return plain_stepper(models(), batch_of) if variant == "plain" else \
+        trajshift_stepper(models(), batch_of, "cts", **VARIANTS[variant])
+
+
+def cpu_peaks(args, variants: list[str]) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
+    out = {}
+    for v in variants:
+        cmd = [sys.executable, __file__, "--child", "--variant", v, "--model", args.model, "--batch", str(args.batch),
+               "--threads", str(args.threads)] + (["--tasks", str(args.tasks)] if args.tasks else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+        out[v] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib_above_data"] if proc.returncode \
+            == 0 else None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/out/mixed_resolution.json")
@@ -115,8 +158,23 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--memory", action="store_true", help="CPU: each variant's peak RSS in a child process")
+    ap.add_argument("--memory-only", action="store_true", help="CPU: only the peak RSS children (no timing)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        memory_child(args, paper_tasks(args.tasks))
+        return
+    if args.memory_only:
+        variants = ["plain"] + (args.variants.split(",") if args.variants else [v for v in VARIANTS if
+                                                                                 not VARIANTS[v].get("graphs")])
+        write_json({"benchmark": "mixed_resolution (peak memory only)", "command": "python " + " ".join(sys.argv),
+                    "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+                    "model": args.model, "batch": args.batch, "tasks": paper_tasks(args.tasks),
+                    "cpu_peak_rss_mib_above_data": cpu_peaks(args, variants)}, args.out)
+        return
     cuda = args.device.startswith("cuda")
     names = args.variants.split(",") if args.variants else \
         [v for v in VARIANTS if cuda or not VARIANTS[v].get("graphs")]
@@ -162,7 +220,11 @@ def main() -> None:
                                                                   lambda: sync(args.device)).items()})
             result.update(summarise(rounds, len(tasks)), steps_per_block=args.block)
             write_json(result, args.out)
-    print({k: result.get(k) for k in ("ms_per_step", "ratio_to_plain", "projected_full_run_hours", "errors")})
+    if args.memory and not cuda:
+        result["cpu_peak_rss_mib_above_data"] = cpu_peaks(args, list(runs))
+        write_json(result, args.out)
+    print({k: result.get(k) for k in ("ms_per_step", "ratio_to_plain", "projected_full_run_hours", "errors",
+                                      "cpu_peak_rss_mib_above_data")})
 
 
 def summarise(rounds: list[dict[str, float]], num_tasks: int) -> dict:
