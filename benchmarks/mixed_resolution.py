@@ -119,9 +119,10 @@ def rss_kib(field: str) -> int:
 
 def memory_child(args, tasks) -> None:
     """One variant in this fresh process: its peak RSS above the data (MiB), printed as JSON."""
-    warm_data, warm_models = setup(args.model, tasks[:1], 2, args.device)     # lazy imports happen here, not below
-    stepper(args.variant, warm_models, lambda t, s: warm_data[t][s % 4])(1)
-    del warm_data, warm_models
+    def warm_up():                      # lazy imports and one-time set-up happen here, not in the measurement
+        warm_data, warm_models = setup(args.model, tasks[:1], 2, args.device)
+        stepper(args.variant, warm_models, lambda t, s: warm_data[t][s % 4])(1)
+    warm_up()
     gc.collect()
     data, models = setup(args.model, tasks, args.batch, args.device)
     Path("/proc/self/clear_refs").write_text("5")      # reset VmHWM to the current RSS
