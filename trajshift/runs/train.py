@@ -225,7 +225,12 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
                 how = " (chosen at the run's start; resumed)"
             elif timing:
                 how = f" (measured per step of all of this process's tasks: {timing})"
-            log(f"backend: {learners.backend}{how}" + (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
+            modes = learners.engine.choice().get("group_modes") if learners.engine is not None else None
+            groups = getattr(learners.engine, "groups", None)
+            per_group = "" if not modes or len(modes) < 2 else \
+                " by input shape: " + ", ".join(f"tasks {g} {m}" for g, m in zip(groups, modes))
+            log(f"backend: {learners.backend}{per_group}{how}" +
+                (f" (rank {comm.rank})" if comm.world_size > 1 else ""))
 
     checkpointing = out is not None and plan.checkpoint_every > 0
     trainer = MetaTrainer(learners, plan.meta, metrics_path=None, step_callbacks=[report_backend, snapshot],
@@ -297,6 +302,7 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
     save(result.phi, out / INIT_NAME, result.inner_steps)
     summary = {"method": plan.meta.method, "inner_steps": result.inner_steps, "meta_updates": result.meta_updates,
                "wall_time": result.wall_time, "world_size": comm.world_size, "comm": comm.backend_name,
+               "backend": learners.backend, **(learners.engine.choice() if learners.engine is not None else {}),
                "tasks": plan.info.get("sources") or [t.label for t in tasks]}
     if comm.is_main():
         write_json(out / "summary.json", summary)
