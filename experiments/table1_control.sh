@@ -5,7 +5,7 @@
 # meta-learners' (CIFAR-10 and Fashion-MNIST, 25 / 100 / 400 images per class, Table 1 protocol, 500 steps,
 # finetuning seeds 0-4: paired with every committed meta-test by finetuning seed). Resumes; archives as it goes
 # into docs/evidence/pretrained-regime{,-fashion-mnist}/ and docs/evidence/pretrained-regime/runs/control-sS/.
-# Then: python experiments/table1_control.py (docs/evidence/table1-control.json).
+# Then: python experiments/crossed_intervals.py --regime pretrained --out docs/evidence/pretrained-regime-crossed.json
 #   nohup bash experiments/table1_control.sh > runs/table1-control.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,4 +35,4 @@ for seed in $SEEDS; do
     [ -f "$test/results.json" ] && cp "$test/results.json" "$archive/$name-results.json"
   done
 done
-echo "== done $(date -u +%H:%M:%S): python experiments/table1_control.py"
+echo "== done $(date -u +%H:%M:%S): python experiments/crossed_intervals.py --regime pretrained --out docs/evidence/pretrained-regime-crossed.json"
