@@ -240,3 +240,18 @@ def test_the_runs_seed_is_the_methods_seed_through_both_doors():
                      "inner_optimizer": {"name": "sgd", "lr": 0.1}}}
     assert ExperimentConfig.from_dict({**base, "seed": 3}).meta.seed == 3
     assert ExperimentConfig.from_dict({**base, "seed": 3, "meta": {**base["meta"], "seed": 5}}).meta.seed == 5
+
+
+def test_a_second_meta_test_into_a_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
+    from trajshift.training.checkpoint import RunLock
+
+    target = make_dataset(tmp_path / "target", classes=2, per_class=6, seed=3)
+    args = ["meta-test", "--from", "scratch", "--model", "conv4", "--set", "model.width=4", "--targets", str(target),
+            "--seeds", "1", "--steps", "1", "--resolution", "12", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    with RunLock(tmp_path / "mt"):                 # another meta-test holds the folder
+        assert main([*args, "--out", str(tmp_path / "mt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in use by another run" in err
+    assert not (tmp_path / "mt" / "results.json").exists()
+    assert main([*args, "--out", str(tmp_path / "mt")]) == 0        # free again: it runs
+    assert (tmp_path / "mt" / "results.json").exists() and not (tmp_path / "mt" / ".lock").exists()

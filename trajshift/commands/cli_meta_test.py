@@ -61,8 +61,14 @@ def run_meta_test(args) -> int:
                          images_per_class=args.images_per_class, augment=args.augment, data_root=args.data_root,
                          cache_dir=args.cache_dir, device=args.device).validate()
     quiet = {"log": log_of(args), "progress": False if args.quiet else None}
+    import contextlib
+
     from ..core.determinism import deterministic_algorithms
-    with deterministic_algorithms(args.deterministic):
+    from ..training.checkpoint import RunLock
+    # One meta-test per output folder: a second one pointed at it is refused in one line (they would both write
+    # its finished-seeds cache and results.json).
+    lock = RunLock(args.out) if args.out is not None else contextlib.nullcontext()
+    with lock, deterministic_algorithms(args.deterministic):
         report = meta_test(cfg, args.out, **quiet)
         print(markdown_table(report))
         if args.baseline:
