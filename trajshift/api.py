@@ -76,7 +76,8 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
         device: str | torch.device = "cpu", out: str | Path | None = None, checkpoint_every: int = 500,
         snapshot_every: int = 0, backend: str | None = None, autocast: str | None = None, compile: bool = False,
         channels_last: bool = False, graphs: bool = False, max_group: int | None = None,
-        threads: int | None = None, callbacks: Sequence[Callable] = (), input_key=None, label_key=None, collate_fn=None, num_workers: int = 0, log=print,
+        threads: int | None = None, callbacks: Sequence[Callable] = (), input_key=None, label_key=None,
+        collate_fn=None, num_workers: int = 0, log=print,
         **meta_options) -> FitResult:
     """Meta-learn a shared initialization of ``model``'s body over ``datasets`` (one task each).
 

@@ -33,7 +33,8 @@ from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.flat import FlatSpec
-from .base import AUTOCAST_DTYPES, BoundReplicas, autocast_context
+from .base import AUTOCAST_DTYPES, BoundReplicas
+from .loop import module_loss
 
 
 def _set_by_name(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -188,11 +189,6 @@ class BatchedBackend:
         if bound.batched_unsupported:
             raise ConfigError(f"backend: batched cannot run these task learners: {bound.batched_unsupported}; "
                               f"use backend: loop or auto")
-        if graphs and bound.theta.device.type != "cuda":
-            raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on "
-                              f"{bound.theta.device.type}; set execution.graphs: false")
-        if max_group is not None and (not isinstance(max_group, int) or max_group < 1):
-            raise ConfigError(f"execution.max_group: expected a positive integer or null, got {max_group!r}")
         if group_modes is not None and any(m not in self.MODES for m in group_modes):
             raise ConfigError(f"group_modes: expected {' or '.join(self.MODES)} per group, got {list(group_modes)}")
         self.bound = bound
@@ -255,7 +251,7 @@ class BatchedBackend:
         """Group i's differentiable losses [len(group)], in ``mode`` (default: the group's own)."""
         bound, group = self.bound, self.groups[i]
         if (mode or self.group_modes[i]) == "loop":
-            return torch.stack([self._module_loss(t, *batches[t], split) for t in group])
+            return torch.stack([module_loss(self.bound, t, *batches[t], split) for t in group])
         xs = [batches[t][0] for t in group]
         if any(x.shape != xs[0].shape for x in xs) or any(batches[t][1].shape != batches[group[0]][1].shape
                                                           for t in group):
@@ -266,18 +262,12 @@ class BatchedBackend:
         return self.forwards[i].losses([bound.modules[t] for t in group], self._rows(bound.theta, group),
                                        bound.local, x, y, split == "train")
 
-    def _module_loss(self, t: int, x: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
-        m = self.bound.modules[t]
-        m.train(split == "train")
-        with autocast_context(self.bound.autocast, x.device):
-            return self.bound.loss(m(x), y)
-
     def group_backward(self, i: int, batches, step: int, split: str, mode: str | None = None) -> torch.Tensor:
         """Group i's backward (gradients accumulated into its tasks' rows); its detached losses."""
         if (mode or self.group_modes[i]) == "loop":
             out = []
             for t in self.groups[i]:
-                loss = self._module_loss(t, *batches[t], split)
+                loss = module_loss(self.bound, t, *batches[t], split)
                 loss.backward()
                 out.append(loss.detach())
             return torch.stack(out)

@@ -10,14 +10,19 @@ from .base import BoundReplicas, autocast_context
 BACKWARD_MODES = ("per-task", "summed")
 
 
-def task_loss(bound: BoundReplicas, t: int, step: int, split: str) -> torch.Tensor:
-    """Task t's loss through its own module (the loop backend's unit, also the batched backend's loop groups)."""
+def module_loss(bound: BoundReplicas, t: int, x: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
+    """Task t's loss on (x, y) through its own module (the loop's unit, also the batched backend's loop groups)."""
     m = bound.modules[t]
     m.train(split == "train")
-    x, y = bound.batch(t, step, split)
-    bound.rebind(t)
     with autocast_context(bound.autocast, x.device):
         return bound.loss(m(x), y)
+
+
+def task_loss(bound: BoundReplicas, t: int, step: int, split: str) -> torch.Tensor:
+    """Task t's loss on its batch of this step."""
+    x, y = bound.batch(t, step, split)
+    bound.rebind(t)
+    return module_loss(bound, t, x, y, split)
 
 
 class LoopBackend:
