@@ -6,7 +6,8 @@
 #      plain, cts-loop, cts-grouped (tasks batched by input shape), + compile, + CUDA graphs, auto (per group),
 #      max_group 2: ms per step, ratio to plain, peak memory, projected hours of the paper's full run
 #      (benchmarks/results/gpu_mixed_resolution.json);
-#   3. the throughput table at one resolution: ResNet20, batch 128, T = 1, 8 (benchmarks/results/gpu_throughput.json);
+#   3. the throughput table at one resolution: ResNet20, batch 128, T = 1, 8, with cts-loop-graphs (the step graph:
+#      CTS at T = 1 against plain, target 1.05x) (benchmarks/results/gpu_throughput.json);
 #   4. a meta-train in the paper's configuration (mixed resolutions, backend auto), cut short by SIGTERM, with
 #      snapshots: the projection of the full run from its steady rate (benchmarks/results/gpu_meta_train.json);
 #      then a one-rank torchrun meta-train with the process group forced, so the NCCL path runs
@@ -24,11 +25,11 @@ if [[ ${1:-} == --cpu ]]; then
   DEV=cpu OUT=${RESULTS:-benchmarks/out} MODELS=conv4 TASKS=1,2 BATCH=4 REPEATS=1 IMAGES=64 MEM=--no-memory
   LIMIT="--max-steps 2"
   VARIANTS=plain,cts-loop,cts-batched DET="--steps 2 --batch 8"
-  MIXED="--model conv4 --batch 2 --repeats 1 --block 1 --variants cts-loop,cts-grouped,cts-grouped-graphs,cts-auto,cts-grouped-max2"
+  MIXED="--model conv4 --batch 2 --repeats 1 --block 1 --variants cts-loop,cts-grouped,cts-grouped-graphs,cts-loop-graphs,cts-auto,cts-grouped-max2"
 else
   DEV=cuda OUT=${RESULTS:-benchmarks/results} MODELS=resnet20 TASKS=1,8 BATCH=128 REPEATS=3 IMAGES=1024
   LIMIT="--seconds 75"
-  VARIANTS=plain,cts-loop,cts-batched,cts-batched-compile,cts-loop-bf16,cts-batched-bf16
+  VARIANTS=plain,cts-loop,cts-loop-graphs,cts-batched,cts-batched-compile,cts-loop-bf16,cts-batched-bf16
   # CUDA's peak allocation is the same in every child, so one each; a compiled variant's child would compile again.
   MEM="--memory-repeats 1 --memory-variants plain,cts-loop,cts-batched,cts-loop-bf16,cts-batched-bf16"
   DET=
@@ -45,9 +46,9 @@ echo "== 1. cuda tests"
 rc=0; cap 90 $PY -m pytest -q -m cuda tests/test_cuda.py -o addopts="" -p no:cacheprovider || rc=$?
 [[ $rc == 0 || $rc == 5 ]] || { echo "cuda tests failed (exit $rc)"; status=$rc; }
 echo "== 2. the paper's mixed resolutions: loop, grouped, compile, graphs, auto"
-step cap 190 $PY benchmarks/mixed_resolution.py --device $DEV $MIXED --out $OUT/gpu_mixed_resolution.json
+step cap 170 $PY benchmarks/mixed_resolution.py --device $DEV $MIXED --out $OUT/gpu_mixed_resolution.json
 echo "== 3. throughput at one resolution"
-step cap 110 $PY benchmarks/throughput.py --device $DEV --models $MODELS --tasks $TASKS --batch $BATCH --variants $VARIANTS \
+step cap 150 $PY benchmarks/throughput.py --device $DEV --models $MODELS --tasks $TASKS --batch $BATCH --variants $VARIANTS \
     --repeats $REPEATS $MEM --out $OUT/gpu_throughput.json
 echo "== 4. meta-train in the paper's configuration, the projection; a one-rank NCCL meta-train"
 step $PY benchmarks/gpu_meta_train.py --device $DEV $LIMIT --images $IMAGES --batch $BATCH \

@@ -7,7 +7,9 @@ Variants (the same batches, SGD momentum 0.9, weight decay 5e-4):
   cts-grouped          backend batched: tasks grouped by input shape (4 groups: 28, 32, 64, 84 px), one vmapped
                        forward and backward per group
   cts-grouped-compile  the same with execution.compile (torch.compile of each group's vmapped forward)
-  cts-grouped-graphs   execution.graphs (CUDA graphs through torch.compile's reduce-overhead mode; CUDA only)
+  cts-grouped-graphs   execution.graphs (CUDA graphs through torch.compile's reduce-overhead mode: each group's
+                       forward and backward, and each step's optimizer step, meta-update and shift; CUDA only)
+  cts-loop-graphs      the loop backend with execution.graphs (only the work after the backward is replayed)
   cts-auto             backend auto: loop or batched chosen per group by timing at the first step
   cts-grouped-max2     execution.max_group 2: at most 2 tasks per vmapped call (less peak memory)
 
@@ -64,6 +66,7 @@ VARIANTS = {
     "cts-grouped": {"backend": "batched"},
     "cts-grouped-compile": {"backend": "batched", "compile": True},
     "cts-grouped-graphs": {"backend": "batched", "graphs": True},
+    "cts-loop-graphs": {"backend": "loop", "graphs": True},
     "cts-auto": {"backend": "auto"},
     "cts-grouped-max2": {"backend": "batched", "max_group": 2},
 }

@@ -59,7 +59,8 @@ def trajshift_stepper(models: list[nn.Module], batch_of: BatchOf, method: str, i
     learners = ts.ModuleLearners(models, lambda t, step, split: batch_of(t, step), **learner_options)
     cfg = ts.MetaConfig(method=method, inner_steps=inner_steps, trajectories=10 ** 6, meta_lr=0.01,
                         inner_optimizer={"name": "sgd", **SGD_KW}, progress=False, log_every=10 ** 6)
-    steps = ts.MetaTrainer(learners, cfg, comm=comm, task_ids=task_ids).steps()
+    steps = ts.MetaTrainer(learners, cfg, comm=comm, task_ids=task_ids,
+                           graphs=learner_options.get("graphs", False)).steps()
 
     def block(n: int) -> None:
         for _ in range(n):

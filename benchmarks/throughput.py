@@ -11,7 +11,10 @@ classes, so the batched backend pads and masks them):
   cts-batched        the same with backend batched (one vmapped forward/backward for all T tasks)
   reptile            trajshift, method reptile (meta-update every K = 100 steps), backend loop
   optional (--variants): cts-batched-compile, cts-loop-bf16, cts-batched-bf16, cts-loop-channels_last,
-                     cts-batched-channels_last (channels_last has no effect on the batched backend; listed to show it)
+                     cts-batched-channels_last (channels_last has no effect on the batched backend; listed to show it),
+                     cts-loop-graphs (execution.graphs: each step's optimizer step, meta-update and shift replayed as
+                     CUDA graphs, trajshift/training/step_graph.py; CUDA only; the JSON's "inductor_counters" say
+                     whether inductor skipped any CUDA graph, and why)
 
 Timing: variants built once, then run in turns, blocks of max(--block, --min-block-seconds worth) steps, --repeats
 rounds; the ratio to plain is the
@@ -52,6 +55,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,7 +96,7 @@ def build_variant(variant: str, data, models, device: str, comm=None, task_ids=N
     method, *opts = variant.split("-")
     options = {"backend": opts.pop(0) if method == "cts" else "loop"}
     for o in opts:
-        options.update({"compile": {"compile": True}, "bf16": {"autocast": "bf16"},
+        options.update({"compile": {"compile": True}, "bf16": {"autocast": "bf16"}, "graphs": {"graphs": True},
                         "channels_last": {"channels_last": True}}[o])
     return trajshift_stepper(models(), batch_of, method, comm=comm, task_ids=task_ids, **options)
 
@@ -303,7 +307,9 @@ def main() -> None:
                    "fraction_of_peak": {v: flops / 1e9 / (ms[v] / 1e3) / peak for v in variants},
                    "memory_mib_above_data": {v: mem[v].get("cuda_peak_mib_above_data",
                                                            mem[v]["peak_rss_mib_above_data"]) for v in mem},
-                   "phi_copy_mib": 4 * P / 2 ** 20}
+                   "phi_copy_mib": 4 * P / 2 ** 20,
+                   # inductor's counters so far (e.g. cudagraph_skips: a graphs variant that ran without CUDA graphs)
+                   "inductor_counters": dict(counters["inductor"])}
             if "plain" in mem:
                 row["memory_excess_over_plain_in_phi_copies"] = {
                     v: (row["memory_mib_above_data"][v] - row["memory_mib_above_data"]["plain"]) / row["phi_copy_mib"]

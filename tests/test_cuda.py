@@ -29,14 +29,28 @@ def _cuda_batch_fn(dtype):
     return batch_fn
 
 
-def _train(backend, dtype=torch.float32, meta_lr=0.3, autocast=None, method="cts", sync_every=None):
+def _train(backend, dtype=torch.float32, meta_lr=0.3, autocast=None, method="cts", sync_every=None, graphs=False):
     modules = [m.to(dtype).cuda() for m in make_modules(dtype=dtype)]
-    learners = ts.ModuleLearners(modules, _cuda_batch_fn(dtype), backend=backend, autocast=autocast)
+    learners = ts.ModuleLearners(modules, _cuda_batch_fn(dtype), backend=backend, autocast=autocast, graphs=graphs)
     cfg = ts.MetaConfig(method=method, inner_steps=4, trajectories=3, meta_lr=meta_lr,
                         dtype="float64" if dtype == torch.float64 else "float32", sync_every=sync_every,
                         inner_optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
-    tr = ts.MetaTrainer(learners, cfg)
+    tr = ts.MetaTrainer(learners, cfg, graphs=graphs)
     return tr, tr.run()
+
+
+@pytest.mark.parametrize("backend", ["loop", "batched"])
+def test_cuda_graphs_equal_the_eager_loop_and_are_not_skipped(backend):
+    """execution.graphs (the step graph, trajshift/training/step_graph.py, and the batched groups' graphs): the same
+    phi as the eager loop in float64, and inductor recorded no skipped CUDA graph (a mutated input not marked static
+    would make it run without them)."""
+    from torch._dynamo.utils import counters
+    counters.clear()
+    _, eager = _train("loop", torch.float64)
+    tr, graphed = _train(backend, torch.float64, graphs=True)
+    assert tr.step_graph is not None and tr.step_graph.captures_meta_update
+    torch.testing.assert_close(graphed.phi, eager.phi, rtol=0, atol=1e-10)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
 
 
 def test_loop_equals_batched_on_cuda():

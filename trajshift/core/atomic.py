@@ -68,9 +68,11 @@ def save_torch(obj, path: str | Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def write_json(path: str | Path, obj) -> None:
-    """JSON, atomically, without NaN (not valid JSON): a NaN or infinite float is written as null."""
-    write_bytes(path, (json.dumps(finite(obj), indent=1) + "\n").encode())
+def write_json(path: str | Path, obj, compact: bool = False) -> None:
+    """JSON, atomically, without NaN (not valid JSON): a NaN or infinite float is written as null. ``compact``: no
+    indentation or spaces (files with long arrays, e.g. a report's loss curves)."""
+    text = json.dumps(finite(obj), separators=(",", ":")) if compact else json.dumps(finite(obj), indent=1)
+    write_bytes(path, (text + "\n").encode())
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -36,14 +36,14 @@ class ExecutionConfig:
     channels_last: bool = opt(False)
     autocast: str | None = opt(None, choices=tuple(AUTOCAST_DTYPES))
     compile: bool = opt(False)
-    graphs: bool = opt(False, doc="CUDA graphs for the batched groups (torch.compile reduce-overhead); CUDA only")
+    graphs: bool = opt(False, doc="CUDA graphs (torch.compile reduce-overhead) for each step's optimizer step, "
+                                  "meta-update and shift, and for the batched groups; CUDA only")
     max_group: int | None = opt(None, low=1, doc="at most this many tasks per vmapped call (peak memory)")
 
     def validate_fields(self, where):
-        for option, what in (("compile", "torch.compile"), ("graphs", "CUDA graphs")):
-            if getattr(self, option) and self.backend == "loop":
-                raise ConfigError(f"{where}.{option}: {what} applies to the batched backend; set {where}.backend to "
-                                  f"batched or auto, or {option} to false")
+        if self.compile and self.backend == "loop":
+            raise ConfigError(f"{where}.compile: torch.compile applies to the batched backend; set {where}.backend "
+                              f"to batched or auto, or compile to false")
 
 
 BatchFn = Callable[[int, int, str], tuple[torch.Tensor, torch.Tensor]]
@@ -69,8 +69,10 @@ class ModuleLearners(Learners):
     * ``autocast``: None, "bf16" or "fp16": forward under ``torch.autocast``; parameters, gradients and optimizer
       state stay in the engine's dtype.
     * ``compile`` (batched backend): ``torch.compile`` each group's vmapped forward (one graph for its tasks).
-    * ``graphs`` (batched backend, CUDA only): compile in ``reduce-overhead`` mode, so each group's forward and
-      backward replay as CUDA graphs; refused in one line on another device.
+    * ``graphs`` (CUDA only): each step's work after the backward (the optimizer step, and CTS's meta-update and
+      shift) replays as CUDA graphs (trajshift/training/step_graph.py, the trainer's part), and the batched
+      backend compiles each group's forward and backward in ``reduce-overhead`` mode; refused in one line on
+      another device.
     * ``max_group`` (batched backend): at most this many tasks per vmapped call (bounds peak activation memory).
 
     The batched backend groups tasks by batch shape (mixed resolutions batch within their resolution); "auto"

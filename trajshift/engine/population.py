@@ -84,6 +84,15 @@ class Population:
         step and may replace the gradient. Non-finite losses and parameters are recorded on the device (no host
         read here; see check_finite)."""
         losses = self.backward(step, "train")
+        self.finish_step(step, losses, transform)
+        self.steps_taken += 1
+        return losses
+
+    def finish_step(self, step: int | torch.Tensor, losses: torch.Tensor,
+                    transform: GradientTransform | None = None) -> None:
+        """l.10 after the backward: watch the losses, transform and clip the gradient, the optimizer step, watch
+        theta. Tensor work only (``step`` may be a 0-d tensor), so execution.graphs can capture it
+        (trajshift/training/step_graph.py)."""
         self._watch(self.first_bad_loss_step, ~torch.isfinite(losses.detach()), step, losses.detach())
         if transform is not None:
             new_grad = transform(GradientStep(self.theta.detach(), self.theta_grad, self.phi, losses, step))
@@ -93,13 +102,12 @@ class Population:
             self.clip_task_gradients(self.clip_grad_norm)
         self.optimizer.step()
         self._watch(self.first_bad_theta_step, ~torch.isfinite(self.theta.detach()).all(1), step)
-        self.steps_taken += 1
-        return losses
 
     @torch.no_grad()
-    def _watch(self, first: torch.Tensor, bad: torch.Tensor, step: int, values: torch.Tensor | None = None) -> None:
+    def _watch(self, first: torch.Tensor, bad: torch.Tensor, step: int | torch.Tensor,
+               values: torch.Tensor | None = None) -> None:
         new = bad & (first < 0)
-        first.copy_(torch.where(new, torch.full_like(first, step), first))
+        first.copy_(torch.where(new, step, first))
         if values is not None:
             self.first_bad_loss.copy_(torch.where(new, values.to(self.first_bad_loss.dtype), self.first_bad_loss))
 

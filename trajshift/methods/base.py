@@ -29,6 +29,7 @@ A new method is one file with a class and one registry line in methods/__init__.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -148,6 +149,12 @@ class Method:
     def shift(self, state: State, delta: torch.Tensor, info: StepInfo) -> tuple[torch.Tensor | None, State]:
         """Algorithm 2, l.13: what to add to every theta^(t) after the meta-update Delta, or None (Algorithm 1)."""
         return None, state
+
+    def step_kernel(self) -> Callable[[torch.Tensor, torch.Tensor, float], tuple] | None:
+        """The per-step update (l.11-13) as a tensor function ``kernel(phi, theta, beta) -> (metagrad, Delta)`` that
+        changes phi and theta in place and equals ``update`` + the loop's ``apply`` at every step, or None. Only
+        with one (execution.graphs captures it with the inner optimizer step: trajshift/training/step_graph.py)."""
+        return None
 
     def gap_norm(self, metagrad: torch.Tensor | None) -> torch.Tensor:
         """||gap_k|| = ||mean_t theta_k^(t) - phi_k|| after step k (on the device; logged as ``gap_norm``). For CTS

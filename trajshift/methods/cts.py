@@ -16,6 +16,7 @@ MetaGrad is phi - theta_k (Reptile-style, default) or the task's gradient at the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from ..core.sampling import stream_seed
 from ..core.schema import opt
 from .base import NOTHING, MetaStep, Method, State, StepInfo
-from .rules import reptile_metagrad
+from .rules import reptile_meta_step, reptile_metagrad
 from .shifts import SHIFT_RULES
 
 METAGRADS = ("reptile", "gradient")
@@ -85,6 +86,14 @@ class CTS(Method):
 
     def shift(self, state, delta, info):
         return SHIFT_RULES[self.opts.shift](self, state, delta, info)                      # l.13
+
+    def step_kernel(self):
+        """Captured per step when the update needs no host decision: the Reptile meta-gradient, a meta-update at
+        every step, the shift cts or none, tasks on one process (the task mean is then theta.mean(0))."""
+        if (self.opts.metagrad != "reptile" or self.opts.meta_every != 1 or self.opts.shift not in ("cts", "none")
+                or self.comm.world_size != 1):
+            return None
+        return partial(reptile_meta_step, shift=self.opts.shift == "cts", mean_over_tasks=self.comm.mean_over_tasks)
 
     def gap_norm(self, metagrad):
         """With the Reptile meta-gradient and the shift, l.11 has just measured the gap (phi - mean_t theta_k) and

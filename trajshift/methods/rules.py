@@ -21,6 +21,22 @@ def meta_delta(metagrad: torch.Tensor, meta_lr: float) -> torch.Tensor:
     return metagrad * (-meta_lr)
 
 
+def reptile_meta_step(phi: torch.Tensor, theta: torch.Tensor, meta_lr: float, shift: bool,
+                      mean_over_tasks: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 2, l.11-13 with the Reptile meta-gradient, in place, as one tensor function (no host decisions:
+    execution.graphs captures it, trajshift/training/step_graph.py):
+
+        g = phi - mean_t theta_k^(t);  Delta = -beta g;  phi <- phi + Delta;  theta^(t) <- theta^(t) + Delta (shift)
+
+    The same rules and task mean (the comm's) as the eager loop's. Returns (g, Delta)."""
+    metagrad = reptile_metagrad(phi, mean_over_tasks(theta.detach()))
+    delta = meta_delta(metagrad, meta_lr)
+    phi.add_(delta)
+    if shift:
+        theta.add_(delta)
+    return metagrad, delta
+
+
 def random_direction_like(delta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The "random shift" ablation: a vector with the norm of ``delta`` and a direction drawn uniformly on the
     sphere (a normalised standard Gaussian)."""

@@ -234,6 +234,7 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
 
     checkpointing = out is not None and plan.checkpoint_every > 0
     trainer = MetaTrainer(learners, plan.meta, metrics_path=None, step_callbacks=[report_backend, snapshot],
+                          graphs=bool(plan.execution.get("graphs")),
                           callbacks=list(plan.callbacks),
                           comm=comm, trajectory_callbacks=[snapshot], task_ids=task_ids,
                           checkpoint_dir=out / "checkpoints" if checkpointing else None,

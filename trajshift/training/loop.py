@@ -17,6 +17,7 @@ progress (progress.py) and signals (stopping.py) live in their own modules.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,10 @@ from .metrics import MetricsWriter
 from .readback import ReadBack
 from .run_state import TrainResult
 from .schedules import SCHEDULES
+from .step_graph import StepGraph
 from .stopping import Supervised
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[["MetaTrainer"], None]
 
@@ -55,7 +59,8 @@ class MetaTrainer:
                  comm: LocalComm | None = None, record_phi: bool = False, callbacks: list[Callback] | None = None,
                  step_callbacks: list[Callback] | None = None, trajectory_callbacks: list[Callback] | None = None,
                  task_ids: list[int] | None = None, checkpoint_dir: str | Path | None = None,
-                 checkpoint_every: int = 0, keep_checkpoints: int = 3, identity: dict | None = None):
+                 checkpoint_every: int = 0, keep_checkpoints: int = 3, identity: dict | None = None,
+                 graphs: bool = False):
         self.cfg, self.comm = cfg.validate(), comm or LocalComm()
         # theta lives where the learners' parameters are (a model moved to CUDA trains on CUDA).
         self.pop = Population(learners, cfg.inner_optimizer, dtype=cfg.torch_dtype, device=learners.device)
@@ -81,6 +86,14 @@ class MetaTrainer:
         self.extended_from: int | None = None      # the checkpoint's M when a resume extends the run (run_state)
         self._schedule = SCHEDULES[cfg.inner_lr_schedule] if cfg.inner_lr_schedule != "constant" else None
         self._base_lrs = [g["lr"] for g in self.pop.optimizer.param_groups]
+        self.step_graph = self._step_graph() if graphs else None     # execution.graphs (training/step_graph.py)
+
+    def _step_graph(self) -> StepGraph | None:
+        if self._transform_or_none is not None:
+            log.warning("execution.graphs: %s transforms every gradient in Python, so its per-step work runs "
+                        "uncaptured (the batched groups' graphs still apply)", self.cfg.method)
+            return None
+        return StepGraph(self)
 
     phi = property(lambda self: self.pop.phi)
     inner_steps = property(lambda self: self.pop.steps_taken)
@@ -117,8 +130,12 @@ class MetaTrainer:
         if shift is not None:
             with torch.no_grad():
                 self.pop.theta.add_(shift)
+        self.readback.record_meta(out.metagrad, delta, self.meta_updates + 1)
+        self._count_meta_update()
+
+    def _count_meta_update(self) -> None:
+        """After every meta-update (applied here or in the step graph): count it, record phi, the callbacks."""
         self.meta_updates += 1
-        self.readback.record_meta(out.metagrad, delta, self.meta_updates)
         if self.record_phi:
             self.history.append({"phi": self.phi.clone(), "inner_steps": self.inner_steps,
                                  "meta_updates": self.meta_updates})
@@ -137,6 +154,23 @@ class MetaTrainer:
         for group, base in zip(self.pop.optimizer.param_groups, self._base_lrs):
             group["lr"] = base * factor
 
+    def _step(self, m: int, k: int, step: int) -> tuple[torch.Tensor, MetaStep]:
+        """Inner step k of trajectory m for all tasks (l.8-10), the method's update (l.11) and its application
+        (l.12-13): eagerly, or with execution.graphs the work after the backward replayed (training/step_graph.py)."""
+        if self.step_graph is None:
+            losses = self.pop.inner_step(step, self._transform_or_none)                            # l.8-10
+        else:
+            losses = self.pop.backward(step, "train")                                              # l.8-9
+            metagrad = self.step_graph(step, losses)                                               # l.10 (-13)
+            self.pop.steps_taken += 1
+            if metagrad is not None:                       # the method's kernel has made l.11-13 in the graph
+                self._count_meta_update()
+                return losses, MetaStep(metagrad=metagrad)
+        info = StepInfo(m, k, step, losses)
+        out, self.method_state = self.method.update(self.method_state, info)                      # l.11
+        self.apply(out, info)                                                                      # l.12-13
+        return losses, out
+
     def steps(self):
         """Algorithms 1 and 2 as a generator of (m, k, losses) after every inner step, so callers can interleave
         their own work; ``run`` consumes it. After a resume it continues from the step after the loaded one."""
@@ -152,10 +186,7 @@ class MetaTrainer:
                 step = data_step(m, k, K)
                 if self._schedule is not None:
                     self._set_inner_lr(m * K + k - 1, K * M)
-                losses = self.pop.inner_step(step, self._transform_or_none)                        # l.8-10
-                info = StepInfo(m, k, step, losses)
-                out, self.method_state = method.update(self.method_state, info)                    # l.11
-                self.apply(out, info)                                                              # l.12-13
+                losses, out = self._step(m, k, step)                                               # l.8-13
                 if k % cfg.log_every == 0 or k == K:
                     self.readback.queue(m, k, self.inner_steps, self.meta_updates, losses,
                                         method.gap_norm(out.metagrad))

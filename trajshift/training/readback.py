@@ -16,21 +16,25 @@ class ReadBack:
     def __init__(self, pop, metrics: MetricsWriter, task_ids: list[int]):
         self.pop, self.metrics, self.task_ids = pop, metrics, task_ids
         dev = pop.phi.device
-        self.delta_norm = torch.zeros((), dtype=pop.phi.dtype, device=dev)   # ||Delta|| of the last meta-update
-        self._first_bad_meta = torch.full((), -1, dtype=torch.long, device=dev)
+        # ||Delta|| of the last meta-update and the first non-finite meta-update (-1: none), as [1] buffers written in
+        # place (torch.compile drops in-place writes to 0-d CPU tensors, and execution.graphs writes these).
+        self.delta_norm = torch.zeros(1, dtype=pop.phi.dtype, device=dev)
+        self._first_bad_meta = torch.full((1,), -1, dtype=torch.long, device=dev)
         self._pending: list[tuple] = []          # rows waiting for the next read-back (device values)
         self.last = {"loss_mean": math.nan, "delta_norm": 0.0}
 
     @torch.no_grad()
-    def record_meta(self, metagrad: torch.Tensor, delta: torch.Tensor, update: int) -> None:
-        """After meta-update ``update`` (1-based): remember the first one whose meta-gradient was not finite."""
+    def record_meta(self, metagrad: torch.Tensor, delta: torch.Tensor, update: int | torch.Tensor) -> None:
+        """After meta-update ``update`` (1-based; a 0-d tensor under execution.graphs): remember the first one whose
+        meta-gradient was not finite, and ||Delta||. In place, so a captured step graph writes the same buffers."""
         bad = ~torch.isfinite(metagrad).all() & (self._first_bad_meta < 0)
-        self._first_bad_meta = torch.where(bad, torch.full_like(self._first_bad_meta, update), self._first_bad_meta)
-        self.delta_norm = delta.norm()
+        self._first_bad_meta.copy_(torch.where(bad, update, self._first_bad_meta))
+        self.delta_norm.copy_(delta.norm().reshape(1))
 
     def queue(self, m: int, k: int, inner_steps: int, meta_updates: int, losses: torch.Tensor,
               gap_norm: torch.Tensor) -> None:
-        self._pending.append((m, k, inner_steps, meta_updates, losses.detach(), self.delta_norm, gap_norm))
+        # delta_norm is a buffer the next meta-update overwrites: the row keeps this step's value.
+        self._pending.append((m, k, inner_steps, meta_updates, losses.detach(), self.delta_norm.clone(), gap_norm))
 
     def sync(self, meta_updates: int) -> dict:
         """One device-to-host transfer: the finiteness records, the pending rows' losses and ||Delta||, the current

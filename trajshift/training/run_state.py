@@ -75,7 +75,7 @@ def load_state_dict(tr, state: dict) -> None:
     tr.method_state = tr.method.state_from_dict(state["method"])
     torch.set_rng_state(state["torch_rng"])
     tr.pop.steps_taken, tr.meta_updates = int(state["inner_steps"]), int(state["meta_updates"])
-    tr.readback.delta_norm = torch.as_tensor(state["last_delta_norm"], dtype=tr.phi.dtype).to(tr.phi.device)
+    tr.readback.delta_norm.copy_(torch.as_tensor(state["last_delta_norm"], dtype=tr.phi.dtype).reshape(1))
     tr.position = dict(state["position"])
     tr.resumed_metrics_rows = state.get("metrics_rows")
 
