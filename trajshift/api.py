@@ -91,7 +91,7 @@ def fit(model, datasets: Sequence[torch.utils.data.Dataset], *, method: str = "c
     MetaConfig field (options, meta_optimizer, reset_optimizer_state, dtype, clip_grad_norm, ...); a misspelled one is
     refused with "did you mean". Execution (the CLI's ``execution`` block, the same defaults; none changes the math):
     ``backend`` (loop, batched or auto, the default), ``autocast``, ``compile``, ``channels_last``, ``graphs`` (CUDA
-    graphs for the batched groups; CUDA only), ``max_group`` (tasks per vmapped call). ``threads``:
+    graphs for each step's optimizer step, meta-update and shift, and the batched groups; CUDA only), ``max_group`` (tasks per vmapped call). ``threads``:
     torch's intra-op threads during the fit (restored after). ``callbacks``: functions of the trainer, called after
     every meta-update (MetaTrainer's). ``log=None``: nothing printed (no progress bar either). Data: Datasets or
     DataLoaders (their dataset and collate_fn) whose items are (input, label) pairs, dicts (``{"pixel_values",
