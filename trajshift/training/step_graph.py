@@ -10,10 +10,12 @@ it cost 2.6 ms on a 7.6 ms ResNet20 step (docs/PERFORMANCE.md). With ``execution
 through torch.compile in mode "reduce-overhead": each graph between the optimizer's own graph breaks is recorded
 as a CUDA graph and replayed with one launch. The tail calls the eager loop's own functions, so nothing is defined
 twice. Numbers that change from step to step (the data step, the update count, the inner learning rates under a
-schedule) enter as [1] tensors filled before each replay, so the tail compiles once (twice: SGD's momentum buffers
+schedule) enter as tensors filled before each replay, so the tail compiles once (twice: SGD's momentum buffers
 appear at the first step) and never again.
 
-Not captured, run eagerly as without the option: the forward and backward (the batched groups have their own
+One difference from the eager loop is torch's, not ours: a compiled Adam step computes its bias corrections from
+its float32 step counter where the eager step uses a Python float (about 1e-7 apart per step in float64; SGD is
+exact). Not captured, run eagerly as without the option: the forward and backward (the batched groups have their own
 graphs, backends/batched.py), a method's gradient transformation (Leap, iMAML, MTL keep Python state), and the
 meta-update of a method without a step kernel (Algorithm 1's end-of-trajectory step, cts-random-shift,
 cts-accurate, the gradient meta-gradient, a meta optimizer), which the loop applies after the replay.
@@ -47,11 +49,13 @@ class StepGraph:
         self.trainer = trainer
         self.kernel = trainer.method.step_kernel() if trainer.meta_optimizer is None else None
         # Filled before each replay: the data step (for the finiteness watches) and the meta-update's number.
-        # ([1], not 0-d: torch.compile treats 0-d CPU tensors as numbers and drops writes to them.)
+        # ([1], not 0-d: torch.compile reads a 0-d float64 or int64 CPU tensor as a Python number and drops writes
+        # to it; the buffers the tail writes, in ReadBack, are [1] for the same reason.)
         self.step_t = torch.zeros(1, dtype=torch.long, device=device)
         self.update_t = torch.zeros(1, dtype=torch.long, device=device)
-        # The optimizer reads these in place of its float rates during a replay (the checkpoint keeps the floats).
-        self.lrs = [torch.tensor([float(g["lr"])], dtype=trainer.phi.dtype, device=device)
+        # The optimizer reads these in place of its float rates during a replay (the checkpoint keeps the floats);
+        # 0-d, as SGD's foreach path needs (read only, so a 0-d CPU tensor is safe).
+        self.lrs = [torch.tensor(float(g["lr"]), dtype=trainer.phi.dtype, device=device)
                     for g in pop.optimizer.param_groups]
         if device.type == "cuda":
             # CUDA graphs replay fixed addresses: every buffer the tail mutates is marked so, never copied in.
