@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence_a import METHODS, envelopes, meta_test_jobs, primary  # noqa: E402
+from evidence_a import METHODS, envelopes, meta_test_jobs, primary
 
 BUDGETS = (800, 1600, 4000)
 
