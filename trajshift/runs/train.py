@@ -240,6 +240,10 @@ def _train(plan: RunPlan, log, comm) -> RunOutcome:
                           checkpoint_dir=out / "checkpoints" if checkpointing else None,
                           checkpoint_every=plan.checkpoint_every if checkpointing else 0,
                           keep_checkpoints=plan.keep_checkpoints, identity=identity)
+    if trainer.step_graph is not None:
+        log("execution.graphs: each step's optimizer step" + (", meta-update and shift" if
+            trainer.step_graph.captures_meta_update else " (the meta-update stays eager for this method)") +
+            " replayed as CUDA graphs")
     resumed = checkpointing and trainer.resume()      # automatic resume from the newest valid checkpoint
     state["resumed"] = bool(resumed)
     if out is None:
