@@ -1,16 +1,18 @@
-"""Keep Experiment A's unfinished state small and in the tree between sessions (issue "Evidence III", item 6: run
-state needed to resume, the newest checkpoint only; removed once a seed's meta-tests are done).
+"""Keep Experiment A's results and its unfinished state small and in the tree between sessions (issue "Evidence III",
+item 6: run state needed to resume, the newest checkpoint only; removed once a seed's meta-tests are done).
 
-    python experiments/archive_evidence_a.py runs/evidence-a docs/evidence/experiment-a/state      # save
-    cp -r docs/evidence/experiment-a/state/. runs/evidence-a/                                     # restore
+    python experiments/archive_evidence_a.py runs/evidence-a docs/evidence/experiment-a     # save, at every stop
+    mkdir -p runs/evidence-a && cp -r docs/evidence/experiment-a/state/. runs/evidence-a/   # restore, to go on
+    python experiments/evidence_a.py docs/evidence/experiment-a/out --final --dest ...      # read the finished seeds
 
-Per run folder OUT/sS/METHOD/meta_lr=BETA: config.yaml, init.json, summary.json and validation-snapshots.json when
-present (what the envelopes read), then, unless seed S is finished, the snapshots at the design's budgets (800,
-1,600, 4,000 inner steps: what the meta-tests read) and, for a run without summary.json (stopped mid-way), its
-newest checkpoint with its checksum (the run then resumes from it). Per meta-test folder OUT/test/NAME:
-results.json and finished-seeds.jsonl. A seed is finished when every method's envelope at 800 and 4,000 steps is
-complete and every meta-test it calls for (scratch's included) has its results.json: its snapshots leave the tree
-then, and `python experiments/evidence_a.py DEST --final` still reads its verdicts from what is kept.
+A seed is finished when every method's envelope at 800 and 4,000 steps is complete and every meta-test it calls for
+(scratch's included) has its results.json. DEST/out/ gains each finished seed, results only, in evidence_a.sh's
+layout (per run folder sS/METHOD/meta_lr=BETA: config.yaml, init.json, summary.json, validation-snapshots.json; per
+meta-test folder test/NAME: results.json, finished-seeds.jsonl): what `evidence_a.py --final` reads. Seeds archived
+there by an earlier stop are kept. DEST/state/ is rewritten with the unfinished seeds: the same files, the
+snapshots at the design's budgets (0, 800, 1,600, 4,000 inner steps: what validation and the meta-tests read) and,
+for a run stopped mid-way (no summary.json), its newest checkpoint with its checksum (the run resumes from it).
+Only state/ is restored: a finished seed's runs have no snapshots left, and `trajshift validate` would refuse them.
 """
 from __future__ import annotations
 
@@ -38,50 +40,50 @@ def finished_seeds(out: Path, budgets=BUDGETS) -> set[str]:
     return done
 
 
+def _copy(src: Path, dst: Path, names) -> None:
+    for name in names:
+        if (src / name).is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("dest", type=Path)
-    ap.add_argument("--skip-seeds", default="", help="comma-separated seeds already archived as results")
+    ap.add_argument("out", type=Path, help="evidence_a.sh's OUT (runs/evidence-a)")
+    ap.add_argument("dest", type=Path, help="docs/evidence/experiment-a: writes DEST/out/ and DEST/state/")
     args = ap.parse_args()
-    skip = {s for s in args.skip_seeds.split(",") if s}
     finished = finished_seeds(args.out)
-    if args.dest.exists():
-        shutil.rmtree(args.dest)
-    kept = 0
+    results, state = args.dest / "out", args.dest / "state"
+    if state.exists():
+        shutil.rmtree(state)
+    for seed in finished:                      # a finished seed's results replace what an older stop kept of it
+        for old in [results / f"s{seed}", *(results / "test").glob(f"s{seed}-*")]:
+            if old.is_dir():
+                shutil.rmtree(old)
     for run in sorted(args.out.glob("s*/*/meta_lr=*")):
-        if not run.is_dir() or run.parents[1].name[1:] in skip:
+        if not run.is_dir():
             continue
-        target = args.dest / run.relative_to(args.out)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("config.yaml", "init.json", "summary.json", "validation-snapshots.json"):
-            if (run / name).is_file():
-                shutil.copy2(run / name, target / name)
-        if run.parents[1].name[1:] in finished:
-            kept += 1
+        done = run.parents[1].name[1:] in finished
+        target = (results if done else state) / run.relative_to(args.out)
+        _copy(run, target, ("config.yaml", "init.json", "summary.json", "validation-snapshots.json"))
+        if done:
             continue
-        for steps in (0, *BUDGETS):
-            for ext in (".safetensors", ".json"):
-                snap = run / "snapshots" / f"step-{steps:08d}{ext}"
-                if snap.is_file():
-                    (target / "snapshots").mkdir(exist_ok=True)
-                    shutil.copy2(snap, target / "snapshots" / snap.name)
+        _copy(run / "snapshots", target / "snapshots",
+              [f"step-{steps:08d}{ext}" for steps in (0, *BUDGETS) for ext in (".safetensors", ".json")])
         if not (run / "summary.json").is_file():
             ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
             if ckpts:
-                (target / "checkpoints").mkdir(exist_ok=True)
-                for f in (ckpts[-1], ckpts[-1].with_name(ckpts[-1].name + ".sha256")):
-                    shutil.copy2(f, target / "checkpoints" / f.name)
-        kept += 1
+                _copy(run / "checkpoints", target / "checkpoints", (ckpts[-1].name, ckpts[-1].name + ".sha256"))
     for test in sorted((args.out / "test").glob("*")) if (args.out / "test").is_dir() else []:
-        if test.is_dir() and test.name.split("-")[0][1:] not in skip:
-            for name in ("results.json", "finished-seeds.jsonl"):
-                if (test / name).is_file():
-                    (args.dest / "test" / test.name).mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(test / name, args.dest / "test" / test.name / name)
-    size = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file()) if args.dest.exists() else 0
-    print(f"kept {kept} run folders in {args.dest} ({size / 2 ** 20:.1f} MiB; finished seeds, results only: "
-          f"{sorted(finished, key=int) or 'none'})")
+        if test.is_dir():
+            done = test.name.split("-")[0][1:] in finished
+            _copy(test, (results if done else state) / "test" / test.name, ("results.json", "finished-seeds.jsonl"))
+
+    def mib(folder: Path) -> float:
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2 ** 20 if folder.exists() else 0
+
+    print(f"{results}: finished seeds {sorted(finished, key=int) or 'none'} added ({mib(results):.1f} MiB in all); "
+          f"{state}: the unfinished ones ({mib(state):.1f} MiB)")
 
 
 if __name__ == "__main__":
