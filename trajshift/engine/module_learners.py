@@ -46,6 +46,13 @@ class ExecutionConfig:
                               f"to batched or auto, or compile to false")
 
 
+def require_cuda_for_graphs(device: torch.device) -> None:
+    """execution.graphs off CUDA: refused in one line (the batched groups' graphs and the trainer's step graph)."""
+    if device.type != "cuda":
+        raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on {device.type}; "
+                          f"set execution.graphs: false")
+
+
 BatchFn = Callable[[int, int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -180,9 +187,8 @@ class ModuleLearners(Learners):
         self._bindings = [[(p, p.data, p.grad) for p in m.parameters()] for m in self.modules]
         # The Population has copied phi_0 into phi and theta: holding a third copy would cost memory for nothing.
         self._phi0 = None
-        if self.backend_options["graphs"] and device.type != "cuda":
-            raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on {device.type}; "
-                              f"set execution.graphs: false")
+        if self.backend_options["graphs"]:
+            require_cuda_for_graphs(device)
         # What every backend computes through (and nothing else of this object): backends/base.py.
         self.bound = BoundReplicas(
             modules=tuple(self.modules), spec=self.spec, local_specs=tuple(self.local_specs),

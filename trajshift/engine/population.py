@@ -91,7 +91,7 @@ class Population:
     def finish_step(self, step: int | torch.Tensor, losses: torch.Tensor,
                     transform: GradientTransform | None = None) -> None:
         """l.10 after the backward: watch the losses, transform and clip the gradient, the optimizer step, watch
-        theta. Tensor work only (``step`` may be a 0-d tensor), so execution.graphs can capture it
+        theta. Tensor work only (``step`` may be a [1] tensor), so execution.graphs can capture it
         (trajshift/training/step_graph.py)."""
         self._watch(self.first_bad_loss_step, ~torch.isfinite(losses.detach()), step, losses.detach())
         if transform is not None:

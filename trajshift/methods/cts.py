@@ -89,7 +89,7 @@ class CTS(Method):
 
     def step_kernel(self):
         """Captured per step when the update needs no host decision: the Reptile meta-gradient, a meta-update at
-        every step, the shift cts or none, tasks on one process (the task mean is then theta.mean(0))."""
+        every step, the shift cts or none, tasks on one process (no all-reduce inside the graph)."""
         if (self.opts.metagrad != "reptile" or self.opts.meta_every != 1 or self.opts.shift not in ("cts", "none")
                 or self.comm.world_size != 1):
             return None

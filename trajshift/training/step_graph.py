@@ -27,6 +27,7 @@ import logging
 import torch
 
 from ..core.errors import ConfigError
+from ..engine.module_learners import require_cuda_for_graphs
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ class StepGraph:
     def __init__(self, trainer, compile_options: dict | None = None):
         pop, device = trainer.pop, trainer.phi.device
         if compile_options is None:
-            if device.type != "cuda":
-                raise ConfigError(f"execution.graphs: CUDA graphs need a CUDA device; this run is on {device.type}; "
-                                  f"set execution.graphs: false")
+            require_cuda_for_graphs(device)
             compile_options = {"mode": "reduce-overhead"}
         if trainer.cfg.reset_optimizer_state:
             raise ConfigError("execution.graphs with meta.reset_optimizer_state: true would record the graphs again "
