@@ -3,6 +3,7 @@ the design", committed before its runs): envelopes, the meta-test jobs they call
 
     python experiments/evidence_a.py runs/evidence-a              # OUT/envelopes.json, OUT/meta-test-jobs.txt
     python experiments/evidence_a.py runs/evidence-a --final [--dest docs/evidence/experiment-a.json]
+    python experiments/evidence_a.py docs/evidence/experiment-a/out --tables     # per-seed tables (Markdown), no files
 
 Envelope: per meta-training seed s, method m and budget b (cumulative inner steps per task), the snapshot at b of the
 meta learning rate whose meta-validation score is best at b (`trajshift validate RUN --snapshots --at ...`). An
@@ -181,15 +182,84 @@ def final(out: Path, env: dict, budgets=BUDGETS) -> dict:
     return result
 
 
+def tables(out: Path, env: dict, budgets=BUDGETS) -> str:
+    """Per seed, Markdown: every arm's meta-validation score at every budget (the envelope's choice in bold) and the
+    meta-test's target-average accuracy of scratch and each envelope at the primary budgets (mean over the seed's 5
+    finetuning seeds); then CTS - Reptile per seed. Reads the same files as --final."""
+    names = {"cts": "CTS", "reptile": "Reptile", "reptile-average": "toward the average iterate"}
+    lines = ["# Experiment A: every seed's tables", "",
+             ("Written by `python experiments/evidence_a.py OUT --tables` (the design: docs/image-study.md, "
+              "\"Experiment A: the design\"). Per-seed detail only: the decision rule is read over the seeds, by "
+              "--final."), ""]
+    arms: dict = {}
+    for seed, method, beta, run in _runs(out):
+        arms.setdefault(seed, {}).setdefault(method, []).append((beta, run))
+
+    def mean(xs):
+        return None if not xs else sum(xs) / len(xs)
+
+    def fmt(x, bold=False, digits=1):
+        return "" if x is None else (f"**{x:.{digits}f}**" if bold else f"{x:.{digits}f}")
+
+    def accuracy(seed, method, budget, size):
+        if method == "scratch":
+            return mean(_per_seed(out / "test" / f"s{seed}-scratch", size))
+        best = env.get(seed, {}).get(method, {}).get(str(budget))
+        return None if best is None else mean(
+            _per_seed(out / "test" / test_name(seed, method, best["meta_lr"], budget), size))
+
+    for seed in sorted(arms, key=int):
+        lines += [f"Seed {seed}, meta-validation score (%):", "",
+                  "| arm | " + " | ".join(f"{b:,} steps" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for method in METHODS:
+            for beta, run in sorted(arms[seed].get(method, []), key=lambda br: float(br[0])):
+                scored = json.loads((run / "validation-snapshots.json").read_text()) \
+                    if (run / "validation-snapshots.json").is_file() else {}
+                cells = []
+                for b in budgets:
+                    entry, best = scored.get(str(b)), env.get(seed, {}).get(method, {}).get(str(b))
+                    cells.append(fmt(None if entry is None else 100 * entry["score"],
+                                     bold=best is not None and best["meta_lr"] == beta))
+                lines.append(f"| {names[method]} {beta} | " + " | ".join(cells) + " |")
+        lines += ["", f"Seed {seed}, meta-test, target average (%), finetuning seeds {5 * int(seed)}-{5 * int(seed) + 4}:",
+                  "", "| | scratch | CTS | Reptile | toward the average iterate | CTS - Reptile |", "|---|---|---|---|---|---|"]
+        for size in SIZES:
+            for budget in primary(budgets):
+                acc = {m: accuracy(seed, m, budget, size) for m in ("scratch", *METHODS)}
+                gap = None if acc["cts"] is None or acc["reptile"] is None else acc["cts"] - acc["reptile"]
+                lines.append(f"| {size} per class, {budget:,} steps | {fmt(acc['scratch'], digits=2)} | "
+                             + " | ".join(f"{acc[m]:.2f}" if acc[m] is not None else "" for m in METHODS)
+                             + (f" | {gap:+.2f} |" if gap is not None else " | |"))
+        lines.append("")
+    endpoints = [(size, budget) for size in SIZES for budget in primary(budgets)]
+    lines += [("Every seed: the envelopes' meta learning rates (CTS / Reptile / toward the average iterate) and "
+               "CTS - Reptile on the meta-test (points):"), "",
+              "| seed | betas at " + " | betas at ".join(f"{b:,}" for b in primary(budgets)) + " | "
+              + " | ".join(f"{size}/class, {budget:,}" for size, budget in endpoints) + " |",
+              "|---|" + "---|" * (len(primary(budgets)) + len(endpoints))]
+    for seed in sorted(arms, key=int):
+        betas = [" / ".join((env.get(seed, {}).get(m, {}).get(str(b)) or {}).get("meta_lr", "-") for m in METHODS)
+                 for b in primary(budgets)]
+        gaps = []
+        for size, budget in endpoints:
+            a, r = accuracy(seed, "cts", budget, size), accuracy(seed, "reptile", budget, size)
+            gaps.append("" if a is None or r is None else f"{a - r:+.2f}")
+        lines.append(f"| {seed} | " + " | ".join(betas) + " | " + " | ".join(gaps) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
     p.add_argument("--final", action="store_true")
+    p.add_argument("--tables", action="store_true", help="print the per-seed tables (Markdown); writes nothing")
     p.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="the scored budgets (evidence_a.sh's AT)")
     p.add_argument("--dest", type=Path, default=Path("docs/evidence/experiment-a.json"))
     args = p.parse_args()
     budgets = tuple(int(b) for b in args.budgets.split(","))
     env = envelopes(args.out, budgets)
+    if args.tables:
+        return print(tables(args.out, env, budgets))
     (args.out / "envelopes.json").write_text(json.dumps(env, indent=1) + "\n")
     jobs = meta_test_jobs(args.out, env, budgets)
     (args.out / "meta-test-jobs.txt").write_text("".join(f"{s} {d} {f}\n" for s, d, f in jobs))
