@@ -17,7 +17,8 @@ of the target-average accuracy (points); over the seeds: mean, 95% t-interval (t
 the 4 primary endpoints, and the 90% interval of the two one-sided tests against the margin 0.44 (the paper's
 CTS - Reptile gap). Verdict per endpoint: "reproduced" if the 95% lower bound is above 0, "equivalent within
 +-0.44" if the 90% interval lies inside +-0.44, "not reproduced" if the 95% upper bound is below 0, else
-"inconclusive". The smallest difference the design detects (two-sided 5%, power 80%) is (t_.975 + t_.8) s / sqrt(n)
+"inconclusive". With fewer than 8 meta-training seeds (the design's minimum) the verdict is "none yet" whatever the
+intervals say. The smallest difference the design detects (two-sided 5%, power 80%) is (t_.975 + t_.8) s / sqrt(n)
 with the measured seed-to-seed standard deviation s.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ BUDGETS = (800, 1600, 4000)          # scored on meta-validation (evidence_a.sh'
 SIZES = ("5", "20")
 METHODS = ("cts", "reptile", "reptile-average")
 MARGIN = 0.44
+MIN_SEEDS = 8                        # the design reads no verdict before 8 meta-training seeds are in
 CHECK = {("1", "cts", "0.01"), ("1", "reptile", "1"), ("2", "cts", "0.01"), ("2", "reptile", "1")}
 CHECK_STEPS = 800
 COMPARISONS = (("cts", "reptile"), ("cts", "reptile-average"), ("reptile-average", "reptile"),
@@ -127,12 +129,14 @@ def summarize(values: list[float], comparisons: int = 4) -> dict:
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return {"n": n, "mean": mean, "per_meta_seed": values, "verdict": "inconclusive (one seed)"}
+        return {"n": n, "mean": mean, "per_meta_seed": values, "verdict": f"none yet ({n} of the design's {MIN_SEEDS} seeds)"}
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     se = sd / math.sqrt(n)
     ci95, ci90 = _t(0.975, n - 1) * se, _t(0.95, n - 1) * se
     bonferroni = _t(1 - 0.025 / comparisons, n - 1) * se
-    if mean - ci95 > 0:
+    if n < MIN_SEEDS:
+        verdict = f"none yet ({n} of the design's {MIN_SEEDS} seeds)"
+    elif mean - ci95 > 0:
         verdict = "reproduced"
     elif -MARGIN < mean - ci90 and mean + ci90 < MARGIN:
         verdict = f"equivalent within +-{MARGIN}"

@@ -97,6 +97,11 @@ def test_decision_rule(values, verdict):
     assert r["verdict"] == verdict
 
 
+def test_no_verdict_before_the_designs_eight_seeds():
+    r = evidence_a.summarize([1.0, 1.2, 0.8, 1.1, 0.9, 1.0, 1.05])             # 7 seeds, interval far above 0
+    assert r["mean"] - r["ci95"] > 0 and r["verdict"].startswith("none yet")
+
+
 def test_final_pairs_each_seed_on_its_own_finetuning_seeds(tmp_path):
     for seed in (0, 1):
         make_seed(tmp_path, seed, {"cts": "0.02", "reptile": "1", "reptile-average": "4"})
