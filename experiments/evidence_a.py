@@ -46,6 +46,14 @@ def _runs(out: Path):
             yield run.parents[1].name[1:], run.parent.name, run.name.split("=", 1)[1], run
 
 
+def _arms(out: Path) -> dict:
+    """{seed: {method: [(beta, run folder), ...]}}."""
+    arms: dict = {}
+    for seed, method, beta, run in _runs(out):
+        arms.setdefault(seed, {}).setdefault(method, []).append((beta, run))
+    return arms
+
+
 def _snapshot(run: Path, steps: int) -> Path | None:
     path = run / "snapshots" / f"step-{steps:08d}.safetensors"
     return path if path.is_file() else None
@@ -59,9 +67,7 @@ def primary(budgets) -> tuple[int, int]:
 def envelopes(out: Path, budgets=BUDGETS) -> dict:
     """{seed: {method: {budget: {meta_lr, score, snapshot} or None}}}: None while an arm of (seed, method) has not
     finished or not been scored at that budget (the envelope would be chosen from fewer betas than designed)."""
-    arms: dict = {}
-    for seed, method, beta, run in _runs(out):
-        arms.setdefault(seed, {}).setdefault(method, []).append((beta, run))
+    arms = _arms(out)
     found: dict = {}
     for seed, by_method in arms.items():
         for method, runs in by_method.items():
@@ -128,14 +134,15 @@ def summarize(values: list[float], comparisons: int = 4) -> dict:
     smallest detectable difference (see the module docstring)."""
     n = len(values)
     mean = sum(values) / n
+    pending = f"none yet ({n} of the design's {MIN_SEEDS} seeds)"
     if n < 2:
-        return {"n": n, "mean": mean, "per_meta_seed": values, "verdict": f"none yet ({n} of the design's {MIN_SEEDS} seeds)"}
+        return {"n": n, "mean": mean, "per_meta_seed": values, "verdict": pending}
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     se = sd / math.sqrt(n)
     ci95, ci90 = _t(0.975, n - 1) * se, _t(0.95, n - 1) * se
     bonferroni = _t(1 - 0.025 / comparisons, n - 1) * se
     if n < MIN_SEEDS:
-        verdict = f"none yet ({n} of the design's {MIN_SEEDS} seeds)"
+        verdict = pending
     elif mean - ci95 > 0:
         verdict = "reproduced"
     elif -MARGIN < mean - ci90 and mean + ci90 < MARGIN:
@@ -195,9 +202,7 @@ def tables(out: Path, env: dict, budgets=BUDGETS) -> str:
              ("Written by `python experiments/evidence_a.py OUT --tables` (the design: docs/image-study.md, "
               "\"Experiment A: the design\"). Per-seed detail only: the decision rule is read over the seeds, by "
               "--final."), ""]
-    arms: dict = {}
-    for seed, method, beta, run in _runs(out):
-        arms.setdefault(seed, {}).setdefault(method, []).append((beta, run))
+    arms = _arms(out)
 
     def mean(xs):
         return None if not xs else sum(xs) / len(xs)
