@@ -19,7 +19,8 @@ CTS - Reptile gap). Verdict per endpoint: "reproduced" if the 95% lower bound is
 +-0.44" if the 90% interval lies inside +-0.44, "not reproduced" if the 95% upper bound is below 0, else
 "inconclusive". With fewer than 8 meta-training seeds (the design's minimum) the verdict is "none yet" whatever the
 intervals say. The smallest difference the design detects (two-sided 5%, power 80%) is (t_.975 + t_.8) s / sqrt(n)
-with the measured seed-to-seed standard deviation s.
+with the measured seed-to-seed standard deviation s. The design's secondary "meta-validation envelopes" go to
+"meta_validation": per budget, one envelope's meta-validation score minus another's (points), summarized the same way.
 """
 from __future__ import annotations
 
@@ -181,6 +182,16 @@ def final(out: Path, env: dict, budgets=BUDGETS) -> dict:
                 if values:
                     result["comparisons"][f"{a} - {b} @ {budget} steps, {size} per class"] = {
                         **summarize(values), "meta_seeds": seeds}
+    # The design's secondary "meta-validation envelopes": each envelope's score minus the other's, in points (the
+    # scores are fractions), over the seeds whose envelopes of both methods are complete at that budget.
+    result["meta_validation"] = {}
+    for a, b in (pair for pair in COMPARISONS if "scratch" not in pair):
+        for budget in budgets:
+            seeds = [seed for seed in sorted(env, key=int)
+                     if env[seed].get(a, {}).get(str(budget)) and env[seed].get(b, {}).get(str(budget))]
+            if seeds:
+                values = [100 * (env[s][a][str(budget)]["score"] - env[s][b][str(budget)]["score"]) for s in seeds]
+                result["meta_validation"][f"{a} - {b} @ {budget} steps"] = {**summarize(values), "meta_seeds": seeds}
     for seed in ("1", "2"):
         for size in SIZES:
             xa = _per_seed(out / "test" / test_name(seed, "cts", "0.01", CHECK_STEPS), size)
@@ -277,7 +288,8 @@ def main() -> None:
         result = final(args.out, env, budgets)
         args.dest.parent.mkdir(parents=True, exist_ok=True)
         args.dest.write_text(json.dumps(result, indent=1) + "\n")
-        for key, r in {**result["check"], **result["comparisons"]}.items():
+        for key, r in {**result["check"], **result["comparisons"],
+                       **{f"meta-validation: {k}": v for k, v in result["meta_validation"].items()}}.items():
             ci = r.get("ci95")
             print(f"{key}: {r['mean']:+.2f}" + (f" +- {ci:.2f}" if ci is not None and not math.isnan(ci) else "")
                   + (f" ({r['verdict']})" if "verdict" in r else ""))

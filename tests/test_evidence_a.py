@@ -115,6 +115,22 @@ def test_final_pairs_each_seed_on_its_own_finetuning_seeds(tmp_path):
     assert r["ci95"] == pytest.approx(12.7062 * 0.5, rel=1e-4)                    # sd 0.7071, n 2: t_.975(1) se
 
 
+def test_final_reports_the_meta_validation_envelopes_in_points(tmp_path):
+    for seed in (0, 1):
+        make_seed(tmp_path, seed, {"cts": "0.02", "reptile": "1", "reptile-average": "4"})
+    scores = {800: 0.56, 1600: 0.5, 4000: 0.47}                                       # seed 0's CTS 0.02, by hand
+    (tmp_path / "s0" / "cts" / "meta_lr=0.02" / "validation-snapshots.json").write_text(json.dumps(
+        {str(b): {"score": s, "snapshot": f"step-{b:08d}.safetensors"} for b, s in scores.items()}))
+    mv = evidence_a.final(tmp_path, evidence_a.envelopes(tmp_path))["meta_validation"]
+    r = mv["cts - reptile @ 800 steps"]                                               # 56 - 50 and 50 - 50 points
+    assert r["per_meta_seed"] == pytest.approx([6.0, 0.0]) and r["mean"] == pytest.approx(3.0)
+    assert r["ci95"] == pytest.approx(12.7062 * 3.0, rel=1e-4)                        # sd 4.243, n 2: se 3
+    # at 4,000 steps 0.47 is still CTS's best beta (the others score 0.3, 0.2): 47 - 50 points
+    assert mv["cts - reptile @ 4000 steps"]["per_meta_seed"] == pytest.approx([-3.0, 0.0])
+    assert mv["reptile-average - reptile @ 1600 steps"]["per_meta_seed"] == pytest.approx([0.0, 0.0])
+    assert not any("scratch" in key for key in mv)
+
+
 def test_archive_splits_finished_and_unfinished_seeds_over_lanes_and_restores_them(tmp_path):
     lanes = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
     make_seed(lanes[0], 0, {"cts": "0.01", "reptile": "3", "reptile-average": "8"})
